@@ -1,0 +1,122 @@
+//! One clock for all measurements: the primary's.
+//!
+//! Writers stamp commits with the primary's own `SYSDATE(6)`. A reader, possibly on another
+//! host, converts its local readings to the primary's clock with an NTP-style estimate: a
+//! `SELECT UNIX_TIMESTAMP(SYSDATE(6))` round trip brackets the server's reading, the midpoint
+//! is the best local equivalent, and half the round trip bounds the error. Keeping the
+//! lowest-RTT samples keeps that bound small.
+
+use crate::db::unix_text_to_us;
+use mysql_async::prelude::*;
+use std::collections::VecDeque;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Local wall clock, microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// One offset sample: server clock minus local clock at the round trip's midpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetSample {
+    pub offset_us: i64,
+    pub rtt_us: i64,
+    pub taken_at_us: i64,
+}
+
+/// Take one sample on `conn` (whose server is the clock of interest).
+pub async fn sample_offset(
+    conn: &mut mysql_async::Conn,
+) -> Result<OffsetSample, mysql_async::Error> {
+    let t0 = now_us();
+    let server: Option<String> = conn
+        .query_first("SELECT UNIX_TIMESTAMP(SYSDATE(6))")
+        .await?;
+    let t1 = now_us();
+    let server_us = server.as_deref().and_then(unix_text_to_us).ok_or_else(|| {
+        mysql_async::Error::Other("UNIX_TIMESTAMP(SYSDATE(6)) returned no time".into())
+    })?;
+    Ok(OffsetSample {
+        offset_us: server_us - (t0 + t1) / 2,
+        rtt_us: t1 - t0,
+        taken_at_us: t1,
+    })
+}
+
+/// Keeps the last `capacity` samples and answers with the lowest-RTT one: queueing delays only
+/// ever add to a round trip, so the fastest sample's midpoint is the most trustworthy.
+#[derive(Debug, Clone)]
+pub struct OffsetEstimator {
+    samples: VecDeque<OffsetSample>,
+    capacity: usize,
+}
+
+impl OffsetEstimator {
+    pub fn new(capacity: usize) -> Self {
+        OffsetEstimator {
+            samples: VecDeque::with_capacity(capacity),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn add(&mut self, s: OffsetSample) {
+        if self.samples.len() == self.capacity {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(s);
+    }
+
+    pub fn best(&self) -> Option<OffsetSample> {
+        self.samples.iter().min_by_key(|s| s.rtt_us).copied()
+    }
+
+    /// Local microseconds to primary-clock microseconds, and the uncertainty (half the RTT).
+    pub fn to_primary(&self, local_us: i64) -> (i64, i64) {
+        match self.best() {
+            Some(s) => (local_us + s.offset_us, (s.rtt_us + 1) / 2),
+            None => (local_us, 0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowest_rtt_sample_wins_and_old_ones_expire() {
+        let mut e = OffsetEstimator::new(3);
+        assert_eq!(e.to_primary(100), (100, 0));
+        e.add(OffsetSample {
+            offset_us: 500,
+            rtt_us: 900,
+            taken_at_us: 1,
+        });
+        e.add(OffsetSample {
+            offset_us: 40,
+            rtt_us: 80,
+            taken_at_us: 2,
+        });
+        e.add(OffsetSample {
+            offset_us: 300,
+            rtt_us: 400,
+            taken_at_us: 3,
+        });
+        assert_eq!(e.to_primary(1_000), (1_040, 40));
+        e.add(OffsetSample {
+            offset_us: 10,
+            rtt_us: 1000,
+            taken_at_us: 4,
+        });
+        e.add(OffsetSample {
+            offset_us: 20,
+            rtt_us: 1000,
+            taken_at_us: 5,
+        });
+        // The 80 us sample fell out of the window.
+        assert_eq!(e.best().unwrap().offset_us, 300);
+    }
+}

@@ -1,0 +1,221 @@
+//! Alert conditions as written in the config: `p99 > 500ms`, `missing > 0`,
+//! `status = replica_unreachable`. Parsed at load, so a typo fails at start, not at 3 a.m.
+
+use crate::duration::HumanDuration;
+use crate::events::{DelayWindow, MeasureStatus};
+use std::fmt;
+use std::str::FromStr;
+
+/// What a condition reads from a closed window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertMetric {
+    Min,
+    P50,
+    P90,
+    P99,
+    Max,
+    Count,
+    Missing,
+    /// Records with this status in the window.
+    Status(MeasureStatus),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+/// A parsed `when`. Delay thresholds are kept in microseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertCondition {
+    pub metric: AlertMetric,
+    pub op: Comparison,
+    pub threshold: f64,
+}
+
+impl AlertMetric {
+    fn is_delay(&self) -> bool {
+        matches!(
+            self,
+            AlertMetric::Min
+                | AlertMetric::P50
+                | AlertMetric::P90
+                | AlertMetric::P99
+                | AlertMetric::Max
+        )
+    }
+
+    /// The window's value for this metric; `None` when a delay quantile has no data (no ok
+    /// measurement in the window), which never satisfies a condition.
+    pub fn value(&self, w: &DelayWindow) -> Option<f64> {
+        let v = match self {
+            AlertMetric::Min => w.min_us?,
+            AlertMetric::P50 => w.p50_us?,
+            AlertMetric::P90 => w.p90_us?,
+            AlertMetric::P99 => w.p99_us?,
+            AlertMetric::Max => w.max_us?,
+            AlertMetric::Count => w.count,
+            AlertMetric::Missing => w.missing,
+            AlertMetric::Status(s) => match s {
+                MeasureStatus::Ok => w.count,
+                MeasureStatus::Timeout => w.timeouts,
+                MeasureStatus::ReplicaUnreachable => w.unreachable,
+                MeasureStatus::ReplicationStopped => w.replication_stopped,
+                MeasureStatus::Skipped => w.skipped,
+            },
+        };
+        Some(v as f64)
+    }
+}
+
+impl AlertCondition {
+    /// Does the value meet the condition? With `hysteresis` h > 0, a firing alert counts as
+    /// still met until the value has moved past the threshold by the fraction h.
+    pub fn holds(&self, value: f64, firing: bool, hysteresis: f64) -> bool {
+        let margin = if firing {
+            self.threshold.abs() * hysteresis
+        } else {
+            0.0
+        };
+        match self.op {
+            Comparison::Gt => value > self.threshold - margin,
+            Comparison::Ge => value >= self.threshold - margin,
+            Comparison::Lt => value < self.threshold + margin,
+            Comparison::Le => value <= self.threshold + margin,
+        }
+    }
+}
+
+impl FromStr for AlertCondition {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let hint =
+            "write e.g. \"p99 > 500ms\", \"missing > 0\" or \"status = replica_unreachable\"";
+        if let Some(rest) = s.strip_prefix("status") {
+            let status = rest
+                .trim_start()
+                .strip_prefix('=')
+                .ok_or(format!("{s:?}: expected '=' after status; {hint}"))?
+                .trim()
+                .trim_matches('"');
+            let status = MeasureStatus::ALL
+                .into_iter()
+                .find(|m| m.as_str() == status)
+                .ok_or(format!(
+                    "{s:?}: unknown status {status:?}; one of timeout, replica_unreachable, replication_stopped, skipped"
+                ))?;
+            return Ok(AlertCondition {
+                metric: AlertMetric::Status(status),
+                op: Comparison::Gt,
+                threshold: 0.0,
+            });
+        }
+        let mut parts = s.split_whitespace();
+        let (Some(metric), Some(op), Some(value), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("{s:?}: expected <metric> <op> <value>; {hint}"));
+        };
+        let metric = match metric {
+            "min" => AlertMetric::Min,
+            "p50" => AlertMetric::P50,
+            "p90" => AlertMetric::P90,
+            "p99" => AlertMetric::P99,
+            "max" => AlertMetric::Max,
+            "count" => AlertMetric::Count,
+            "missing" => AlertMetric::Missing,
+            other => {
+                return Err(format!(
+                    "{s:?}: unknown metric {other:?}; one of min, p50, p90, p99, max, count, missing, status"
+                ))
+            }
+        };
+        let op = match op {
+            ">" => Comparison::Gt,
+            ">=" => Comparison::Ge,
+            "<" => Comparison::Lt,
+            "<=" => Comparison::Le,
+            other => {
+                return Err(format!(
+                    "{s:?}: unknown comparison {other:?}; one of > >= < <="
+                ))
+            }
+        };
+        let threshold = if metric.is_delay() {
+            value
+                .parse::<HumanDuration>()
+                .map_err(|e| format!("{s:?}: {e}"))?
+                .as_micros_i64() as f64
+        } else {
+            value
+                .parse::<f64>()
+                .map_err(|_| format!("{s:?}: {value:?} is not a number"))?
+        };
+        Ok(AlertCondition {
+            metric,
+            op,
+            threshold,
+        })
+    }
+}
+
+impl fmt::Display for Comparison {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Comparison::Gt => ">",
+            Comparison::Ge => ">=",
+            Comparison::Lt => "<",
+            Comparison::Le => "<=",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_forms() {
+        let c: AlertCondition = "p99 > 500ms".parse().unwrap();
+        assert_eq!(
+            (c.metric, c.op, c.threshold),
+            (AlertMetric::P99, Comparison::Gt, 500_000.0)
+        );
+        let c: AlertCondition = "missing >= 3".parse().unwrap();
+        assert_eq!((c.metric, c.threshold), (AlertMetric::Missing, 3.0));
+        let c: AlertCondition = "status = \"replica_unreachable\"".parse().unwrap();
+        assert_eq!(
+            c.metric,
+            AlertMetric::Status(MeasureStatus::ReplicaUnreachable)
+        );
+    }
+
+    #[test]
+    fn rejects_with_a_hint() {
+        for bad in [
+            "p98 > 1s",
+            "p99 > 500",
+            "p99 => 1s",
+            "status = exploded",
+            "p99",
+        ] {
+            let e = bad.parse::<AlertCondition>().unwrap_err();
+            assert!(e.contains(bad.split_whitespace().next().unwrap()), "{e}");
+        }
+    }
+
+    #[test]
+    fn hysteresis_keeps_firing_near_threshold() {
+        let c: AlertCondition = "p99 > 100ms".parse().unwrap();
+        assert!(!c.holds(95_000.0, false, 0.1));
+        assert!(
+            c.holds(95_000.0, true, 0.1),
+            "within 10% below: still firing"
+        );
+        assert!(!c.holds(89_000.0, true, 0.1));
+    }
+}

@@ -1,0 +1,474 @@
+//! MySQL/MariaDB access shared by the writer and the reader: connecting, telling the dialects
+//! apart, the heartbeat table, replica status and GTID waits.
+//!
+//! The two dialects differ in a handful of statements; each difference is one `match` here,
+//! unit-tested, so the services never branch on the server kind themselves.
+
+use crate::config::{validate_identifier, DbUrl};
+use crate::error::{Error, Result};
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Row, Value};
+use std::time::Duration;
+
+/// How long a connection attempt may take before the server counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dialect {
+    MariaDb { major: u32, minor: u32 },
+    MySql { major: u32, minor: u32, patch: u32 },
+}
+
+impl Dialect {
+    /// From `SELECT VERSION()`: "10.11.6-MariaDB-0+deb12u1-log", "8.4.3", "8.0.36-28".
+    pub fn from_version(version: &str) -> Dialect {
+        let mut nums = version
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<u32>().unwrap_or(0));
+        let (major, minor, patch) = (
+            nums.next().unwrap_or(0),
+            nums.next().unwrap_or(0),
+            nums.next().unwrap_or(0),
+        );
+        if version.contains("MariaDB") {
+            Dialect::MariaDb { major, minor }
+        } else {
+            Dialect::MySql {
+                major,
+                minor,
+                patch,
+            }
+        }
+    }
+
+    pub fn is_mariadb(&self) -> bool {
+        matches!(self, Dialect::MariaDb { .. })
+    }
+
+    fn mysql_at_least(&self, want: (u32, u32, u32)) -> bool {
+        match *self {
+            Dialect::MySql {
+                major,
+                minor,
+                patch,
+            } => (major, minor, patch) >= want,
+            Dialect::MariaDb { .. } => false,
+        }
+    }
+
+    /// Replica thread status. MySQL 8.4 removed SHOW SLAVE STATUS (REPLICA since 8.0.22);
+    /// MariaDB accepts SHOW SLAVE STATUS in every version we support.
+    pub fn replica_status_sql(&self) -> &'static str {
+        if self.mysql_at_least((8, 0, 22)) {
+            "SHOW REPLICA STATUS"
+        } else {
+            "SHOW SLAVE STATUS"
+        }
+    }
+
+    /// Replicas registered with a primary (those started with report_host).
+    pub fn replica_hosts_sql(&self) -> &'static str {
+        if self.mysql_at_least((8, 0, 22)) {
+            "SHOW REPLICAS"
+        } else {
+            "SHOW SLAVE HOSTS"
+        }
+    }
+
+    /// Current binlog coordinates. MySQL 8.4 removed SHOW MASTER STATUS (8.2 added the new name).
+    pub fn binlog_status_sql(&self) -> &'static str {
+        if self.mysql_at_least((8, 2, 0)) {
+            "SHOW BINARY LOG STATUS"
+        } else {
+            "SHOW MASTER STATUS"
+        }
+    }
+
+    /// One blocking query that returns when the replica has applied `gtid` (or times out).
+    /// Parameters: the GTID (set) and the timeout in seconds.
+    pub fn gtid_wait_sql(&self) -> &'static str {
+        match self {
+            Dialect::MariaDb { .. } => "SELECT MASTER_GTID_WAIT(?, ?)",
+            Dialect::MySql { .. } => "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)",
+        }
+    }
+
+    /// Whether a [`Dialect::gtid_wait_sql`] result means "applied" (MariaDB returns 0 or -1 on
+    /// timeout; MySQL 0 or 1 on timeout; NULL means replication is not configured/GTID off).
+    pub fn gtid_wait_reached(&self, result: Option<i64>) -> Option<bool> {
+        result.map(|r| r == 0)
+    }
+
+    /// The statement that follows the heartbeat UPDATE in the same round trip, returning the
+    /// transaction's GTID (or the data to find it) and the primary-clock time just after commit.
+    /// MariaDB has @@last_gtid. MySQL has no such variable (and mysql_async does not negotiate
+    /// session tracking): with a tagged GTID (8.3+, gtid_next = 'AUTOMATIC:<tag>') the newest
+    /// number of our tag in gtid_executed is ours, since only the heartbeat session uses the tag.
+    pub fn after_commit_sql(&self) -> &'static str {
+        match self {
+            Dialect::MariaDb { .. } => "SELECT @@last_gtid, UNIX_TIMESTAMP(SYSDATE(6))",
+            Dialect::MySql { .. } => {
+                "SELECT @@global.gtid_executed, UNIX_TIMESTAMP(SYSDATE(6)), @@server_uuid"
+            }
+        }
+    }
+
+    /// Session settings that put heartbeats in their own GTID numbering, so readers can arm
+    /// the wait for heartbeat n+1 before it exists. None where the dialect cannot.
+    pub fn gtid_domain_sql(&self, domain: u32, tag: &str) -> Option<String> {
+        match self {
+            Dialect::MariaDb { .. } if domain != 0 => {
+                Some(format!("SET SESSION gtid_domain_id = {domain}"))
+            }
+            Dialect::MySql { .. } if self.mysql_at_least((8, 3, 0)) => {
+                Some(format!("SET SESSION gtid_next = 'AUTOMATIC:{tag}'"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The GTID of our own last transaction from the after-commit row (see
+/// [`Dialect::after_commit_sql`]).
+pub fn own_gtid(
+    dialect: &Dialect,
+    first: Option<&str>,
+    uuid: Option<&str>,
+    tag: &str,
+) -> Option<String> {
+    match dialect {
+        Dialect::MariaDb { .. } => first.filter(|g| !g.is_empty()).map(str::to_string),
+        Dialect::MySql { .. } => {
+            let (executed, uuid) = (first?, uuid?);
+            mysql_tagged_gtid(executed, uuid, tag)
+        }
+    }
+}
+
+/// In a MySQL gtid_executed set ("uuid:1-5:tag:1-9,\nother:1-3"), the last number of
+/// `uuid:tag`, returned as "uuid:tag:n".
+pub fn mysql_tagged_gtid(executed: &str, uuid: &str, tag: &str) -> Option<String> {
+    let member = executed
+        .split(',')
+        .map(str::trim)
+        .find(|m| m.starts_with(uuid))?;
+    let mut parts = member.split(':').skip(1);
+    let mut in_tag = false;
+    let mut last = None;
+    for p in parts.by_ref() {
+        if p.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            if in_tag {
+                last = p.rsplit('-').next().map(str::to_string);
+            }
+        } else {
+            in_tag = p == tag;
+        }
+    }
+    last.map(|n| format!("{uuid}:{tag}:{n}"))
+}
+
+/// `DOMAIN-SERVER-SEQ` MariaDB GTIDs, split; None for anything else (MySQL, multi-domain).
+pub fn parse_mariadb_gtid(gtid: &str) -> Option<(u32, u32, u64)> {
+    let mut it = gtid.trim().split('-');
+    let (d, s, n) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() {
+        return None;
+    }
+    Some((d.parse().ok()?, s.parse().ok()?, n.parse().ok()?))
+}
+
+/// Open one connection, bounded by [`CONNECT_TIMEOUT`], in autocommit with READ COMMITTED:
+/// every poll sees the newest committed row instead of a REPEATABLE READ snapshot.
+pub async fn connect(url: &DbUrl, password: Option<&str>) -> Result<Conn> {
+    let addr = url.address();
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(url.opts(password)))
+        .await
+        .map_err(|_| {
+            Error::database(
+                &addr,
+                mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connect timed out after {CONNECT_TIMEOUT:?}"),
+                ))),
+            )
+        })?
+        .map_err(|e| Error::database(&addr, e))?;
+    let mut conn = conn;
+    // The statement form works on every MySQL and MariaDB version (the variable was renamed).
+    conn.query_drop("SET autocommit = 1; SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await
+        .map_err(|e| Error::database(&addr, e))?;
+    Ok(conn)
+}
+
+pub async fn dialect(conn: &mut Conn, addr: &str) -> Result<Dialect> {
+    let v: Option<String> = conn
+        .query_first("SELECT VERSION()")
+        .await
+        .map_err(|e| Error::database(addr, e))?;
+    Ok(Dialect::from_version(&v.unwrap_or_default()))
+}
+
+/// `db`.`table`, both validated identifiers (config validation already checked them; this is
+/// the last line of defence before text goes into SQL).
+pub fn qualified_table(db: &str, table: &str) -> Result<String> {
+    validate_identifier(db).map_err(|e| Error::Config(format!("database {db:?}: {e}")))?;
+    validate_identifier(table).map_err(|e| Error::Config(format!("table {table:?}: {e}")))?;
+    Ok(format!("`{db}`.`{table}`"))
+}
+
+/// pt-heartbeat's table plus millilag's columns (DESIGN §2), so pt-heartbeat --monitor,
+/// mysqld_exporter and existing dashboards keep reading it.
+pub fn heartbeat_ddl(db: &str, table: &str) -> Result<Vec<String>> {
+    let t = qualified_table(db, table)?;
+    Ok(vec![
+        format!("CREATE DATABASE IF NOT EXISTS `{db}`"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {t} (
+  ts                    varchar(26)     NOT NULL,
+  server_id             int unsigned    NOT NULL PRIMARY KEY,
+  file                  varchar(255)    DEFAULT NULL,
+  position              bigint unsigned DEFAULT NULL,
+  relay_master_log_file varchar(255)    DEFAULT NULL,
+  exec_master_log_pos   bigint unsigned DEFAULT NULL,
+  seq                   bigint unsigned NOT NULL DEFAULT 0,
+  writer_id             varchar(64)     DEFAULT NULL
+) ENGINE=InnoDB"
+        ),
+    ])
+}
+
+/// What SHOW SLAVE/REPLICA STATUS says about one replica's threads.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplicaStatus {
+    pub configured: bool,
+    pub io_running: bool,
+    pub sql_running: bool,
+    pub seconds_behind: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+impl ReplicaStatus {
+    pub fn replicating(&self) -> bool {
+        self.configured && self.io_running && self.sql_running
+    }
+}
+
+fn column(row: &Row, names: &[&str]) -> Option<String> {
+    for n in names {
+        if let Some(Some(v)) = row.get_opt::<Value, _>(*n).map(|r| r.ok()) {
+            return match v {
+                Value::NULL => None,
+                Value::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                other => Some(other.as_sql(true).trim_matches('\'').to_string()),
+            };
+        }
+    }
+    None
+}
+
+/// Parse one SHOW SLAVE STATUS / SHOW REPLICA STATUS row (either dialect's column names).
+pub fn parse_replica_status(row: Option<&Row>) -> ReplicaStatus {
+    let Some(row) = row else {
+        return ReplicaStatus::default();
+    };
+    let yes = |v: Option<String>| v.as_deref() == Some("Yes");
+    let err = [
+        column(row, &["Last_SQL_Error"]),
+        column(row, &["Last_IO_Error"]),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|e| !e.is_empty());
+    ReplicaStatus {
+        configured: true,
+        io_running: yes(column(row, &["Slave_IO_Running", "Replica_IO_Running"])),
+        sql_running: yes(column(row, &["Slave_SQL_Running", "Replica_SQL_Running"])),
+        seconds_behind: column(row, &["Seconds_Behind_Master", "Seconds_Behind_Source"])
+            .and_then(|s| s.parse().ok()),
+        last_error: err,
+    }
+}
+
+pub async fn replica_status(
+    conn: &mut Conn,
+    dialect: &Dialect,
+    addr: &str,
+) -> Result<ReplicaStatus> {
+    let rows: Vec<Row> = conn
+        .query(dialect.replica_status_sql())
+        .await
+        .map_err(|e| Error::database(addr, e))?;
+    Ok(parse_replica_status(rows.first()))
+}
+
+/// host:port of replicas registered with the primary.
+pub async fn replica_hosts(
+    conn: &mut Conn,
+    dialect: &Dialect,
+    addr: &str,
+) -> Result<Vec<(String, u16)>> {
+    let rows: Vec<Row> = conn
+        .query(dialect.replica_hosts_sql())
+        .await
+        .map_err(|e| Error::database(addr, e))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let host = column(r, &["Host"])?;
+            let port = column(r, &["Port"])?.parse().ok()?;
+            (!host.is_empty()).then_some((host, port))
+        })
+        .collect())
+}
+
+/// `UNIX_TIMESTAMP(...)` text ("1763000000.123456") as microseconds, exactly (no float).
+pub fn unix_text_to_us(s: &str) -> Option<i64> {
+    let (secs, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
+    let secs: i64 = secs.parse().ok()?;
+    let mut frac6 = frac.chars().take(6).collect::<String>();
+    while frac6.len() < 6 {
+        frac6.push('0');
+    }
+    Some(secs * 1_000_000 + frac6.parse::<i64>().ok()?)
+}
+
+/// pt-heartbeat's `ts` format for a microsecond Unix time: `2026-11-23T01:02:03.456789`, UTC.
+pub fn pt_heartbeat_ts(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+/// Howard Hinnant's days-from-civil inverse: proleptic Gregorian date of a Unix day number.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialect_statements() {
+        let maria = Dialect::from_version("10.11.6-MariaDB-0+deb12u1-log");
+        assert_eq!(
+            maria,
+            Dialect::MariaDb {
+                major: 10,
+                minor: 11
+            }
+        );
+        assert_eq!(maria.replica_status_sql(), "SHOW SLAVE STATUS");
+        assert_eq!(maria.gtid_wait_sql(), "SELECT MASTER_GTID_WAIT(?, ?)");
+        assert_eq!(
+            maria.gtid_domain_sql(77, "x").unwrap(),
+            "SET SESSION gtid_domain_id = 77"
+        );
+        assert_eq!(maria.gtid_domain_sql(0, "x"), None);
+
+        let my84 = Dialect::from_version("8.4.3");
+        assert_eq!(my84.replica_status_sql(), "SHOW REPLICA STATUS");
+        assert_eq!(my84.replica_hosts_sql(), "SHOW REPLICAS");
+        assert_eq!(my84.binlog_status_sql(), "SHOW BINARY LOG STATUS");
+        assert_eq!(
+            my84.gtid_wait_sql(),
+            "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
+        );
+        assert_eq!(
+            my84.gtid_domain_sql(77, "millilag").unwrap(),
+            "SET SESSION gtid_next = 'AUTOMATIC:millilag'"
+        );
+
+        let my80 = Dialect::from_version("8.0.21-log");
+        assert_eq!(my80.replica_status_sql(), "SHOW SLAVE STATUS");
+        assert_eq!(my80.binlog_status_sql(), "SHOW MASTER STATUS");
+        assert_eq!(my80.gtid_domain_sql(77, "millilag"), None);
+        let my57 = Dialect::from_version("5.7.44");
+        assert_eq!(my57.replica_hosts_sql(), "SHOW SLAVE HOSTS");
+    }
+
+    #[test]
+    fn gtid_wait_results() {
+        let maria = Dialect::from_version("10.11.6-MariaDB");
+        assert_eq!(maria.gtid_wait_reached(Some(0)), Some(true));
+        assert_eq!(maria.gtid_wait_reached(Some(-1)), Some(false));
+        let mysql = Dialect::from_version("8.0.36");
+        assert_eq!(mysql.gtid_wait_reached(Some(1)), Some(false));
+        assert_eq!(mysql.gtid_wait_reached(None), None);
+    }
+
+    #[test]
+    fn own_gtid_per_dialect() {
+        let maria = Dialect::from_version("10.11.6-MariaDB");
+        assert_eq!(
+            own_gtid(&maria, Some("77-1-42"), None, "t").unwrap(),
+            "77-1-42"
+        );
+        assert_eq!(own_gtid(&maria, Some(""), None, "t"), None);
+        let uuid = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let executed = format!("{uuid}:1-5:millilag:1-9:other:1-2,\nabc:1-3");
+        let mysql = Dialect::from_version("8.4.0");
+        assert_eq!(
+            own_gtid(&mysql, Some(&executed), Some(uuid), "millilag").unwrap(),
+            format!("{uuid}:millilag:9")
+        );
+        assert_eq!(own_gtid(&mysql, Some(&executed), Some(uuid), "nope"), None);
+    }
+
+    #[test]
+    fn mariadb_gtid_parts() {
+        assert_eq!(parse_mariadb_gtid("77-1-42"), Some((77, 1, 42)));
+        assert_eq!(parse_mariadb_gtid("0-1-2,77-1-3"), None);
+        assert_eq!(parse_mariadb_gtid("uuid:5"), None);
+    }
+
+    #[test]
+    fn identifiers_are_checked_before_sql() {
+        assert!(heartbeat_ddl("millilag", "heartbeat").is_ok());
+        assert!(heartbeat_ddl("millilag", "x`; DROP TABLE y; --").is_err());
+    }
+
+    #[test]
+    fn unix_time_text() {
+        assert_eq!(
+            unix_text_to_us("1763000000.123456"),
+            Some(1_763_000_000_123_456)
+        );
+        assert_eq!(unix_text_to_us("1763000000.1"), Some(1_763_000_000_100_000));
+        assert_eq!(unix_text_to_us("1763000000"), Some(1_763_000_000_000_000));
+        assert_eq!(unix_text_to_us("x"), None);
+    }
+
+    #[test]
+    fn pt_heartbeat_format() {
+        assert_eq!(pt_heartbeat_ts(0), "1970-01-01T00:00:00.000000");
+        // 2026-11-23T01:02:03.456789Z
+        assert_eq!(
+            pt_heartbeat_ts(1_795_395_723_456_789),
+            "2026-11-23T01:02:03.456789"
+        );
+        assert_eq!(
+            pt_heartbeat_ts(951_782_400_000_001),
+            "2000-02-29T00:00:00.000001"
+        );
+    }
+}

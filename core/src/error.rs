@@ -1,0 +1,107 @@
+//! One error type for the library, saying whose fault a failure is and whether retrying can help.
+//!
+//! Services decide what to do from [`Error::retry_hint`]: retry with backoff (a database or broker
+//! that went away), dead-letter and move on (a record that will never decode), or stop at start-up
+//! (a config the user must fix).
+
+use std::fmt;
+
+/// Whose fault an error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorDomain {
+    /// The user's config or environment: fix and restart.
+    User,
+    /// A database, broker or sink outside this process.
+    External,
+    /// The data itself (a record that does not decode).
+    Data,
+    /// A bug in millilag.
+    Internal,
+}
+
+/// Whether doing the same thing again can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryHint {
+    Retry,
+    NoRetry,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Decode(#[from] crate::events::DecodeError),
+    #[error("encoding {record}: {message}")]
+    Encode {
+        record: &'static str,
+        message: String,
+    },
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("database {address}: {source}")]
+    Database {
+        address: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn database(address: impl Into<String>, source: mysql_async::Error) -> Self {
+        Error::Database {
+            address: address.into(),
+            source,
+        }
+    }
+
+    pub fn domain(&self) -> ErrorDomain {
+        match self {
+            Error::Config(_) | Error::Unsupported(_) => ErrorDomain::User,
+            Error::Decode(_) => ErrorDomain::Data,
+            Error::Kafka(_) => ErrorDomain::External,
+            Error::Database { source, .. } => match source {
+                // The server answered with an error: usually privileges or schema, the user's to fix.
+                mysql_async::Error::Server(_) => ErrorDomain::User,
+                _ => ErrorDomain::External,
+            },
+            Error::Encode { .. } | Error::Internal(_) => ErrorDomain::Internal,
+        }
+    }
+
+    pub fn retry_hint(&self) -> RetryHint {
+        match self {
+            Error::Kafka(_) => RetryHint::Retry,
+            Error::Database { source, .. } => match source {
+                mysql_async::Error::Server(e) if !is_transient_server_error(e.code) => {
+                    RetryHint::NoRetry
+                }
+                _ => RetryHint::Retry,
+            },
+            _ => RetryHint::NoRetry,
+        }
+    }
+}
+
+/// Server error codes that a later attempt can get past: lock waits, deadlocks, a server
+/// shutting down or in read-only mode during a failover, too many connections.
+fn is_transient_server_error(code: u16) -> bool {
+    matches!(code, 1040 | 1053 | 1205 | 1213 | 1290 | 1927 | 2006 | 2013)
+}
+
+impl fmt::Display for ErrorDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorDomain::User => "user",
+            ErrorDomain::External => "external",
+            ErrorDomain::Data => "data",
+            ErrorDomain::Internal => "internal",
+        })
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,22 @@
+//! millilag's shared library: the event contract and its Avro codec, the config, Kafka and
+//! MySQL clients set up the way the services need them, metrics/health endpoints, shutdown.
+//!
+//! Data flow: the writer (`producers/`) publishes [`events::HeartbeatSet`]; the reader
+//! (`processors/reader`) turns each into [`events::ReplicaDelay`] records; the processor
+//! (`processors/aggregator`) windows them into [`events::DelayWindow`]s, sinks and alerts.
+
+pub mod backoff;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod duration;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod kafka;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::Config;
+pub use error::{Error, ErrorDomain, Result, RetryHint};

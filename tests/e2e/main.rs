@@ -1,0 +1,7 @@
+//! End-to-end tests against real services started by `millilag-harness`.
+//!
+//! One test binary (one link); nextest runs each test in its own process, so every test starts
+//! the services it needs and they die with it.
+
+mod common;
+mod harness;

@@ -1,0 +1,468 @@
+//! A MariaDB primary and N replicas with GTID replication, from Debian's mariadbd.
+//!
+//! Start-up copies a datadir that `mariadb-install-db` made once per machine (a template under
+//! the temp dir, built under a file lock), so a cluster is up in about a second. Every instance
+//! has its own port, socket, tmpdir and datadir (parallel install-db runs sharing /tmp collide).
+//! The users the services use are created on the primary and replicate: replicas start from
+//! the primary's first binlog.
+//!
+//! Ground truth for accuracy tests: [`Cluster::install_truth_probe`] adds an AFTER trigger on a
+//! replica's heartbeat table that records `SYSDATE(6)` (the replica's wall clock at apply; NOW(6)
+//! would be the primary's timestamp replayed) and the seq into a side table. All instances run
+//! on this host, so there is one clock: true delay = applied_us - commit time.
+
+use crate::process::Guard;
+use crate::{free_port, wait_for};
+use anyhow::{bail, Context, Result};
+use mysql_async::prelude::*;
+use mysql_async::{Conn, OptsBuilder};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The user the services connect as (TCP, 127.0.0.1), with the privileges the README documents.
+pub const USER: &str = "millilag";
+pub const PASSWORD: &str = "millilag-pw";
+/// A TCP user with every privilege, for tools like pt-heartbeat.
+pub const ADMIN_USER: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "admin-pw";
+const REPL_USER: &str = "repl";
+const REPL_PASSWORD: &str = "repl-pw";
+/// Bump when the install options change, so stale templates are not reused.
+const TEMPLATE_VERSION: &str = "v1";
+
+/// Small footprint; flush_log_at_trx_commit=2 keeps the gap between a replica applying a row
+/// (ground truth) and committing it (visibility) at microseconds instead of an fsync.
+const COMMON_OPTS: &[&str] = &[
+    "--innodb-buffer-pool-size=16M",
+    "--innodb-log-file-size=4M",
+    "--innodb-flush-log-at-trx-commit=2",
+    "--sync-binlog=0",
+    "--skip-name-resolve",
+    "--character-set-server=utf8mb4",
+    "--max-connections=500",
+];
+
+pub struct Server {
+    pub name: String,
+    pub port: u16,
+    pub server_id: u32,
+    dir: PathBuf,
+    extra_args: Vec<String>,
+    guard: Option<Guard>,
+}
+
+impl Server {
+    /// host:port, as the services name this server in records.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The URL a service config uses (user millilag, password inline).
+    pub fn url(&self) -> String {
+        format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}", self.port)
+    }
+
+    /// Same user, no password in the URL (for configs that take it from the environment).
+    pub fn url_without_password(&self) -> String {
+        format!("mysql://{USER}@127.0.0.1:{}", self.port)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("mysqld.sock")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.guard.as_ref().map(|g| g.pid())
+    }
+
+    /// root over the unix socket: the admin channel for tests (STOP SLAVE, triggers, reads).
+    pub async fn admin(&self) -> Result<Conn> {
+        let opts = OptsBuilder::default()
+            .socket(Some(self.socket().to_string_lossy().into_owned()))
+            .user(Some("root"))
+            .prefer_socket(true);
+        Conn::new(opts)
+            .await
+            .with_context(|| format!("connecting to {} as root over its socket", self.name))
+    }
+
+    /// A TCP connection as the service user.
+    pub async fn connect(&self) -> Result<Conn> {
+        let opts = OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(self.port)
+            .user(Some(USER))
+            .pass(Some(PASSWORD))
+            .prefer_socket(false);
+        Conn::new(opts)
+            .await
+            .with_context(|| format!("connecting to {} as {USER}", self.name))
+    }
+
+    fn command(&self) -> Result<Command> {
+        let mut cmd = Command::new(mariadbd()?);
+        // --no-defaults must come first; --user=root is required when running as root.
+        cmd.arg("--no-defaults")
+            .arg("--user=root")
+            .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
+            .arg(format!("--socket={}", self.socket().display()))
+            .arg(format!(
+                "--pid-file={}",
+                self.dir.join("mysqld.pid").display()
+            ))
+            .arg(format!("--port={}", self.port))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!(
+                "--log-error={}",
+                self.dir.join("error.log").display()
+            ))
+            .arg(format!("--server-id={}", self.server_id))
+            .args(COMMON_OPTS)
+            .args(&self.extra_args);
+        Ok(cmd)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let cmd = self.command()?;
+        self.guard = Some(Guard::spawn(&self.name, cmd, &self.dir.join("stdout.log"))?);
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let res = wait_for(
+            &format!("mariadbd {}", self.name),
+            Duration::from_secs(60),
+            || async {
+                let mut c = self.admin().await.ok()?;
+                // A real query: install-db races can leave a server that pings but has no grants.
+                let one: Option<i64> = c
+                    .query_first("SELECT 1 FROM mysql.global_priv LIMIT 1")
+                    .await
+                    .ok()?;
+                let _ = c.disconnect().await;
+                one
+            },
+        )
+        .await;
+        if res.is_err() {
+            let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            bail!(
+                "{} did not become ready; error.log ends with:\n{}",
+                self.name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGKILL the server (a crash, as far as clients can tell).
+    pub fn kill(&mut self) {
+        if let Some(mut g) = self.guard.take() {
+            g.kill();
+        }
+    }
+
+    /// Start it again on the same port and datadir and wait until it answers.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.guard.as_mut().is_some_and(|g| g.is_running())
+    }
+}
+
+pub struct Cluster {
+    pub primary: Server,
+    pub replicas: Vec<Server>,
+    // Dropped last: the servers are killed before their files go.
+    _dir: tempfile::TempDir,
+}
+
+/// When a stall started and ended (local clock, microseconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Stall {
+    pub stopped_at_us: i64,
+    pub started_at_us: i64,
+}
+
+fn mariadbd() -> Result<PathBuf> {
+    crate::find_binary(
+        "mariadbd",
+        "MILLILAG_MARIADBD",
+        &[PathBuf::from("/usr/sbin")],
+    )
+}
+
+fn install_db() -> Result<PathBuf> {
+    crate::find_binary(
+        "mariadb-install-db",
+        "MILLILAG_MARIADB_INSTALL_DB",
+        &[PathBuf::from("/usr/bin")],
+    )
+}
+
+/// The template datadir, made once per machine. A file lock serialises parallel test
+/// processes; the directory is renamed into place only when complete.
+fn template_datadir() -> Result<PathBuf> {
+    let base = std::env::temp_dir();
+    let ready = base.join(format!("millilag-mariadb-template-{TEMPLATE_VERSION}"));
+    if ready.join("data/mysql/global_priv.MAI").exists() {
+        return Ok(ready);
+    }
+    let lock_path = base.join(format!("millilag-mariadb-template-{TEMPLATE_VERSION}.lock"));
+    let lock = std::fs::File::create(&lock_path)?;
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!("locking {}", lock_path.display());
+    }
+    if ready.join("data/mysql/global_priv.MAI").exists() {
+        return Ok(ready);
+    }
+    let work = tempfile::Builder::new()
+        .prefix("millilag-template-")
+        .tempdir_in(&base)?;
+    std::fs::create_dir_all(work.path().join("data"))?;
+    std::fs::create_dir_all(work.path().join("tmp"))?;
+    let out = Command::new(install_db()?)
+        .arg("--no-defaults")
+        .arg("--user=root")
+        .arg(format!("--datadir={}", work.path().join("data").display()))
+        .arg(format!("--tmpdir={}", work.path().join("tmp").display()))
+        .arg("--auth-root-authentication-method=normal")
+        .arg("--skip-test-db")
+        .args(COMMON_OPTS)
+        .output()
+        .context("running mariadb-install-db")?;
+    if !out.status.success() || !work.path().join("data/mysql/global_priv.MAI").exists() {
+        bail!(
+            "mariadb-install-db failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&ready);
+    std::fs::rename(work.keep(), &ready)?;
+    Ok(ready)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()?;
+    if !status.success() {
+        bail!("copying {} to {}", from.display(), to.display());
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// A primary and `replicas` replicas replicating with GTIDs, users created, replication
+    /// proven by a row written on the primary and read on every replica.
+    pub async fn start(replicas: usize) -> Result<Cluster> {
+        // Blocking, once per machine (then a cached stat): fine on any runtime flavour.
+        let template = template_datadir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("millilag-mariadb-")
+            .tempdir()?;
+        let make = |name: &str, server_id: u32, extra: Vec<String>| -> Result<Server> {
+            let sdir = dir.path().join(name);
+            std::fs::create_dir_all(sdir.join("data"))?;
+            std::fs::create_dir_all(sdir.join("tmp"))?;
+            copy_dir(&template.join("data"), &sdir.join("data"))?;
+            Ok(Server {
+                name: name.to_string(),
+                port: free_port(),
+                server_id,
+                dir: sdir,
+                extra_args: extra,
+                guard: None,
+            })
+        };
+        let pdir = dir.path().join("primary");
+        let mut primary = make(
+            "primary",
+            1,
+            vec![
+                format!("--log-bin={}", pdir.join("data/primary-bin").display()),
+                "--binlog-format=ROW".into(),
+            ],
+        )?;
+        let mut reps = Vec::new();
+        for i in 0..replicas {
+            let name = format!("replica{}", i + 1);
+            let rdir = dir.path().join(&name);
+            let mut s = make(&name, 2 + i as u32, vec![])?;
+            s.extra_args = vec![
+                format!("--relay-log={}", rdir.join("data/relay-bin").display()),
+                "--read-only=0".into(),
+                // Triggers on the replica fire for row events: the ground-truth probe needs it.
+                "--slave-run-triggers-for-rbr=YES".into(),
+                "--report-host=127.0.0.1".into(),
+                format!("--report-port={}", s.port),
+            ];
+            reps.push(s);
+        }
+        primary.spawn()?;
+        for r in reps.iter_mut() {
+            r.spawn()?;
+        }
+        primary.wait_ready().await?;
+        for r in reps.iter_mut() {
+            r.wait_ready().await?;
+        }
+        let cluster = Cluster {
+            primary,
+            replicas: reps,
+            _dir: dir,
+        };
+        cluster.setup_replication().await?;
+        Ok(cluster)
+    }
+
+    async fn setup_replication(&self) -> Result<()> {
+        let mut p = self.primary.admin().await?;
+        // The privileges the README documents for each service, nothing more: tests prove they
+        // are enough. BINLOG ADMIN lets the writer set gtid_domain_id; SLAVE MONITOR lets the
+        // reader read replica status; REPLICATION MASTER ADMIN allows SHOW SLAVE HOSTS.
+        // Created before replication starts (the replica's IO thread needs repl to exist);
+        // they still reach the replicas, which start from the primary's first binlog.
+        p.query_drop(format!(
+            "CREATE USER '{REPL_USER}'@'127.0.0.1' IDENTIFIED BY '{REPL_PASSWORD}';
+             GRANT REPLICATION SLAVE ON *.* TO '{REPL_USER}'@'127.0.0.1';
+             CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY '{PASSWORD}';
+             GRANT SELECT, INSERT, UPDATE, CREATE ON `millilag`.* TO '{USER}'@'127.0.0.1';
+             GRANT BINLOG ADMIN, BINLOG MONITOR, SLAVE MONITOR, REPLICATION MASTER ADMIN ON *.* TO '{USER}'@'127.0.0.1';
+             CREATE USER '{ADMIN_USER}'@'127.0.0.1' IDENTIFIED BY '{ADMIN_PASSWORD}';
+             GRANT ALL ON *.* TO '{ADMIN_USER}'@'127.0.0.1' WITH GRANT OPTION;
+             CREATE DATABASE harness;
+             CREATE TABLE harness.marker (id INT PRIMARY KEY);
+             INSERT INTO harness.marker VALUES (1);"
+        ))
+        .await
+        .context("creating users on the primary")?;
+        for r in &self.replicas {
+            let mut c = r.admin().await?;
+            c.query_drop(format!(
+                "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='{REPL_USER}', \
+                 MASTER_PASSWORD='{REPL_PASSWORD}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1; \
+                 START SLAVE",
+                self.primary.port
+            ))
+            .await
+            .with_context(|| format!("starting replication on {}", r.name))?;
+        }
+        for r in &self.replicas {
+            let ok = wait_for(
+                &format!("replication to {}", r.name),
+                Duration::from_secs(30),
+                || async {
+                    let mut root = r.admin().await.ok()?;
+                    let v: Option<i64> = root
+                        .query_first("SELECT id FROM harness.marker")
+                        .await
+                        .ok()?;
+                    // The service user arrived too and can log in over TCP.
+                    let mut user = r.connect().await.ok()?;
+                    user.query_drop("SELECT 1").await.ok()?;
+                    let _ = user.disconnect().await;
+                    v
+                },
+            )
+            .await;
+            if let Err(e) = ok {
+                let mut c = r.admin().await?;
+                let status: Option<mysql_async::Row> = c.query_first("SHOW SLAVE STATUS").await?;
+                let errors = status
+                    .map(|row| {
+                        let s = millilag_core::db::parse_replica_status(Some(&row));
+                        format!(
+                            "io={} sql={} error={:?}",
+                            s.io_running, s.sql_running, s.last_error
+                        )
+                    })
+                    .unwrap_or_else(|| "no replica status".into());
+                bail!("{e}: {errors}");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn replica(&self, i: usize) -> &Server {
+        &self.replicas[i]
+    }
+
+    /// Stop a replica's SQL thread for `for_`, then start it again: the replica falls behind by
+    /// exactly the heartbeats committed meanwhile.
+    pub async fn stall(&self, replica: usize, for_: Duration) -> Result<Stall> {
+        let mut c = self.replicas[replica].admin().await?;
+        c.query_drop("STOP SLAVE SQL_THREAD").await?;
+        let stopped_at_us = millilag_core::clock::now_us();
+        tokio::time::sleep(for_).await;
+        c.query_drop("START SLAVE SQL_THREAD").await?;
+        let started_at_us = millilag_core::clock::now_us();
+        Ok(Stall {
+            stopped_at_us,
+            started_at_us,
+        })
+    }
+
+    /// Record each heartbeat's apply time on `replica` (see the module doc). Waits until the
+    /// heartbeat table has replicated there.
+    pub async fn install_truth_probe(&self, replica: usize, db: &str, table: &str) -> Result<()> {
+        let server = &self.replicas[replica];
+        let t = millilag_core::db::qualified_table(db, table)?;
+        wait_for(
+            &format!("{t} on {}", server.name),
+            Duration::from_secs(30),
+            || async {
+                let mut c = server.admin().await.ok()?;
+                c.query_first::<i64, _>(format!("SELECT COUNT(*) FROM {t}"))
+                    .await
+                    .ok()
+                    .flatten()
+            },
+        )
+        .await?;
+        let mut c = server.admin().await?;
+        let trig = |kind: &str| {
+            format!(
+                "CREATE TRIGGER IF NOT EXISTS `{db}`.`millilag_truth_{k}` AFTER {kind} ON {t} FOR EACH ROW \
+                 REPLACE INTO millilag_truth.applied VALUES (NEW.seq, ROUND(UNIX_TIMESTAMP(SYSDATE(6)) * 1000000))",
+                k = kind.to_lowercase()
+            )
+        };
+        c.query_drop(format!(
+            "SET SESSION sql_log_bin = 0;
+             CREATE DATABASE IF NOT EXISTS millilag_truth;
+             CREATE TABLE IF NOT EXISTS millilag_truth.applied (seq BIGINT UNSIGNED PRIMARY KEY, applied_us BIGINT NOT NULL);
+             {}; {};",
+            trig("UPDATE"),
+            trig("INSERT")
+        ))
+        .await
+        .context("installing the apply-time trigger")?;
+        Ok(())
+    }
+
+    /// seq -> apply time (local clock, microseconds) for heartbeats applied on `replica`.
+    pub async fn truth(&self, replica: usize, from_seq: i64) -> Result<BTreeMap<i64, i64>> {
+        let mut c = self.replicas[replica].admin().await?;
+        let rows: Vec<(i64, i64)> = c
+            .exec(
+                "SELECT seq, applied_us FROM millilag_truth.applied WHERE seq >= ? ORDER BY seq",
+                (from_seq,),
+            )
+            .await?;
+        Ok(rows.into_iter().collect())
+    }
+}

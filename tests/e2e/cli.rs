@@ -32,8 +32,14 @@ fn check_config_prints_the_resolved_config_with_secrets_masked() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("interval = \"25ms\""), "env override shown:\n{out}");
-    assert!(out.contains("poll_max_interval"), "defaults filled in:\n{out}");
+    assert!(
+        out.contains("interval = \"25ms\""),
+        "env override shown:\n{out}"
+    );
+    assert!(
+        out.contains("poll_max_interval"),
+        "defaults filled in:\n{out}"
+    );
     for s in ["secret-token-1", "secret-hmac-2", "secret-db-3"] {
         assert!(!out.contains(s) && !err.contains(s), "{s} leaked");
     }
@@ -52,11 +58,17 @@ fn bad_config_exits_2_naming_the_key_and_the_fix() {
     assert_eq!(code, 2);
     assert!(out.is_empty());
     assert!(err.contains("cluster[0].table (\"hb-1\")"), "{err}");
-    assert!(err.contains("writer.interval (1m 30s) must be between 1ms and 60s"), "{err}");
+    assert!(
+        err.contains("writer.interval (1m 30s) must be between 1ms and 60s"),
+        "{err}"
+    );
 
     let (code, _, err) = check_config("/nonexistent/millilag.toml", &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("/nonexistent/millilag.toml") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("/nonexistent/millilag.toml") && err.contains("cannot read"),
+        "{err}"
+    );
 }
 
 #[test]

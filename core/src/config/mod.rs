@@ -164,7 +164,7 @@ pub struct WriterConfig {
     /// This instance's id in events and in the row's writer_id (default: hostname-pid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer_id: Option<String>,
-    /// GTID domain for the heartbeat session (MariaDB; needs SUPER or BINLOG ADMIN), so
+    /// GTID domain for the heartbeat session (MariaDB; needs BINLOG REPLAY or SUPER), so
     /// heartbeat GTIDs are consecutive and readers can wait for the next one before it exists.
     /// 0 keeps the server's domain.
     #[serde(default = "default_gtid_domain")]

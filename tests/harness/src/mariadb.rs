@@ -332,7 +332,7 @@ impl Cluster {
     async fn setup_replication(&self) -> Result<()> {
         let mut p = self.primary.admin().await?;
         // The privileges the README documents for each service, nothing more: tests prove they
-        // are enough. BINLOG ADMIN lets the writer set gtid_domain_id; SLAVE MONITOR lets the
+        // are enough. BINLOG REPLAY lets the writer set gtid_domain_id; SLAVE MONITOR lets the
         // reader read replica status; REPLICATION MASTER ADMIN allows SHOW SLAVE HOSTS.
         // Created before replication starts (the replica's IO thread needs repl to exist);
         // they still reach the replicas, which start from the primary's first binlog.
@@ -341,7 +341,7 @@ impl Cluster {
              GRANT REPLICATION SLAVE ON *.* TO '{REPL_USER}'@'127.0.0.1';
              CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY '{PASSWORD}';
              GRANT SELECT, INSERT, UPDATE, CREATE ON `millilag`.* TO '{USER}'@'127.0.0.1';
-             GRANT BINLOG ADMIN, BINLOG MONITOR, SLAVE MONITOR, REPLICATION MASTER ADMIN ON *.* TO '{USER}'@'127.0.0.1';
+             GRANT BINLOG REPLAY, SLAVE MONITOR, REPLICATION MASTER ADMIN ON *.* TO '{USER}'@'127.0.0.1';
              CREATE USER '{ADMIN_USER}'@'127.0.0.1' IDENTIFIED BY '{ADMIN_PASSWORD}';
              GRANT ALL ON *.* TO '{ADMIN_USER}'@'127.0.0.1' WITH GRANT OPTION;
              CREATE DATABASE harness;

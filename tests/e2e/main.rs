@@ -5,5 +5,6 @@
 
 mod cli;
 mod common;
+mod compose;
 mod harness;
 mod writer;

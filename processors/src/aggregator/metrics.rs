@@ -1,0 +1,157 @@
+//! The processor's metrics, served on `processor.listen` at /metrics.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub records: Counter,
+    pub decode_failures: Counter,
+    pub duplicates: Counter,
+    pub late: Family<Labels, Counter>,
+    pub replayed: Counter,
+    pub windows_closed: Family<Labels, Counter>,
+    pub open_windows: Gauge,
+    pub pending_windows: Gauge,
+    pub paused: Gauge,
+    sink_points: Family<Labels, Counter>,
+    sink_failures: Family<Labels, Counter>,
+    sink_backlog: Family<Labels, Gauge>,
+    pub alert_firing: Family<Labels, Gauge>,
+    pub alert_transitions: Family<Labels, Counter>,
+    pub webhook_sent: Family<Labels, Counter>,
+    pub webhook_failures: Family<Labels, Counter>,
+    pub webhook_dropped: Family<Labels, Counter>,
+}
+
+/// One sink's counters.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    pub points: Counter,
+    pub failures: Counter,
+    pub backlog: Gauge,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            records: Counter::default(),
+            decode_failures: Counter::default(),
+            duplicates: Counter::default(),
+            late: Family::default(),
+            replayed: Counter::default(),
+            windows_closed: Family::default(),
+            open_windows: Gauge::default(),
+            pending_windows: Gauge::default(),
+            paused: Gauge::default(),
+            sink_points: Family::default(),
+            sink_failures: Family::default(),
+            sink_backlog: Family::default(),
+            alert_firing: Family::default(),
+            alert_transitions: Family::default(),
+            webhook_sent: Family::default(),
+            webhook_failures: Family::default(),
+            webhook_dropped: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("processor");
+        r.register(
+            "records",
+            "replica-delay records consumed",
+            m.records.clone(),
+        );
+        r.register(
+            "decode_failures",
+            "Records that did not decode (sent to dead-letter)",
+            m.decode_failures.clone(),
+        );
+        r.register(
+            "duplicates",
+            "Records dropped as a repeat of a (cluster, replica, seq) already counted",
+            m.duplicates.clone(),
+        );
+        r.register(
+            "late_records",
+            "Records whose window had already closed, per window length",
+            m.late.clone(),
+        );
+        r.register(
+            "replayed_records",
+            "Records skipped because their window was flushed before a restart",
+            m.replayed.clone(),
+        );
+        r.register(
+            "windows_closed",
+            "Windows closed, per window length",
+            m.windows_closed.clone(),
+        );
+        r.register("open_windows", "Windows open now", m.open_windows.clone());
+        r.register(
+            "pending_windows",
+            "Closed windows not yet accepted by every sink",
+            m.pending_windows.clone(),
+        );
+        r.register(
+            "paused",
+            "1 while consumption is paused because sinks are behind",
+            m.paused.clone(),
+        );
+        r.register(
+            "sink_points",
+            "Windows a sink accepted",
+            m.sink_points.clone(),
+        );
+        r.register(
+            "sink_failures",
+            "Failed sink writes (each is retried)",
+            m.sink_failures.clone(),
+        );
+        r.register(
+            "sink_backlog",
+            "Windows waiting for a sink",
+            m.sink_backlog.clone(),
+        );
+        r.register(
+            "alert_firing",
+            "Replicas for which a rule is firing",
+            m.alert_firing.clone(),
+        );
+        r.register(
+            "alert_transitions",
+            "Alert state changes, per rule and state",
+            m.alert_transitions.clone(),
+        );
+        r.register(
+            "webhook_sent",
+            "Webhook notifications delivered",
+            m.webhook_sent.clone(),
+        );
+        r.register(
+            "webhook_failures",
+            "Failed webhook attempts (retried until give_up_after)",
+            m.webhook_failures.clone(),
+        );
+        r.register(
+            "webhook_dropped",
+            "Webhook notifications given up on or dropped because the queue was full",
+            m.webhook_dropped.clone(),
+        );
+        m
+    }
+
+    pub fn sink(&self, name: &str) -> SinkMetrics {
+        let l = vec![("sink", name.to_string())];
+        SinkMetrics {
+            points: self.sink_points.get_or_create(&l).clone(),
+            failures: self.sink_failures.get_or_create(&l).clone(),
+            backlog: self.sink_backlog.get_or_create(&l).clone(),
+        }
+    }
+}
+
+pub fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}

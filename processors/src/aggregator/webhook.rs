@@ -1,0 +1,348 @@
+//! Alert webhooks: one task per configured webhook with its own bounded queue, so a slow or
+//! dead receiver never blocks aggregation or the other webhooks. Each notification is retried
+//! with backoff until it is delivered or `give_up_after` passes; a 4xx other than 408/429 is
+//! final (the request itself is wrong). Notifications to one webhook keep their order
+//! (firing before its resolve).
+//!
+//! Bodies by `format`:
+//! - `json`: the [`Alert`] record as JSON.
+//! - `alertmanager`: Alertmanager's v2 `POST /api/v2/alerts` array. A resolve carries `endsAt`;
+//!   a firing alert has none, and every firing alert is re-posted every [`ALERTMANAGER_REPOST`]
+//!   so Alertmanager does not resolve it on its own after `resolve_timeout` (default 5m).
+//! - `slack`: `{"text": "..."}` (Slack, Mattermost and other incoming-webhook receivers).
+//!
+//! With `hmac_secret` set, every request carries `X-Millilag-Signature: sha256=<hex>`, the
+//! HMAC-SHA256 of the exact body bytes with that key.
+
+use super::metrics::{labels, Metrics};
+use hmac::{Hmac, Mac};
+use millilag_core::backoff::Backoff;
+use millilag_core::config::{WebhookConfig, WebhookFormat};
+use millilag_core::events::{Alert, AlertState};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{info_span, warn, Instrument};
+
+/// Notifications waiting per webhook; beyond it new ones are dropped and counted.
+pub const QUEUE: usize = 1_000;
+/// How often firing alerts are re-posted to Alertmanager.
+pub const ALERTMANAGER_REPOST: Duration = Duration::from_secs(60);
+pub const SIGNATURE_HEADER: &str = "X-Millilag-Signature";
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// `sha256=<hex HMAC-SHA256(key, body)>`.
+pub fn signature(key: &[u8], body: &[u8]) -> String {
+    // HMAC accepts keys of any length: new_from_slice cannot fail for it.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn rfc3339(us: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_micros(us.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A value as a person reads it: delays in ms, counts as they are.
+pub fn human_value(a: &Alert, v: f64) -> String {
+    let delay = ["min", "p50", "p90", "p99", "max"]
+        .iter()
+        .any(|m| a.expression.trim_start().starts_with(m));
+    if delay {
+        format!("{:.1}ms", v / 1000.0)
+    } else {
+        format!("{v}")
+    }
+}
+
+fn summary(a: &Alert) -> String {
+    format!(
+        "{} on {}/{}: {} (value {}, threshold {})",
+        a.rule,
+        a.cluster,
+        a.replica,
+        a.expression,
+        human_value(a, a.value),
+        human_value(a, a.threshold)
+    )
+}
+
+/// One Alertmanager alert object.
+pub fn alertmanager_alert(a: &Alert, generator_url: &str) -> Value {
+    let mut labels: BTreeMap<String, String> = a.labels.clone();
+    labels.insert("alertname".into(), a.rule.clone());
+    labels.insert("cluster".into(), a.cluster.clone());
+    labels.insert("replica".into(), a.replica.clone());
+    labels.insert("severity".into(), a.severity.clone());
+    let mut v = json!({
+        "labels": labels,
+        "annotations": {
+            "summary": summary(a),
+            "value": human_value(a, a.value),
+            "threshold": human_value(a, a.threshold),
+        },
+        "startsAt": rfc3339(a.since_us),
+        "generatorURL": generator_url,
+    });
+    if a.state == AlertState::Resolved {
+        v["endsAt"] = Value::String(rfc3339(a.at_us.max(a.since_us)));
+    }
+    v
+}
+
+/// The request body for one alert in `format`.
+pub fn body(format: WebhookFormat, a: &Alert, generator_url: &str) -> Vec<u8> {
+    let v = match format {
+        WebhookFormat::Json => serde_json::to_value(a).unwrap_or(Value::Null),
+        WebhookFormat::Alertmanager => Value::Array(vec![alertmanager_alert(a, generator_url)]),
+        WebhookFormat::Slack => {
+            let state = match a.state {
+                AlertState::Firing => "FIRING",
+                AlertState::Resolved => "RESOLVED",
+            };
+            json!({ "text": format!("[{state}] {}", summary(a)) })
+        }
+    };
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// The run loop's side: hand alerts to every webhook's queue without waiting.
+pub struct Webhooks {
+    queues: Vec<(String, mpsc::Sender<Alert>)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    metrics: Metrics,
+}
+
+impl Webhooks {
+    /// Start one task per webhook. `firing` are incidents announced before a restart (kept
+    /// alive in Alertmanager).
+    pub fn spawn(
+        configs: &[WebhookConfig],
+        firing: &[Alert],
+        generator_url: String,
+        metrics: Metrics,
+    ) -> anyhow::Result<Webhooks> {
+        let mut queues = Vec::new();
+        let mut tasks = Vec::new();
+        for (i, c) in configs.iter().enumerate() {
+            let name = format!("webhook[{i}]");
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let client = reqwest::Client::builder().timeout(c.timeout.0).build()?;
+            let worker = Worker {
+                name: name.clone(),
+                config: c.clone(),
+                client,
+                generator_url: generator_url.clone(),
+                firing: firing
+                    .iter()
+                    .map(|a| (a.fingerprint.clone(), a.clone()))
+                    .collect(),
+                metrics: metrics.clone(),
+            };
+            let span = info_span!("webhook", webhook = %name, url = %c.url);
+            tasks.push(tokio::spawn(worker.run(rx).instrument(span)));
+            queues.push((name, tx));
+        }
+        Ok(Webhooks {
+            queues,
+            tasks,
+            metrics,
+        })
+    }
+
+    pub fn notify(&self, a: &Alert) {
+        for (name, q) in &self.queues {
+            if q.try_send(a.clone()).is_err() {
+                self.metrics
+                    .webhook_dropped
+                    .get_or_create(&labels(&[("webhook", name)]))
+                    .inc();
+                warn!(webhook = %name, rule = %a.rule, "Webhook queue full; notification dropped.");
+            }
+        }
+    }
+
+    /// Deliver what is queued, for at most `deadline`.
+    pub async fn close(self, deadline: Duration) {
+        drop(self.queues);
+        let all = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(deadline, all).await.is_err() {
+            warn!("Webhooks still retrying at shutdown; giving up on them.");
+        }
+    }
+}
+
+struct Worker {
+    name: String,
+    config: WebhookConfig,
+    client: reqwest::Client,
+    generator_url: String,
+    /// Alertmanager only: what to re-post.
+    firing: BTreeMap<String, Alert>,
+    metrics: Metrics,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Alert>) {
+        let am = self.config.format == WebhookFormat::Alertmanager;
+        let mut repost =
+            tokio::time::interval_at(Instant::now() + ALERTMANAGER_REPOST, ALERTMANAGER_REPOST);
+        repost.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        if am && !self.firing.is_empty() {
+            // After a restart: Alertmanager may have timed them out meanwhile.
+            self.repost().await;
+        }
+        loop {
+            tokio::select! {
+                a = rx.recv() => {
+                    let Some(a) = a else { return };
+                    if am {
+                        match a.state {
+                            AlertState::Firing => { self.firing.insert(a.fingerprint.clone(), a.clone()); }
+                            AlertState::Resolved => { self.firing.remove(&a.fingerprint); }
+                        }
+                    }
+                    let body = body(self.config.format, &a, &self.generator_url);
+                    self.deliver(body).await;
+                }
+                _ = repost.tick(), if am && !self.firing.is_empty() => self.repost().await,
+            }
+        }
+    }
+
+    async fn repost(&mut self) {
+        let all: Vec<Value> = self
+            .firing
+            .values()
+            .map(|a| alertmanager_alert(a, &self.generator_url))
+            .collect();
+        let body = serde_json::to_vec(&Value::Array(all)).unwrap_or_default();
+        self.deliver(body).await;
+    }
+
+    /// POST until delivered, final failure, or `give_up_after`.
+    async fn deliver(&self, body: Vec<u8>) {
+        let l = labels(&[("webhook", &self.name)]);
+        let started = Instant::now();
+        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        let sig = self
+            .config
+            .hmac_secret
+            .as_ref()
+            .map(|k| signature(k.expose().as_bytes(), &body));
+        loop {
+            let mut req = self
+                .client
+                .post(&self.config.url)
+                .header("Content-Type", "application/json")
+                .body(body.clone());
+            if let Some(s) = &sig {
+                req = req.header(SIGNATURE_HEADER, s);
+            }
+            let outcome = match req.send().await {
+                Ok(r) if r.status().is_success() => {
+                    self.metrics.webhook_sent.get_or_create(&l).inc();
+                    return;
+                }
+                Ok(r) => {
+                    let s = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    let final_ = s.is_client_error() && s.as_u16() != 408 && s.as_u16() != 429;
+                    (format!("{s}: {}", text.trim()), final_)
+                }
+                Err(e) => (e.to_string(), false),
+            };
+            self.metrics.webhook_failures.get_or_create(&l).inc();
+            let delay = backoff.next_delay();
+            if outcome.1 || started.elapsed() + delay > self.config.give_up_after.0 {
+                self.metrics.webhook_dropped.get_or_create(&l).inc();
+                warn!(error = %outcome.0, "Webhook notification not delivered; giving up.");
+                return;
+            }
+            warn!(error = %outcome.0, retry_in = ?delay, "Webhook post failed; retrying.");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(state: AlertState) -> Alert {
+        Alert {
+            rule: "replica-lag-high".into(),
+            cluster: "main".into(),
+            replica: "127.0.0.1:3307".into(),
+            state,
+            severity: "critical".into(),
+            expression: "p99 > 500ms".into(),
+            value: 812_000.0,
+            threshold: 500_000.0,
+            since_us: 1_763_000_000_000_000,
+            at_us: 1_763_000_030_000_000,
+            fingerprint: "0123456789abcdef".into(),
+            labels: [("team".to_string(), "db".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn signature_is_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn alertmanager_body_has_labels_and_ends_only_when_resolved() {
+        let v: Value = serde_json::from_slice(&body(
+            WebhookFormat::Alertmanager,
+            &alert(AlertState::Firing),
+            "http://p/metrics",
+        ))
+        .unwrap();
+        let a = &v[0];
+        assert_eq!(a["labels"]["alertname"], "replica-lag-high");
+        assert_eq!(a["labels"]["replica"], "127.0.0.1:3307");
+        assert_eq!(a["labels"]["severity"], "critical");
+        assert_eq!(a["labels"]["team"], "db");
+        assert_eq!(a["annotations"]["value"], "812.0ms");
+        assert_eq!(a["annotations"]["threshold"], "500.0ms");
+        assert_eq!(a["startsAt"], "2025-11-13T02:13:20.000Z");
+        assert!(a.get("endsAt").is_none());
+        assert_eq!(a["generatorURL"], "http://p/metrics");
+        let v: Value = serde_json::from_slice(&body(
+            WebhookFormat::Alertmanager,
+            &alert(AlertState::Resolved),
+            "",
+        ))
+        .unwrap();
+        assert_eq!(v[0]["endsAt"], "2025-11-13T02:13:50.000Z");
+    }
+
+    #[test]
+    fn json_and_slack_bodies() {
+        let v: Value =
+            serde_json::from_slice(&body(WebhookFormat::Json, &alert(AlertState::Firing), ""))
+                .unwrap();
+        assert_eq!(v["state"], "firing");
+        assert_eq!(v["fingerprint"], "0123456789abcdef");
+        let v: Value = serde_json::from_slice(&body(
+            WebhookFormat::Slack,
+            &alert(AlertState::Resolved),
+            "",
+        ))
+        .unwrap();
+        assert_eq!(
+            v["text"],
+            "[RESOLVED] replica-lag-high on main/127.0.0.1:3307: p99 > 500ms (value 812.0ms, threshold 500.0ms)"
+        );
+    }
+}

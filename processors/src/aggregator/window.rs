@@ -1,0 +1,628 @@
+//! Tumbling windows per (cluster, replica), closed on event time.
+//!
+//! Every record is applied to one window per configured length: the window whose start is its
+//! event time (the heartbeat's primary-clock commit time) rounded down to a multiple of the
+//! length. Per (cluster, replica) the watermark is the largest event time seen minus
+//! `allowed_lateness`; a window closes when the watermark reaches its end, or by the wall clock
+//! `idle_close` after its end when no newer record comes (a replica that went silent).
+//!
+//! Inside a window: ok delays are kept (exact nearest-rank quantiles at close: 1 s of 10 ms
+//! heartbeats is 100 values), seqs are kept sorted to drop duplicates (two reader groups
+//! active-active report the same heartbeat; same commit time, so the same window) and to find
+//! gaps. `missing` = non-ok statuses + seqs absent between the window's lowest and highest seq
+//! + the gap since the previous adjacent window's highest seq.
+//!
+//! A record whose window already closed is late: counted, not applied. One whose window was
+//! flushed before a restart (the processor-state topic says so) is a replay: skipped, so a
+//! window rebuilt from part of its records never overwrites the complete point.
+//!
+//! Each open window remembers the lowest Kafka offset per partition it holds, so the run loop
+//! never stores an offset past a record whose window is not yet in every sink.
+//!
+//! Hot path: no allocation per record. (cluster, replica) is interned to a `u32` through two
+//! borrowed-`&str` hash lookups; window vectors are recycled.
+
+use super::input::DelayView;
+use millilag_core::events::{DelayWindow, MeasureStatus};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Lowest Kafka offset per partition a window holds. Almost always one partition (the key
+/// decides it), so the first lives inline.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hold {
+    first: Option<(i32, i64)>,
+    more: Vec<(i32, i64)>,
+}
+
+impl Hold {
+    pub fn add(&mut self, partition: i32, offset: i64) {
+        match &mut self.first {
+            None => self.first = Some((partition, offset)),
+            Some((p, o)) if *p == partition => *o = (*o).min(offset),
+            Some(_) => match self.more.iter_mut().find(|(p, _)| *p == partition) {
+                Some((_, o)) => *o = (*o).min(offset),
+                None => self.more.push((partition, offset)),
+            },
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
+        self.first.iter().copied().chain(self.more.iter().copied())
+    }
+
+    pub fn merge(&mut self, other: &Hold) {
+        for (p, o) in other.iter() {
+            self.add(p, o);
+        }
+    }
+}
+
+/// A window that closed, with what it holds.
+#[derive(Debug, Clone)]
+pub struct Closed {
+    pub window: DelayWindow,
+    pub hold: Hold,
+    /// The window's highest seq (kept in the processor-state so a rebuilt next window counts
+    /// the boundary gap the same way).
+    pub last_seq: Option<i64>,
+    pub label: Arc<str>,
+}
+
+/// What happened to one record.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Window lengths the record was added to.
+    pub applied: u8,
+    /// Lengths where it was a duplicate seq.
+    pub duplicate: u8,
+    /// Lengths where its window had already closed.
+    pub late: u8,
+    /// Lengths where its window was flushed before a restart.
+    pub replayed: u8,
+}
+
+#[derive(Debug)]
+struct OpenWindow {
+    start: i64,
+    seqs: Vec<i64>,
+    delays: Vec<i64>,
+    by_status: [i64; 5],
+    upper_bounds: i64,
+    duplicates: i64,
+    hold: Hold,
+}
+
+fn status_index(s: MeasureStatus) -> usize {
+    match s {
+        MeasureStatus::Ok => 0,
+        MeasureStatus::Timeout => 1,
+        MeasureStatus::ReplicaUnreachable => 2,
+        MeasureStatus::ReplicationStopped => 3,
+        MeasureStatus::Skipped => 4,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Lane {
+    /// Open windows, oldest first.
+    open: VecDeque<OpenWindow>,
+    /// Every window ending at or before this is closed.
+    closed_until: i64,
+    /// Every window ending at or before this was flushed before a restart.
+    flushed_until: i64,
+    /// (start, highest seq) of the last closed window, for the boundary gap.
+    last_closed: Option<(i64, Option<i64>)>,
+}
+
+#[derive(Debug)]
+struct KeyState {
+    cluster: Arc<str>,
+    replica: Arc<str>,
+    max_event_us: i64,
+    lanes: Vec<Lane>,
+}
+
+/// One configured window length.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub len_us: i64,
+    /// "1s", "10s", "1m": the `window` tag and Graphite path element.
+    pub label: Arc<str>,
+}
+
+impl Spec {
+    pub fn new(len: std::time::Duration) -> Spec {
+        Spec {
+            len_us: i64::try_from(len.as_micros()).unwrap_or(i64::MAX),
+            label: humantime::format_duration(len).to_string().into(),
+        }
+    }
+}
+
+/// The windows of every (cluster, replica), for every configured length.
+#[derive(Debug)]
+pub struct Aggregator {
+    specs: Vec<Spec>,
+    lateness_us: i64,
+    index: HashMap<Box<str>, HashMap<Box<str>, u32>>,
+    keys: Vec<KeyState>,
+    /// Recycled vectors of closed windows.
+    spare: Vec<Vec<i64>>,
+    open_count: usize,
+}
+
+impl Aggregator {
+    /// `specs` are kept shortest first: a record late for one length is then late for every
+    /// shorter one too, so "late for n lengths" means the n shortest.
+    pub fn new(mut specs: Vec<Spec>, lateness: std::time::Duration) -> Aggregator {
+        specs.sort_by_key(|s| s.len_us);
+        specs.dedup_by_key(|s| s.len_us);
+        Aggregator {
+            specs,
+            lateness_us: i64::try_from(lateness.as_micros()).unwrap_or(i64::MAX),
+            index: HashMap::new(),
+            keys: Vec::new(),
+            spare: Vec::new(),
+            open_count: 0,
+        }
+    }
+
+    pub fn specs(&self) -> &[Spec] {
+        &self.specs
+    }
+
+    /// Windows currently open (all keys, all lengths).
+    pub fn open_windows(&self) -> usize {
+        self.open_count
+    }
+
+    fn intern(&mut self, cluster: &str, replica: &str) -> usize {
+        if let Some(id) = self.index.get(cluster).and_then(|m| m.get(replica)) {
+            return *id as usize;
+        }
+        let id = self.keys.len();
+        self.keys.push(KeyState {
+            cluster: cluster.into(),
+            replica: replica.into(),
+            max_event_us: i64::MIN,
+            lanes: self.specs.iter().map(|_| Lane::default()).collect(),
+        });
+        self.index
+            .entry(cluster.into())
+            .or_default()
+            .insert(replica.into(), id as u32);
+        id
+    }
+
+    /// The window of `len_us` with this start was flushed (processor-state at start-up):
+    /// records for it and earlier windows are replays and are skipped.
+    pub fn restore_flushed(
+        &mut self,
+        cluster: &str,
+        replica: &str,
+        len_us: i64,
+        start_us: i64,
+        last_seq: Option<i64>,
+    ) {
+        let Some(lane_idx) = self.specs.iter().position(|s| s.len_us == len_us) else {
+            return; // a window length no longer configured
+        };
+        let k = self.intern(cluster, replica);
+        let lane = &mut self.keys[k].lanes[lane_idx];
+        let end = start_us.saturating_add(len_us);
+        if end > lane.flushed_until {
+            lane.flushed_until = end;
+            lane.closed_until = lane.closed_until.max(end);
+            lane.last_closed = Some((start_us, last_seq));
+        }
+    }
+
+    /// Apply one record at (`partition`, `offset`); windows it closes are appended to `out`.
+    pub fn apply(
+        &mut self,
+        r: &DelayView<'_>,
+        partition: i32,
+        offset: i64,
+        out: &mut Vec<Closed>,
+    ) -> Applied {
+        let k = self.intern(r.cluster, r.replica);
+        let t = r.event_time_us();
+        let status = status_index(r.status);
+        let mut result = Applied::default();
+        let key = &mut self.keys[k];
+        let watermark_before = key.max_event_us.saturating_sub(self.lateness_us);
+        for (i, spec) in self.specs.iter().enumerate() {
+            let lane = &mut key.lanes[i];
+            let start = t.div_euclid(spec.len_us) * spec.len_us;
+            let end = start.saturating_add(spec.len_us);
+            if end <= lane.flushed_until {
+                result.replayed += 1;
+                continue;
+            }
+            if end <= lane.closed_until || end <= watermark_before {
+                result.late += 1;
+                continue;
+            }
+            // Usually the newest window; search from the back.
+            let pos = lane.open.iter().rposition(|w| w.start <= start);
+            let w = match pos {
+                Some(p) if lane.open[p].start == start => &mut lane.open[p],
+                _ => {
+                    let at = pos.map_or(0, |p| p + 1);
+                    let seqs = self.spare.pop().unwrap_or_default();
+                    let delays = self.spare.pop().unwrap_or_default();
+                    lane.open.insert(
+                        at,
+                        OpenWindow {
+                            start,
+                            seqs,
+                            delays,
+                            by_status: [0; 5],
+                            upper_bounds: 0,
+                            duplicates: 0,
+                            hold: Hold::default(),
+                        },
+                    );
+                    self.open_count += 1;
+                    &mut lane.open[at]
+                }
+            };
+            // Seqs sorted: in-order arrival is one comparison.
+            match w.seqs.last() {
+                Some(&last) if r.seq <= last => match w.seqs.binary_search(&r.seq) {
+                    Ok(_) => {
+                        w.duplicates += 1;
+                        result.duplicate += 1;
+                        continue;
+                    }
+                    Err(at) => w.seqs.insert(at, r.seq),
+                },
+                _ => w.seqs.push(r.seq),
+            }
+            w.by_status[status] += 1;
+            if status == 0 {
+                w.delays.push(r.delay_us);
+                if r.upper_bound {
+                    w.upper_bounds += 1;
+                }
+            }
+            if partition >= 0 {
+                w.hold.add(partition, offset);
+            }
+            result.applied += 1;
+        }
+        if t > key.max_event_us {
+            key.max_event_us = t;
+            let watermark = t.saturating_sub(self.lateness_us);
+            self.close_key(k, |_, end| end <= watermark, out);
+        }
+        result
+    }
+
+    /// Close windows that ended `idle_us` or more before `now_us` (wall clock, primary-clock
+    /// microseconds): replicas with no newer record to move their watermark.
+    pub fn close_idle(&mut self, now_us: i64, idle_us: i64, out: &mut Vec<Closed>) {
+        let limit = now_us.saturating_sub(idle_us);
+        for k in 0..self.keys.len() {
+            self.close_key(k, |_, end| end <= limit, out);
+        }
+    }
+
+    /// Close every open window (tests and benchmarks: end of input).
+    pub fn close_all(&mut self, out: &mut Vec<Closed>) {
+        for k in 0..self.keys.len() {
+            self.close_key(k, |_, _| true, out);
+        }
+    }
+
+    fn close_key(&mut self, k: usize, due: impl Fn(i64, i64) -> bool, out: &mut Vec<Closed>) {
+        let key = &mut self.keys[k];
+        for (i, spec) in self.specs.iter().enumerate() {
+            let lane = &mut key.lanes[i];
+            while let Some(front) = lane.open.front() {
+                let end = front.start.saturating_add(spec.len_us);
+                if !due(front.start, end) {
+                    break;
+                }
+                let Some(mut w) = lane.open.pop_front() else {
+                    break;
+                };
+                self.open_count -= 1;
+                let prev_last = match lane.last_closed {
+                    Some((s, last)) if s.saturating_add(spec.len_us) == w.start => last,
+                    _ => None,
+                };
+                let (window, last_seq) =
+                    summarize(&key.cluster, &key.replica, spec.len_us, &mut w, prev_last);
+                lane.closed_until = lane.closed_until.max(end);
+                lane.last_closed = Some((w.start, last_seq));
+                out.push(Closed {
+                    window,
+                    hold: std::mem::take(&mut w.hold),
+                    last_seq,
+                    label: spec.label.clone(),
+                });
+                w.seqs.clear();
+                w.delays.clear();
+                self.spare.push(std::mem::take(&mut w.seqs));
+                self.spare.push(std::mem::take(&mut w.delays));
+            }
+        }
+    }
+
+    /// Every open window's hold (for the offset to store).
+    pub fn holds(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
+        self.keys
+            .iter()
+            .flat_map(|k| k.lanes.iter())
+            .flat_map(|l| l.open.iter())
+            .flat_map(|w| w.hold.iter())
+    }
+}
+
+/// Nearest-rank quantile of sorted values: the smallest value with at least q of them at or
+/// below it.
+pub fn nearest_rank(sorted: &[i64], q: f64) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+fn summarize(
+    cluster: &str,
+    replica: &str,
+    len_us: i64,
+    w: &mut OpenWindow,
+    prev_last_seq: Option<i64>,
+) -> (DelayWindow, Option<i64>) {
+    w.delays.sort_unstable();
+    let d = &w.delays;
+    let non_ok: i64 = w.by_status[1..].iter().sum();
+    let (first, last) = (w.seqs.first().copied(), w.seqs.last().copied());
+    let inner_gaps = match (first, last) {
+        (Some(f), Some(l)) => (l - f + 1) - w.seqs.len() as i64,
+        _ => 0,
+    };
+    let boundary_gap = match (prev_last_seq, first) {
+        (Some(p), Some(f)) if f > p + 1 => f - p - 1,
+        _ => 0,
+    };
+    let window = DelayWindow {
+        cluster: cluster.to_string(),
+        replica: replica.to_string(),
+        window_start_us: w.start,
+        window_us: len_us,
+        count: d.len() as i64,
+        missing: non_ok + inner_gaps + boundary_gap,
+        min_us: d.first().copied(),
+        p50_us: nearest_rank(d, 0.50),
+        p90_us: nearest_rank(d, 0.90),
+        p99_us: nearest_rank(d, 0.99),
+        max_us: d.last().copied(),
+        timeouts: w.by_status[1],
+        unreachable: w.by_status[2],
+        replication_stopped: w.by_status[3],
+        skipped: w.by_status[4],
+        upper_bounds: w.upper_bounds,
+        duplicates: w.duplicates,
+    };
+    (window, last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const S: i64 = 1_000_000;
+    const T0: i64 = 1_763_000_000 * S; // a whole 10 s boundary
+
+    fn view(replica: &str, seq: i64, t: i64, delay: i64, status: MeasureStatus) -> DelayView<'_> {
+        DelayView {
+            cluster: "main",
+            replica,
+            seq,
+            committed_at_us: t,
+            delay_us: delay,
+            status,
+            upper_bound: false,
+            observed_at_us: t + delay,
+        }
+    }
+
+    fn ok(seq: i64, t: i64, delay: i64) -> DelayView<'static> {
+        view("r1", seq, t, delay, MeasureStatus::Ok)
+    }
+
+    fn agg(windows: &[u64], lateness_ms: u64) -> Aggregator {
+        Aggregator::new(
+            windows
+                .iter()
+                .map(|ms| Spec::new(Duration::from_millis(*ms)))
+                .collect(),
+            Duration::from_millis(lateness_ms),
+        )
+    }
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(nearest_rank(&v, 0.5), Some(50));
+        assert_eq!(nearest_rank(&v, 0.9), Some(90));
+        assert_eq!(nearest_rank(&v, 0.99), Some(99));
+        assert_eq!(nearest_rank(&[7], 0.99), Some(7));
+        assert_eq!(nearest_rank(&[1, 2, 3], 0.5), Some(2));
+        assert_eq!(nearest_rank(&[1, 2, 3, 4], 0.5), Some(2));
+        assert_eq!(nearest_rank(&[], 0.5), None);
+    }
+
+    #[test]
+    fn one_second_of_heartbeats_gives_exact_quantiles() {
+        let mut a = agg(&[1000], 0);
+        let mut out = Vec::new();
+        // 100 heartbeats 10 ms apart, delays 1..=100 ms in shuffled order.
+        for i in 0..100i64 {
+            let delay = ((i * 37) % 100 + 1) * 1000;
+            a.apply(&ok(i + 1, T0 + i * 10_000, delay), 0, i, &mut out);
+        }
+        assert!(out.is_empty(), "nothing closes before the watermark passes");
+        a.apply(&ok(101, T0 + S, 500), 0, 100, &mut out);
+        assert_eq!(out.len(), 1);
+        let w = &out[0].window;
+        assert_eq!((w.window_start_us, w.window_us), (T0, S));
+        assert_eq!((w.count, w.missing, w.duplicates), (100, 0, 0));
+        assert_eq!(
+            (w.min_us, w.p50_us, w.p90_us, w.p99_us, w.max_us),
+            (
+                Some(1000),
+                Some(50_000),
+                Some(90_000),
+                Some(99_000),
+                Some(100_000)
+            )
+        );
+        assert_eq!(out[0].hold.iter().collect::<Vec<_>>(), vec![(0, 0)]);
+        assert_eq!(&*out[0].label, "1s");
+    }
+
+    #[test]
+    fn statuses_gaps_and_duplicates_are_counted() {
+        let mut a = agg(&[1000], 0);
+        let mut out = Vec::new();
+        a.apply(&ok(1, T0, 100), 0, 0, &mut out);
+        a.apply(&ok(2, T0 + 10_000, 300), 0, 1, &mut out);
+        // seq 3 and 4 never arrive; 5 times out; 6 is an upper bound; 2 again from a second
+        // reader group.
+        a.apply(
+            &view("r1", 5, T0 + 40_000, 30 * S, MeasureStatus::Timeout),
+            0,
+            2,
+            &mut out,
+        );
+        let mut ub = ok(6, T0 + 50_000, 200);
+        ub.upper_bound = true;
+        a.apply(&ub, 0, 3, &mut out);
+        let dup = a.apply(&ok(2, T0 + 10_000, 350), 0, 4, &mut out);
+        assert_eq!(dup.duplicate, 1);
+        a.apply(
+            &view("r1", 7, T0 + 60_000, 0, MeasureStatus::ReplicaUnreachable),
+            0,
+            5,
+            &mut out,
+        );
+        a.close_all(&mut out);
+        let w = &out[0].window;
+        assert_eq!(w.count, 3, "ok records: 1, 2, 6");
+        assert_eq!((w.timeouts, w.unreachable), (1, 1));
+        assert_eq!(w.missing, 2 + 2, "two non-ok + seqs 3 and 4");
+        assert_eq!((w.duplicates, w.upper_bounds), (1, 1));
+        assert_eq!(
+            (w.min_us, w.max_us, w.p50_us),
+            (Some(100), Some(300), Some(200))
+        );
+        assert_eq!(out[0].last_seq, Some(7));
+    }
+
+    #[test]
+    fn gap_across_adjacent_windows_counts_in_the_later_one() {
+        let mut a = agg(&[1000], 0);
+        let mut out = Vec::new();
+        a.apply(&ok(10, T0 + 990_000, 1), 0, 0, &mut out);
+        a.apply(&ok(13, T0 + S + 20_000, 1), 0, 1, &mut out);
+        a.close_all(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].window.missing, 0);
+        assert_eq!(out[1].window.missing, 2, "seqs 11 and 12");
+    }
+
+    #[test]
+    fn lateness_keeps_windows_open_then_late_records_are_counted() {
+        let mut a = agg(&[1000], 500);
+        let mut out = Vec::new();
+        a.apply(&ok(1, T0 + 100_000, 10), 0, 0, &mut out);
+        // Into the next window, but within lateness of the first: it stays open.
+        a.apply(&ok(3, T0 + S + 400_000, 10), 0, 1, &mut out);
+        assert!(out.is_empty());
+        // Out of order, within lateness: applied to the first window.
+        let r = a.apply(&ok(2, T0 + 900_000, 20), 0, 2, &mut out);
+        assert_eq!((r.applied, r.late), (1, 0));
+        // Watermark passes the first window's end.
+        a.apply(&ok(4, T0 + S + 500_000, 10), 0, 3, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].window.count, 2);
+        // Beyond lateness: late, not applied.
+        let r = a.apply(&ok(5, T0 + 950_000, 20), 0, 4, &mut out);
+        assert_eq!((r.applied, r.late), (0, 1));
+        a.close_all(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].window.count, 2);
+    }
+
+    #[test]
+    fn every_length_gets_the_record_and_closes_on_its_own_boundary() {
+        let mut a = agg(&[1000, 10_000], 0);
+        let mut out = Vec::new();
+        for i in 0..1000i64 {
+            a.apply(&ok(i, T0 + i * 10_000, i), 0, i, &mut out);
+        }
+        // 10 s of heartbeats: nine 1 s windows closed, the last 1 s and the 10 s still open.
+        assert_eq!(out.len(), 9);
+        a.apply(&ok(1000, T0 + 10 * S, 0), 0, 1000, &mut out);
+        assert_eq!(out.len(), 11);
+        let ten = out.iter().find(|c| c.window.window_us == 10 * S).unwrap();
+        assert_eq!(ten.window.count, 1000);
+        assert_eq!(ten.window.p99_us, Some(989));
+        assert_eq!(&*ten.label, "10s");
+    }
+
+    #[test]
+    fn replicas_are_windowed_separately() {
+        let mut a = agg(&[1000], 0);
+        let mut out = Vec::new();
+        a.apply(&view("r1", 1, T0, 5, MeasureStatus::Ok), 0, 0, &mut out);
+        a.apply(&view("r2", 1, T0, 7, MeasureStatus::Ok), 1, 0, &mut out);
+        // r1's watermark moves; r2's window stays open.
+        a.apply(&view("r1", 2, T0 + S, 5, MeasureStatus::Ok), 0, 1, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].window.replica, "r1");
+        assert_eq!(a.holds().collect::<Vec<_>>(), vec![(0, 1), (1, 0)]);
+    }
+
+    #[test]
+    fn silent_replica_closes_by_wall_clock() {
+        let mut a = agg(&[1000], 0);
+        let mut out = Vec::new();
+        a.apply(&ok(1, T0, 5), 0, 0, &mut out);
+        a.close_idle(T0 + S + 4 * S, 5 * S, &mut out);
+        assert!(out.is_empty());
+        a.close_idle(T0 + S + 5 * S, 5 * S, &mut out);
+        assert_eq!(out.len(), 1);
+        // And a straggler for it now is late.
+        let r = a.apply(&ok(2, T0 + 10, 5), 0, 1, &mut out);
+        assert_eq!(r.late, 1);
+    }
+
+    #[test]
+    fn flushed_windows_are_skipped_on_replay() {
+        let mut a = agg(&[1000, 10_000], 0);
+        a.restore_flushed("main", "r1", S, T0 + S, Some(200));
+        let mut out = Vec::new();
+        let r = a.apply(&ok(150, T0 + 1_500_000, 5), 0, 0, &mut out);
+        assert_eq!(
+            (r.replayed, r.applied),
+            (1, 1),
+            "1 s flushed; 10 s still open"
+        );
+        a.apply(&ok(201, T0 + 2 * S, 5), 0, 1, &mut out);
+        a.apply(&ok(300, T0 + 3 * S, 5), 0, 2, &mut out);
+        let first = out.iter().find(|c| c.window.window_us == S).unwrap();
+        assert_eq!(first.window.window_start_us, T0 + 2 * S);
+        assert_eq!(
+            first.window.missing, 0,
+            "boundary gap from the restored last seq"
+        );
+    }
+}

@@ -7,4 +7,5 @@ mod cli;
 mod common;
 mod compose;
 mod harness;
+mod processor;
 mod writer;

@@ -4,13 +4,20 @@
 //! - [`mariadb::Cluster`]: a MariaDB primary and N replicas with GTID replication, a stall
 //!   injector and the replicas' apply-time ground truth.
 //! - [`broker::Broker`]: Tansu, the Kafka-protocol broker, with topic creation.
+//! - [`victoria::Victoria`], [`influx::Influx`] (1.6), [`carbon::Carbon`]: the metric stores the
+//!   processor writes to, each with a read-back helper; [`alertmanager::Alertmanager`] routing
+//!   to a [`alertmanager::WebhookReceiver`] the test runs.
 //!
 //! Readiness is always checked by doing the real thing (a query as the user the test will use,
 //! a metadata request), never by sleeping.
 
+pub mod alertmanager;
 pub mod broker;
+pub mod carbon;
+pub mod influx;
 pub mod mariadb;
 pub mod process;
+pub mod victoria;
 
 pub use broker::Broker;
 pub use mariadb::{Cluster, Server};

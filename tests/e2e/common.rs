@@ -106,7 +106,8 @@ group = "{group}"
             .set("group.id", unique("observer"))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "5")
+            // Observers need no low latency; a long fetch wait keeps Tansu's CPU for the services.
+            .set("fetch.wait.max.ms", "50")
             .create()
             .unwrap();
         c.subscribe(&[&self.topic(suffix)]).unwrap();

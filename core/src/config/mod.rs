@@ -247,8 +247,10 @@ pub struct ReaderConfig {
     /// How often discovered replicas are refreshed.
     #[serde(default = "default_discovery_interval")]
     pub discovery_interval: HumanDuration,
-    /// librdkafka fetch.wait.max.ms for the heartbeat consumer. Low because Tansu only answers
-    /// a fetch when this expires; real Kafka answers as soon as a record arrives.
+    /// librdkafka fetch.wait.max.ms for the heartbeat consumer. Visibility is timed by the
+    /// replicas (armed GTID waits, anticipating polls), not by when the event arrives, so this
+    /// only delays the join with the commit time. Real Kafka answers a waiting fetch as soon as
+    /// a record arrives; Tansu 0.6 only when this expires, and each answer costs it CPU.
     #[serde(default = "default_fetch_wait")]
     pub fetch_wait: HumanDuration,
     /// Heartbeats measured at once per replica; more are superseded (status skipped).
@@ -284,7 +286,7 @@ fn default_discovery_interval() -> HumanDuration {
     HumanDuration::from_secs(10)
 }
 fn default_fetch_wait() -> HumanDuration {
-    HumanDuration::from_millis(2)
+    HumanDuration::from_millis(10)
 }
 const fn default_max_in_flight() -> usize {
     4096

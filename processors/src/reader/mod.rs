@@ -1,8 +1,644 @@
-//! The reader: consumes `heartbeat-set`, times visibility on every replica, emits `replica-delay`.
+//! The reader: consumes `heartbeat-set`, times when every replica of the cluster shows each
+//! heartbeat (see [`replica`]), and publishes one `replica-delay` record per (replica, seq).
+//!
+//! Flow: the consumer loop decodes each record (undecodable ones go to dead-letter with the
+//! reason) and hands it to every replica task of its cluster with a [`Ticket`]. A replica task
+//! publishes its record; when Kafka acknowledges it the ticket counts down, and when all
+//! replicas' records are acknowledged the heartbeat's offset may be stored — in partition order
+//! ([`offsets::OffsetTracker`]), so a crash replays from the oldest unfinished heartbeat.
+//!
+//! Per cluster, a clock task keeps the local-to-primary clock offset (NTP-style over
+//! `SELECT UNIX_TIMESTAMP(SYSDATE(6))`, lowest-RTT samples), and with `discover_replicas` a
+//! discovery task adds the replicas the primary reports, without a restart.
 
+mod gtid;
+mod offsets;
+mod replica;
+mod timing;
+
+use anyhow::{bail, Context};
+use millilag_core::clock::{sample_offset, OffsetEstimator};
+use millilag_core::config::{ClusterConfig, Config, DbUrl};
+use millilag_core::events::{HeartbeatSet, MeasureStatus, Record, ReplicaDelay};
+use millilag_core::http::{bind_and_serve, Health};
+use millilag_core::kafka::{self, topics};
 use millilag_core::shutdown::Shutdown;
-use millilag_core::Config;
+use millilag_core::telemetry::instance_id;
+use millilag_core::{backoff::Backoff, db};
+use offsets::OffsetTracker;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use replica::{ClusterCtx, Job, ReplicaWorker, Settings};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{info, info_span, warn, Instrument};
 
-pub async fn run(_config: Config, _shutdown: Shutdown) -> anyhow::Result<()> {
-    anyhow::bail!("the reader is not implemented yet (issue 4)")
+type Labels = Vec<(&'static str, String)>;
+
+/// The reader's metrics.
+#[derive(Clone)]
+pub struct ReaderMetrics {
+    measurements: Family<Labels, Counter>,
+    delay: Family<Labels, Histogram>,
+    queries: Family<Labels, Counter>,
+    upper_bounds: Family<Labels, Counter>,
+    events: Counter,
+    dead_letters: Counter,
+    publish_retries: Counter,
+    consumer_lag: Family<Labels, Gauge>,
+    replicas: Family<Labels, Gauge>,
+}
+
+impl ReaderMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = ReaderMetrics {
+            measurements: Family::default(),
+            delay: Family::new_with_constructor(|| {
+                // 100 us .. ~52 s
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    0.0001, 2.0, 20,
+                ))
+            }),
+            queries: Family::default(),
+            upper_bounds: Family::default(),
+            events: Counter::default(),
+            dead_letters: Counter::default(),
+            publish_retries: Counter::default(),
+            consumer_lag: Family::default(),
+            replicas: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("reader");
+        r.register(
+            "measurements",
+            "replica-delay records by cluster, replica and status",
+            m.measurements.clone(),
+        );
+        r.register(
+            "delay_seconds",
+            "Measured replication delay (status ok)",
+            m.delay.clone(),
+        );
+        r.register(
+            "queries",
+            "Queries issued to replicas, by kind (gtid_wait, poll, status)",
+            m.queries.clone(),
+        );
+        r.register("upper_bounds", "ok measurements that are only upper bounds (the replica showed the heartbeat at the first look)", m.upper_bounds.clone());
+        r.register(
+            "heartbeats",
+            "heartbeat-set records consumed",
+            m.events.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Records sent to the dead-letter topic",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "publish_retries",
+            "replica-delay publishes retried after a Kafka failure",
+            m.publish_retries.clone(),
+        );
+        r.register(
+            "consumer_lag",
+            "heartbeat-set records not yet consumed, per partition",
+            m.consumer_lag.clone(),
+        );
+        r.register(
+            "replicas",
+            "Replicas being measured, per cluster",
+            m.replicas.clone(),
+        );
+        m
+    }
+
+    fn query(&self, cluster: &str, replica: &str, kind: &'static str) {
+        self.queries
+            .get_or_create(&vec![
+                ("cluster", cluster.to_string()),
+                ("replica", replica.to_string()),
+                ("kind", kind.to_string()),
+            ])
+            .inc();
+    }
+
+    fn measured(&self, r: &ReplicaDelay) {
+        let l = vec![
+            ("cluster", r.cluster.clone()),
+            ("replica", r.replica.clone()),
+        ];
+        let mut ls = l.clone();
+        ls.push(("status", r.status.as_str().to_string()));
+        self.measurements.get_or_create(&ls).inc();
+        if r.status == MeasureStatus::Ok {
+            self.delay
+                .get_or_create(&l)
+                .observe(r.delay_us as f64 / 1e6);
+            if r.upper_bound {
+                self.upper_bounds.get_or_create(&l).inc();
+            }
+        }
+    }
+}
+
+/// One consumed heartbeat: done when every replica's record is acknowledged.
+pub struct Ticket {
+    partition: i32,
+    offset: i64,
+    remaining: AtomicUsize,
+    done: mpsc::UnboundedSender<(i32, i64)>,
+}
+
+impl Ticket {
+    fn new(
+        partition: i32,
+        offset: i64,
+        count: usize,
+        done: mpsc::UnboundedSender<(i32, i64)>,
+    ) -> Arc<Ticket> {
+        let t = Arc::new(Ticket {
+            partition,
+            offset,
+            remaining: AtomicUsize::new(count),
+            done,
+        });
+        if count == 0 {
+            t.finish();
+        }
+        t
+    }
+
+    fn complete_one(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.finish();
+        }
+    }
+
+    fn finish(&self) {
+        let _ = self.done.send((self.partition, self.offset));
+    }
+}
+
+/// Publishes replica-delay records; a record counts for its ticket only once Kafka acked it.
+pub struct Output {
+    producer: FutureProducer,
+    topic: String,
+    metrics: ReaderMetrics,
+}
+
+impl Output {
+    fn publish(self: &Arc<Self>, rec: ReplicaDelay, ticket: Arc<Ticket>) {
+        self.metrics.measured(&rec);
+        let out = self.clone();
+        tokio::spawn(async move {
+            let payload = match rec.encode() {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = %e, "Cannot encode replica-delay; this is a bug.");
+                    ticket.complete_one();
+                    return;
+                }
+            };
+            let key = rec.key();
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+            // Retry until acknowledged: the heartbeat's offset waits for it, so nothing is lost
+            // while the broker is away.
+            loop {
+                let res = out
+                    .producer
+                    .send(
+                        FutureRecord::to(&out.topic).key(&key).payload(&payload),
+                        Duration::from_secs(30),
+                    )
+                    .await;
+                match res {
+                    Ok(_) => break,
+                    Err((e, _)) => {
+                        out.metrics.publish_retries.inc();
+                        warn!(error = %e, replica = %rec.replica, seq = rec.seq, "replica-delay not acknowledged; retrying.");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
+            }
+            ticket.complete_one();
+        });
+    }
+}
+
+struct ClusterState {
+    ctx: Arc<ClusterCtx>,
+    replicas: BTreeMap<String, mpsc::Sender<Job>>,
+    configured: BTreeSet<String>,
+}
+
+/// Replica changes found by discovery.
+enum Discovery {
+    Add { cluster: String, url: DbUrl },
+    Gone { cluster: String, addr: String },
+}
+
+/// Capacity of each replica task's queue of heartbeats.
+const REPLICA_QUEUE: usize = 4096;
+
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    if config.clusters.is_empty() {
+        bail!("no [[cluster]] in the config: the reader has nothing to measure");
+    }
+    let rc = &config.reader;
+    let reader_id = rc.reader_id.clone().unwrap_or_else(instance_id);
+    let mut registry = Registry::with_prefix("millilag");
+    let metrics = ReaderMetrics::new(&mut registry);
+    let health = Health::starting();
+    let server = bind_and_serve(
+        rc.listen,
+        Arc::new(registry),
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+
+    kafka::ensure_topics(
+        &config,
+        &[
+            topics::HEARTBEAT_SET,
+            topics::REPLICA_DELAY,
+            topics::DEAD_LETTER,
+        ],
+    )
+    .await
+    .context("creating topics")?;
+    let producer = kafka::producer(&config.kafka, 1).context("creating the Kafka producer")?;
+    let out = Arc::new(Output {
+        producer: producer.clone(),
+        topic: config.topic(topics::REPLICA_DELAY),
+        metrics: metrics.clone(),
+    });
+    let settings = Settings {
+        method: rc.method,
+        poll_interval: rc.poll_interval.0,
+        poll_max_interval: rc.poll_max_interval.0,
+        timeout: rc.timeout.0,
+        prearm_depth: rc.prearm_depth,
+        max_in_flight: rc.max_in_flight_per_replica,
+    };
+
+    let (disc_tx, mut disc_rx) = mpsc::unbounded_channel();
+    let mut clusters: BTreeMap<String, ClusterState> = BTreeMap::new();
+    let mut background = Vec::new();
+    for c in &config.clusters {
+        let clock = Arc::new(Mutex::new(OffsetEstimator::new(32)));
+        let ctx = Arc::new(ClusterCtx {
+            name: c.name.clone(),
+            table: db::qualified_table(&c.database, &c.table)?,
+            reader_id: reader_id.clone(),
+            password: c.password.clone(),
+            clock: clock.clone(),
+            settings: settings.clone(),
+        });
+        // The first offset estimate before the first measurement, when the primary answers.
+        sample_clock(c, &clock, 5).await;
+        background.push(tokio::spawn(
+            keep_clock(c.clone(), clock, rc.clock_refresh.0, shutdown.clone())
+                .instrument(info_span!("clock", cluster = %c.name)),
+        ));
+        if c.discover_replicas {
+            background.push(tokio::spawn(
+                discover(
+                    c.clone(),
+                    rc.discovery_interval.0,
+                    disc_tx.clone(),
+                    shutdown.clone(),
+                )
+                .instrument(info_span!("discovery", cluster = %c.name)),
+            ));
+        }
+        let mut state = ClusterState {
+            ctx,
+            replicas: BTreeMap::new(),
+            configured: c.replicas.iter().map(|r| r.address()).collect(),
+        };
+        for r in &c.replicas {
+            add_replica(&mut state, r.clone(), &out, &shutdown);
+        }
+        metrics
+            .replicas
+            .get_or_create(&vec![("cluster", c.name.clone())])
+            .set(state.replicas.len() as i64);
+        clusters.insert(c.name.clone(), state);
+    }
+
+    let consumer = kafka::consumer(
+        &config.kafka,
+        &rc.group,
+        rc.fetch_wait.as_millis().max(1) as u32,
+    )
+    .context("creating the Kafka consumer")?;
+    let topic = config.topic(topics::HEARTBEAT_SET);
+    consumer
+        .subscribe(&[&topic])
+        .context("subscribing to heartbeat-set")?;
+    let consumer = Arc::new(consumer);
+    background.push(tokio::spawn(report_lag(
+        consumer.clone(),
+        topic.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut tracker = OffsetTracker::default();
+    health.set_ready();
+    info!(reader_id = %reader_id, group = %rc.group, method = ?rc.method, "Reader started.");
+
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait() => break,
+            Some((p, o)) = done_rx.recv() => {
+                if let Some(next) = tracker.finish(p, o) {
+                    if let Err(e) = consumer.store_offset(&topic, p, next - 1) {
+                        warn!(error = %e, partition = p, "Cannot store offset.");
+                    }
+                }
+            }
+            Some(d) = disc_rx.recv() => match d {
+                Discovery::Add { cluster, url } => {
+                    if let Some(state) = clusters.get_mut(&cluster) {
+                        if !state.replicas.contains_key(&url.address()) {
+                            info!(cluster = %cluster, replica = %url.address(), "Discovered a new replica; measuring it.");
+                            add_replica(state, url, &out, &shutdown);
+                            metrics.replicas.get_or_create(&vec![("cluster", cluster.clone())]).set(state.replicas.len() as i64);
+                        }
+                    }
+                }
+                Discovery::Gone { cluster, addr } => {
+                    if let Some(state) = clusters.get_mut(&cluster) {
+                        if !state.configured.contains(&addr) && state.replicas.remove(&addr).is_some() {
+                            warn!(cluster = %cluster, replica = %addr, "Replica no longer reported by the primary; stopped measuring it.");
+                            metrics.replicas.get_or_create(&vec![("cluster", cluster.clone())]).set(state.replicas.len() as i64);
+                        }
+                    }
+                }
+            },
+            msg = consumer.recv() => {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(error = %e, "Kafka consumer error.");
+                        continue;
+                    }
+                };
+                let (p, o) = (msg.partition(), msg.offset());
+                tracker.begin(p, o);
+                metrics.events.inc();
+                let event = match msg.payload().map(HeartbeatSet::decode) {
+                    Some(Ok(e)) => e,
+                    other => {
+                        let reason = match other {
+                            Some(Err(e)) => e.to_string(),
+                            _ => "empty payload".to_string(),
+                        };
+                        warn!(partition = p, offset = o, reason = %reason, "Undecodable heartbeat-set record; sent to dead-letter.");
+                        let dl = kafka::dead_letter(&producer, &config, "reader", &topic, p, o, msg.key(), msg.payload(), &reason);
+                        // The dead letter must be kept before the offset moves past the record.
+                        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+                        let mut dl = Box::pin(dl);
+                        loop {
+                            match dl.await {
+                                Ok(()) => break,
+                                Err(e) => {
+                                    warn!(error = %e, "Dead-letter publish failed; retrying.");
+                                    tokio::time::sleep(backoff.next_delay()).await;
+                                    dl = Box::pin(kafka::dead_letter(&producer, &config, "reader", &topic, p, o, msg.key(), msg.payload(), &reason));
+                                }
+                            }
+                        }
+                        metrics.dead_letters.inc();
+                        if let Some(next) = tracker.finish(p, o) {
+                            let _ = consumer.store_offset(&topic, p, next - 1);
+                        }
+                        continue;
+                    }
+                };
+                let Some(state) = clusters.get(&event.cluster) else {
+                    // Another deployment's cluster on a shared topic: not ours to measure.
+                    if let Some(next) = tracker.finish(p, o) {
+                        let _ = consumer.store_offset(&topic, p, next - 1);
+                    }
+                    continue;
+                };
+                let event = Arc::new(event);
+                let ticket = Ticket::new(p, o, state.replicas.len(), done_tx.clone());
+                for (addr, tx) in &state.replicas {
+                    let job = Job { event: event.clone(), ticket: ticket.clone() };
+                    if let Err(err) = tx.try_send(job) {
+                        // The replica task is hopelessly behind (or gone): count it, never block.
+                        let job = match err {
+                            mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+                        };
+                        out.publish(skipped(&state.ctx, addr, &job.event), job.ticket);
+                    }
+                }
+            }
+        }
+    }
+    info!("Reader stopping: finishing publishes and committing offsets.");
+    drop(clusters);
+    // Let acknowledged work store its offsets for a moment, then commit what is stored.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tracker.in_flight() > 0 {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some((p, o))) => {
+                if let Some(next) = tracker.finish(p, o) {
+                    let _ = consumer.store_offset(&topic, p, next - 1);
+                }
+            }
+            _ => break,
+        }
+    }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        warn!(error = %e, "Final offset commit failed; the next reader replays from the last commit.");
+    }
+    for b in background {
+        b.abort();
+    }
+    let _ = server.await;
+    info!("Reader stopped.");
+    Ok(())
+}
+
+fn skipped(ctx: &ClusterCtx, replica: &str, e: &HeartbeatSet) -> ReplicaDelay {
+    let now = millilag_core::clock::now_us();
+    ReplicaDelay {
+        cluster: ctx.name.clone(),
+        replica: replica.to_string(),
+        primary: e.primary.clone(),
+        seq: e.seq,
+        committed_at_us: e.committed_at_us,
+        delay_us: (now - e.committed_at_us).max(0),
+        uncertainty_us: 0,
+        method: millilag_core::events::MeasureMethod::GtidWait,
+        status: MeasureStatus::Skipped,
+        upper_bound: false,
+        observed_at_us: now,
+        reader_id: ctx.reader_id.clone(),
+        queries: 0,
+    }
+}
+
+fn add_replica(state: &mut ClusterState, url: DbUrl, out: &Arc<Output>, shutdown: &Shutdown) {
+    let (tx, rx) = mpsc::channel(REPLICA_QUEUE);
+    let addr = url.address();
+    let worker = ReplicaWorker::new(state.ctx.clone(), url, out.clone());
+    let span = info_span!("replica", cluster = %state.ctx.name, replica = %addr);
+    tokio::spawn(worker.run(rx, shutdown.clone()).instrument(span));
+    state.replicas.insert(addr, tx);
+}
+
+async fn sample_clock(c: &ClusterConfig, clock: &Mutex<OffsetEstimator>, n: usize) -> bool {
+    let Ok(mut conn) = db::connect(&c.primary, c.password.as_ref().map(|p| p.expose())).await
+    else {
+        return false;
+    };
+    for _ in 0..n {
+        match sample_offset(&mut conn).await {
+            Ok(s) => clock.lock().unwrap_or_else(|p| p.into_inner()).add(s),
+            Err(_) => return false,
+        }
+    }
+    let _ = conn.disconnect().await;
+    true
+}
+
+/// Re-estimate the clock offset to the primary every `every`.
+async fn keep_clock(
+    c: ClusterConfig,
+    clock: Arc<Mutex<OffsetEstimator>>,
+    every: Duration,
+    mut shutdown: Shutdown,
+) {
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait() => return,
+        }
+        let ok = sample_clock(&c, &clock, 5).await;
+        if !ok && !warned {
+            warn!(primary = %c.primary.address(), "Cannot reach the primary to refresh the clock offset; using the last estimate.");
+        }
+        warned = !ok;
+    }
+}
+
+/// Every `every`, ask the primary which replicas it has and report changes.
+async fn discover(
+    c: ClusterConfig,
+    every: Duration,
+    tx: mpsc::UnboundedSender<Discovery>,
+    mut shutdown: Shutdown,
+) {
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    loop {
+        match list_replicas(&c).await {
+            Ok(found) => {
+                let now: BTreeSet<String> = found.iter().map(|u| u.address()).collect();
+                for u in found {
+                    if !known.contains(&u.address()) {
+                        let _ = tx.send(Discovery::Add {
+                            cluster: c.name.clone(),
+                            url: u,
+                        });
+                    }
+                }
+                for gone in known.difference(&now) {
+                    let _ = tx.send(Discovery::Gone {
+                        cluster: c.name.clone(),
+                        addr: gone.clone(),
+                    });
+                }
+                known = now;
+            }
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "Replica discovery failed; keeping the current list."
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+async fn list_replicas(c: &ClusterConfig) -> anyhow::Result<Vec<DbUrl>> {
+    let addr = c.primary.address();
+    let mut conn = db::connect(&c.primary, c.password.as_ref().map(|p| p.expose())).await?;
+    let dialect = db::dialect(&mut conn, &addr).await?;
+    let hosts = db::replica_hosts(&mut conn, &dialect, &addr)
+        .await
+        .context(
+        "listing replicas (needs REPLICATION MASTER ADMIN on MariaDB, REPLICATION SLAVE on MySQL)",
+    )?;
+    let _ = conn.disconnect().await;
+    Ok(hosts
+        .into_iter()
+        .map(|(h, p)| c.primary.with_address(&h, p))
+        .collect())
+}
+
+/// Consumer lag per partition, every 5 s (a blocking metadata call, off the hot path).
+async fn report_lag(
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    metrics: ReaderMetrics,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.wait() => return,
+        }
+        let c = consumer.clone();
+        let t = topic.clone();
+        let lags = tokio::task::spawn_blocking(move || -> Vec<(i32, i64)> {
+            let Ok(assignment) = c.assignment() else {
+                return vec![];
+            };
+            let Ok(positions) = c.position() else {
+                return vec![];
+            };
+            assignment
+                .elements_for_topic(&t)
+                .iter()
+                .filter_map(|e| {
+                    let (_, high) = c
+                        .fetch_watermarks(&t, e.partition(), Duration::from_secs(2))
+                        .ok()?;
+                    let pos = positions
+                        .find_partition(&t, e.partition())
+                        .and_then(|p| p.offset().to_raw())
+                        .unwrap_or(0);
+                    Some((e.partition(), (high - pos).max(0)))
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        for (p, lag) in lags {
+            metrics
+                .consumer_lag
+                .get_or_create(&vec![("partition", p.to_string())])
+                .set(lag);
+        }
+    }
 }

@@ -8,4 +8,5 @@ mod common;
 mod compose;
 mod harness;
 mod processor;
+mod reader;
 mod writer;

@@ -43,7 +43,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use sinks::{Batch, SinkHandle};
 use state::Flushed;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -179,6 +179,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         producer: &producer,
         topic: topic.clone(),
         paused: false,
+        known: BTreeSet::new(),
     };
     let idle_us = i64::try_from(
         config
@@ -201,10 +202,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                 p.dispatch();
                 p.store_offsets(&consumer);
                 p.backpressure(&consumer);
+                p.check_assignment(&consumer);
+                p.update_gauges();
             }
             m = consumer.recv() => match m {
                 Ok(m) => {
-                    if !p.handle(&m, &shutdown).await {
+                    if !p.handle(&m, &consumer, &shutdown).await {
                         break;
                     }
                     if p.closed.len() >= DISPATCH_BATCH {
@@ -313,6 +316,19 @@ fn commit_sync(consumer: &StreamConsumer, topic: &str, tracker: &OffsetTracker) 
     }
 }
 
+/// The partitions of `topic` assigned to this consumer now.
+fn assigned(consumer: &StreamConsumer, topic: &str) -> BTreeSet<i32> {
+    consumer
+        .assignment()
+        .map(|tpl| {
+            tpl.elements_for_topic(topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The run loop's state.
 struct Processor<'a> {
     config: &'a Config,
@@ -328,13 +344,29 @@ struct Processor<'a> {
     producer: &'a FutureProducer,
     topic: String,
     paused: bool,
+    /// Partitions this consumer owns as far as the run loop knows. A record from any other
+    /// partition means a rebalance gave us new partitions: their flush marks are re-read first.
+    known: BTreeSet<i32>,
 }
 
 impl Processor<'_> {
     /// One record. Returns false if shutdown interrupted a dead-letter write (the record is
     /// then neither applied nor stored, so it is read again after the restart).
-    async fn handle(&mut self, m: &BorrowedMessage<'_>, shutdown: &Shutdown) -> bool {
+    async fn handle(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        consumer: &StreamConsumer,
+        shutdown: &Shutdown,
+    ) -> bool {
         let (partition, offset) = (m.partition(), m.offset());
+        if !self.known.contains(&partition) {
+            let first = self.known.is_empty();
+            self.known = assigned(consumer, &self.topic);
+            self.known.insert(partition);
+            if !first {
+                self.reload_flushed().await;
+            }
+        }
         self.metrics.records.inc();
         let decoded = match m.payload() {
             Some(bytes) => input::decode(bytes).map_err(|e| e.to_string()),
@@ -463,12 +495,53 @@ impl Processor<'_> {
         if self.sinks.is_empty() {
             let _ = self.state_tx.send((id, marks));
         }
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
         self.metrics
             .open_windows
             .set(self.agg.open_windows() as i64);
         self.metrics
             .pending_windows
             .set(self.tracker.pending_windows() as i64);
+    }
+
+    /// Another processor may have flushed windows of partitions we just got.
+    async fn reload_flushed(&mut self) {
+        match state::load_flushed(self.config, self.config.topic(topics::PROCESSOR_STATE)).await {
+            Ok(marks) => {
+                for f in marks {
+                    self.agg.restore_flushed(
+                        &f.cluster,
+                        &f.replica,
+                        f.window_us,
+                        f.window_start_us,
+                        f.last_seq,
+                    );
+                }
+            }
+            Err(e) => warn!(error = format!("{e:#}"), "Re-reading processor-state after a rebalance failed; rebuilt windows may overwrite complete points."),
+        }
+    }
+
+    /// Partitions taken away by a rebalance: drop their open windows (the new owner rebuilds
+    /// them from the committed offset) and stop storing offsets for them.
+    fn check_assignment(&mut self, consumer: &StreamConsumer) {
+        if self.known.is_empty() {
+            return;
+        }
+        let now = assigned(consumer, &self.topic);
+        let lost: Vec<i32> = self.known.difference(&now).copied().collect();
+        if lost.is_empty() {
+            return;
+        }
+        let dropped = self.agg.forget_partitions(&lost);
+        for p in &lost {
+            self.tracker.forget_partition(*p);
+            self.known.remove(p);
+        }
+        info!(partitions = ?lost, dropped_windows = dropped, "Partitions revoked; their open windows are left to the new owner.");
     }
 
     fn sink_acked(&mut self, id: u64) {

@@ -120,6 +120,13 @@ struct KeyState {
     cluster: Arc<str>,
     replica: Arc<str>,
     max_event_us: i64,
+    /// Wall clock (the run loop's coarse `now`) when the key's last record was applied: a key
+    /// still receiving records (e.g. catching up on a backlog) is not idle, however old its
+    /// windows are.
+    last_arrival_us: i64,
+    /// The partition the key's last record came from (its records move with the partition
+    /// when the consumer group rebalances).
+    partition: i32,
     lanes: Vec<Lane>,
 }
 
@@ -150,6 +157,8 @@ pub struct Aggregator {
     /// Recycled vectors of closed windows.
     spare: Vec<Vec<i64>>,
     open_count: usize,
+    /// Coarse wall clock set by the run loop every tick (no clock read per record).
+    now_us: i64,
 }
 
 impl Aggregator {
@@ -165,6 +174,7 @@ impl Aggregator {
             keys: Vec::new(),
             spare: Vec::new(),
             open_count: 0,
+            now_us: 0,
         }
     }
 
@@ -186,6 +196,8 @@ impl Aggregator {
             cluster: cluster.into(),
             replica: replica.into(),
             max_event_us: i64::MIN,
+            last_arrival_us: self.now_us,
+            partition: -1,
             lanes: self.specs.iter().map(|_| Lane::default()).collect(),
         });
         self.index
@@ -231,6 +243,8 @@ impl Aggregator {
         let status = status_index(r.status);
         let mut result = Applied::default();
         let key = &mut self.keys[k];
+        key.last_arrival_us = self.now_us;
+        key.partition = partition;
         let watermark_before = key.max_event_us.saturating_sub(self.lateness_us);
         for (i, spec) in self.specs.iter().enumerate() {
             let lane = &mut key.lanes[i];
@@ -300,11 +314,22 @@ impl Aggregator {
         result
     }
 
-    /// Close windows that ended `idle_us` or more before `now_us` (wall clock, primary-clock
-    /// microseconds): replicas with no newer record to move their watermark.
+    /// The wall clock (microseconds) for arrival stamps; the run loop sets it every tick.
+    pub fn set_now(&mut self, now_us: i64) {
+        self.now_us = now_us;
+    }
+
+    /// Close the windows of silent keys: no record for `idle_us` (wall clock) and the window
+    /// ended `idle_us` or more before `now_us` (compared with primary-clock event time). A
+    /// replica with no newer record never moves its watermark; one that is merely being
+    /// replayed from a backlog keeps receiving records and is left to its watermark.
     pub fn close_idle(&mut self, now_us: i64, idle_us: i64, out: &mut Vec<Closed>) {
+        self.now_us = self.now_us.max(now_us);
         let limit = now_us.saturating_sub(idle_us);
         for k in 0..self.keys.len() {
+            if self.keys[k].last_arrival_us > limit {
+                continue;
+            }
             self.close_key(k, |_, end| end <= limit, out);
         }
     }
@@ -349,6 +374,38 @@ impl Aggregator {
                 self.spare.push(std::mem::take(&mut w.delays));
             }
         }
+    }
+
+    /// This consumer lost `partitions` (a rebalance): forget everything about their keys —
+    /// open windows are dropped unflushed (the new owner rebuilds them from the committed
+    /// offset, which is at or before their first record) and watermarks reset, so that if a
+    /// partition comes back its records are windowed afresh. Returns the windows dropped.
+    pub fn forget_partitions(&mut self, partitions: &[i32]) -> usize {
+        let mut dropped = 0;
+        for key in &mut self.keys {
+            let moved = partitions.contains(&key.partition)
+                || key
+                    .lanes
+                    .iter()
+                    .flat_map(|l| l.open.iter())
+                    .any(|w| w.hold.iter().any(|(p, _)| partitions.contains(&p)));
+            if !moved {
+                continue;
+            }
+            for lane in &mut key.lanes {
+                for mut w in lane.open.drain(..) {
+                    dropped += 1;
+                    w.seqs.clear();
+                    w.delays.clear();
+                    self.spare.push(std::mem::take(&mut w.seqs));
+                    self.spare.push(std::mem::take(&mut w.delays));
+                }
+                *lane = Lane::default();
+            }
+            key.max_event_us = i64::MIN;
+        }
+        self.open_count -= dropped;
+        dropped
     }
 
     /// Every open window's hold (for the offset to store).
@@ -595,6 +652,7 @@ mod tests {
     fn silent_replica_closes_by_wall_clock() {
         let mut a = agg(&[1000], 0);
         let mut out = Vec::new();
+        a.set_now(T0 + 10);
         a.apply(&ok(1, T0, 5), 0, 0, &mut out);
         a.close_idle(T0 + S + 4 * S, 5 * S, &mut out);
         assert!(out.is_empty());
@@ -603,6 +661,41 @@ mod tests {
         // And a straggler for it now is late.
         let r = a.apply(&ok(2, T0 + 10, 5), 0, 1, &mut out);
         assert_eq!(r.late, 1);
+    }
+
+    #[test]
+    fn a_lost_partition_drops_its_windows_and_resets_its_keys() {
+        let mut a = agg(&[1000], 0);
+        let mut out = Vec::new();
+        a.apply(&view("r1", 1, T0, 5, MeasureStatus::Ok), 0, 0, &mut out);
+        a.apply(&view("r1", 2, T0 + S, 5, MeasureStatus::Ok), 0, 1, &mut out);
+        a.apply(&view("r2", 1, T0, 7, MeasureStatus::Ok), 1, 0, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(a.forget_partitions(&[0]), 1);
+        assert_eq!(a.open_windows(), 1);
+        assert_eq!(a.holds().collect::<Vec<_>>(), vec![(1, 0)]);
+        // Partition 0 comes back and is replayed from its committed offset: nothing is late.
+        let r = a.apply(&view("r1", 2, T0 + S, 5, MeasureStatus::Ok), 0, 1, &mut out);
+        assert_eq!((r.applied, r.late), (1, 0));
+    }
+
+    #[test]
+    fn a_backlog_being_replayed_is_not_idle() {
+        let mut a = agg(&[1000], 0);
+        let mut out = Vec::new();
+        // An hour after these heartbeats, the processor catches up on them.
+        let now = T0 + 3_600 * S;
+        a.set_now(now);
+        a.apply(&ok(1, T0, 5), 0, 0, &mut out);
+        a.close_idle(now + 20_000, 5 * S, &mut out);
+        assert!(out.is_empty(), "records still arriving for this replica");
+        a.apply(&ok(2, T0 + 500_000, 5), 0, 1, &mut out);
+        // Then the replica's records stop: idle after idle_us without arrivals.
+        a.close_idle(now + 4 * S, 5 * S, &mut out);
+        assert!(out.is_empty());
+        a.close_idle(now + 20_000 + 5 * S, 5 * S, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].window.count, 2);
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Metrics {
         );
         r.register(
             "replayed_records",
-            "Records skipped because their window was flushed before a restart",
+            "Records skipped for a window length because that window was flushed before a restart",
             m.replayed.clone(),
         );
         r.register(

@@ -378,7 +378,7 @@ impl Processor<'_> {
                 if r.duplicate > 0 {
                     self.metrics.duplicates.inc();
                 }
-                if r.replayed > 0 && r.applied == 0 {
+                if r.replayed > 0 {
                     self.metrics.replayed.inc();
                 }
                 if r.late > 0 {

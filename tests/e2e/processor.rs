@@ -794,10 +794,11 @@ async fn processor_alert_reaches_alertmanager_resolves_and_restart_sends_no_dupl
     );
 }
 
+/// Also: a receiver that fails twice gets the same signed body a third time (retries).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processor_webhook_signature_verifies_with_the_shared_secret() {
     let env = Env::start().await;
-    let receiver = WebhookReceiver::start().await.unwrap();
+    let receiver = WebhookReceiver::start_failing(2).await.unwrap();
     let secret = "s3cret-key";
     let config = env.config(
         r#"windows = ["1s"]
@@ -823,10 +824,24 @@ hmac_secret_env = "HOOK_SECRET"
     let t = base_second();
     env.send(&delay(1, t, 5 * MS)).await;
     env.send(&delay(2, t + S, 5 * MS)).await;
-    let r = receiver
-        .next(Duration::from_secs(30))
-        .await
-        .expect("a post");
+    let mut attempts = Vec::new();
+    while attempts.len() < 3 {
+        attempts.push(
+            receiver
+                .next(Duration::from_secs(30))
+                .await
+                .expect("a post"),
+        );
+    }
+    assert_eq!(
+        attempts.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![503, 503, 200]
+    );
+    assert!(
+        attempts.iter().all(|a| a.body == attempts[0].body),
+        "same body on retry"
+    );
+    let r = attempts.pop().unwrap();
     let sig = r.headers.get("x-millilag-signature").expect("signed");
     let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(&r.body);
@@ -841,6 +856,16 @@ hmac_secret_env = "HOOK_SECRET"
         &format!("sha256={}", hex::encode(wrong.finalize().into_bytes()))
     );
     assert_eq!(r.json()["rule"], "any-lag");
+    assert_eq!(
+        p.metric("millilag_processor_webhook_failures_total{webhook=\"webhook[0]\"} ")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        p.metric("millilag_processor_webhook_sent_total{webhook=\"webhook[0]\"} ")
+            .await,
+        1.0
+    );
     p.stop().await;
 }
 

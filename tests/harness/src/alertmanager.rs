@@ -98,6 +98,8 @@ pub struct Received {
     /// Header names lower-case.
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
+    /// The status the receiver answered with.
+    pub status: u16,
 }
 
 impl Received {
@@ -106,8 +108,8 @@ impl Received {
     }
 }
 
-/// An HTTP server on a free port that answers 200 to any POST and hands each request to the
-/// test, in order.
+/// An HTTP server on a free port that answers 200 to any request (after answering 503 to the
+/// first `fail_first`, to exercise retries) and hands each request to the test, in order.
 pub struct WebhookReceiver {
     pub port: u16,
     rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Received>>,
@@ -116,15 +118,31 @@ pub struct WebhookReceiver {
 
 impl WebhookReceiver {
     pub async fn start() -> Result<WebhookReceiver> {
+        Self::start_failing(0).await
+    }
+
+    pub async fn start_failing(fail_first: usize) -> Result<WebhookReceiver> {
         use axum::extract::State;
-        use axum::http::{HeaderMap, Uri};
+        use axum::http::{HeaderMap, StatusCode, Uri};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        type Shared = (mpsc::UnboundedSender<Received>, Arc<AtomicUsize>);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let (tx, rx) = mpsc::unbounded_channel::<Received>();
-        let handler = |State(tx): State<mpsc::UnboundedSender<Received>>,
+        let failures_left = Arc::new(AtomicUsize::new(fail_first));
+        let handler = |State((tx, left)): State<Shared>,
                        uri: Uri,
                        headers: HeaderMap,
                        body: axum::body::Bytes| async move {
+            let fail = left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            let status = if fail {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
             let headers = headers
                 .iter()
                 .map(|(k, v)| {
@@ -138,10 +156,13 @@ impl WebhookReceiver {
                 path: uri.path().to_string(),
                 headers,
                 body: body.to_vec(),
+                status: status.as_u16(),
             });
-            "ok"
+            (status, "ok")
         };
-        let app = axum::Router::new().fallback(handler).with_state(tx);
+        let app = axum::Router::new()
+            .fallback(handler)
+            .with_state((tx, failures_left));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

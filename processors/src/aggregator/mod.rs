@@ -382,12 +382,13 @@ impl Processor<'_> {
                     self.metrics.replayed.inc();
                 }
                 if r.late > 0 {
-                    // Late for n lengths = the n shortest (see Aggregator::new).
-                    for spec in self.agg.specs().iter().take(r.late as usize) {
-                        self.metrics
-                            .late
-                            .get_or_create(&labels(&[("window", &spec.label)]))
-                            .inc();
+                    for (i, spec) in self.agg.specs().iter().enumerate() {
+                        if r.late_mask & (1 << i.min(31)) != 0 {
+                            self.metrics
+                                .late
+                                .get_or_create(&labels(&[("window", &spec.label)]))
+                                .inc();
+                        }
                     }
                 }
             }

@@ -78,6 +78,8 @@ pub struct Applied {
     pub duplicate: u8,
     /// Lengths where its window had already closed.
     pub late: u8,
+    /// Which lengths (bit i = `specs()[i]`) those were.
+    pub late_mask: u32,
     /// Lengths where its window was flushed before a restart.
     pub replayed: u8,
 }
@@ -162,8 +164,7 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    /// `specs` are kept shortest first: a record late for one length is then late for every
-    /// shorter one too, so "late for n lengths" means the n shortest.
+    /// `specs` are kept shortest first (and unique).
     pub fn new(mut specs: Vec<Spec>, lateness: std::time::Duration) -> Aggregator {
         specs.sort_by_key(|s| s.len_us);
         specs.dedup_by_key(|s| s.len_us);
@@ -256,6 +257,7 @@ impl Aggregator {
             }
             if end <= lane.closed_until || end <= watermark_before {
                 result.late += 1;
+                result.late_mask |= 1 << i.min(31);
                 continue;
             }
             // Usually the newest window; search from the back.
@@ -612,7 +614,7 @@ mod tests {
         assert_eq!(out[0].window.count, 2);
         // Beyond lateness: late, not applied.
         let r = a.apply(&ok(5, T0 + 950_000, 20), 0, 4, &mut out);
-        assert_eq!((r.applied, r.late), (0, 1));
+        assert_eq!((r.applied, r.late, r.late_mask), (0, 1, 1));
         a.close_all(&mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].window.count, 2);
@@ -633,6 +635,12 @@ mod tests {
         assert_eq!(ten.window.count, 1000);
         assert_eq!(ten.window.p99_us, Some(989));
         assert_eq!(&*ten.label, "10s");
+        // Late for the 1 s window only: the 10 s window [10 s, 20 s) is open.
+        let r = a.apply(&ok(1001, T0 + 10 * S - 1, 0), 0, 1001, &mut out);
+        assert_eq!((r.late, r.late_mask), (2, 0b11), "both closed at 10 s");
+        a.apply(&ok(1002, T0 + 11 * S, 0), 0, 1002, &mut out);
+        let r = a.apply(&ok(1003, T0 + 10 * S + 500_000, 0), 0, 1003, &mut out);
+        assert_eq!((r.applied, r.late_mask), (1, 0b01));
     }
 
     #[test]

@@ -365,8 +365,13 @@ token_env = "VM_TOKEN"
 url = "{vm}"
 api = "v1"
 database = "millilag"
+
+[[sink.graphite]]
+address = "{graphite}"
+prefix = "millilag"
 "#,
-            vm = vm.url()
+            vm = vm.url(),
+            graphite = vm.graphite_address()
         ),
         &[("VM_TOKEN", "not-checked")],
     );
@@ -429,6 +434,19 @@ database = "millilag"
             [ms, ms + 1000].into(),
             "only closed windows, stamped with their start"
         );
+    }
+
+    // Graphite plaintext into VictoriaMetrics' Graphite listener: path per field, seconds.
+    for (f, v) in &want {
+        let name = format!("millilag.main.db2_3306.1s.{f}");
+        let got = wait_for(&name, Duration::from_secs(30), || async {
+            let series = vm.export(&format!("{{__name__=\"{name}\"}}")).await.ok()?;
+            let p = series.first()?.points();
+            p.iter().find(|(t, _)| *t == ms).map(|(_, v)| *v)
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, *v, "{name}");
     }
 
     // Counted in the metrics: one duplicate, one late record.

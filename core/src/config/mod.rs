@@ -286,7 +286,7 @@ fn default_discovery_interval() -> HumanDuration {
     HumanDuration::from_secs(10)
 }
 fn default_fetch_wait() -> HumanDuration {
-    HumanDuration::from_millis(10)
+    HumanDuration::from_millis(50)
 }
 const fn default_max_in_flight() -> usize {
     4096

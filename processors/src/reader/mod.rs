@@ -121,16 +121,6 @@ impl ReaderMetrics {
         m
     }
 
-    fn query(&self, cluster: &str, replica: &str, kind: &'static str) {
-        self.queries
-            .get_or_create(&vec![
-                ("cluster", cluster.to_string()),
-                ("replica", replica.to_string()),
-                ("kind", kind.to_string()),
-            ])
-            .inc();
-    }
-
     fn measured(&self, r: &ReplicaDelay) {
         let l = vec![
             ("cluster", r.cluster.clone()),
@@ -146,6 +136,85 @@ impl ReaderMetrics {
             if r.upper_bound {
                 self.upper_bounds.get_or_create(&l).inc();
             }
+        }
+    }
+}
+
+/// One replica's metric handles, resolved once: the hot path only adds to atomics.
+pub struct ReplicaMetrics {
+    gtid_wait_queries: Counter,
+    poll_queries: Counter,
+    status_queries: Counter,
+    by_status: Vec<(MeasureStatus, Counter)>,
+    delay: Histogram,
+    upper_bounds: Counter,
+}
+
+impl ReplicaMetrics {
+    pub fn query(&self, kind: QueryKind) {
+        match kind {
+            QueryKind::GtidWait => self.gtid_wait_queries.inc(),
+            QueryKind::Poll => self.poll_queries.inc(),
+            QueryKind::Status => self.status_queries.inc(),
+        };
+    }
+
+    pub fn measured(&self, r: &ReplicaDelay) {
+        if let Some((_, c)) = self.by_status.iter().find(|(s, _)| *s == r.status) {
+            c.inc();
+        }
+        if r.status == MeasureStatus::Ok {
+            self.delay.observe(r.delay_us as f64 / 1e6);
+            if r.upper_bound {
+                self.upper_bounds.inc();
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum QueryKind {
+    GtidWait,
+    Poll,
+    Status,
+}
+
+impl ReaderMetrics {
+    pub fn for_replica(&self, cluster: &str, replica: &str) -> ReplicaMetrics {
+        let base: Labels = vec![
+            ("cluster", cluster.to_string()),
+            ("replica", replica.to_string()),
+        ];
+        let with = |k: &'static str, v: &str| {
+            let mut l = base.clone();
+            l.push((k, v.to_string()));
+            l
+        };
+        // One statement per handle: get_or_create returns a read guard on the family, and a
+        // second insert while it is alive would wait for the write lock forever.
+        let counter = |f: &Family<Labels, Counter>, l: &Labels| -> Counter {
+            let c = f.get_or_create(l);
+            c.clone()
+        };
+        let gtid_wait_queries = counter(&self.queries, &with("kind", "gtid_wait"));
+        let poll_queries = counter(&self.queries, &with("kind", "poll"));
+        let status_queries = counter(&self.queries, &with("kind", "status"));
+        let by_status = MeasureStatus::ALL
+            .iter()
+            .map(|s| (*s, counter(&self.measurements, &with("status", s.as_str()))))
+            .collect();
+        let delay = {
+            let h = self.delay.get_or_create(&base);
+            h.clone()
+        };
+        let upper_bounds = counter(&self.upper_bounds, &base);
+        ReplicaMetrics {
+            gtid_wait_queries,
+            poll_queries,
+            status_queries,
+            by_status,
+            delay,
+            upper_bounds,
         }
     }
 }
@@ -196,8 +265,8 @@ pub struct Output {
 }
 
 impl Output {
+    /// Publish; replica tasks count their records in their [`ReplicaMetrics`] first.
     fn publish(self: &Arc<Self>, rec: ReplicaDelay, ticket: Arc<Ticket>) {
-        self.metrics.measured(&rec);
         let out = self.clone();
         tokio::spawn(async move {
             let payload = match rec.encode() {
@@ -276,7 +345,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     )
     .await
     .context("creating topics")?;
-    let producer = kafka::producer(&config.kafka, 1).context("creating the Kafka producer")?;
+    // linger 5 ms: records are batched into fewer produce requests (and wake-ups); windows are
+    // seconds long, so 5 ms of latency costs nothing.
+    let producer = kafka::producer(&config.kafka, 5).context("creating the Kafka producer")?;
     let out = Arc::new(Output {
         producer: producer.clone(),
         topic: config.topic(topics::REPLICA_DELAY),
@@ -445,7 +516,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                         let job = match err {
                             mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
                         };
-                        out.publish(skipped(&state.ctx, addr, &job.event), job.ticket);
+                        let rec = skipped(&state.ctx, addr, &job.event);
+                        metrics.measured(&rec);
+                        out.publish(rec, job.ticket);
                     }
                 }
             }

@@ -26,7 +26,7 @@
 
 use super::gtid::GtidKey;
 use super::timing::{self, Observation};
-use super::{Output, Ticket};
+use super::{Output, QueryKind, ReplicaMetrics, Ticket};
 use millilag_core::backoff::Backoff;
 use millilag_core::clock::{now_us, OffsetEstimator};
 use millilag_core::config::{DbUrl, ReaderMethod};
@@ -131,6 +131,7 @@ pub struct ReplicaWorker {
     url: DbUrl,
     addr: String,
     out: Arc<Output>,
+    metrics: ReplicaMetrics,
     dialect: Option<Dialect>,
     idle: Vec<Conn>,
     conns: usize,
@@ -164,10 +165,11 @@ pub struct ReplicaWorker {
     /// schedule is drift-free, so heartbeat n is due at that commit + (n - seq) * interval.
     interval_us: i64,
     schedule: Option<(i64, i64)>,
+    next_trim: Instant,
     /// Catching up after a stall: reading the row back to back (see the module doc).
     catch_up: bool,
-    /// Back-to-back reads in catch-up that saw no progress: the replica stalled again.
-    stagnant_reads: u32,
+    /// Last time a catch-up read saw the replica move on.
+    catch_up_progress: Instant,
 }
 
 /// Most seqs one read may record as newly seen (a read after a long gap says little anyway).
@@ -178,14 +180,20 @@ const MAX_SIGHTING_SPAN: i64 = 100_000;
 /// reads 1-2 ms apart spread out by scheduling on a busy host.
 const TIGHT_US: i64 = 5_000;
 
-/// Reads without progress before catch-up hands back to the armed waits.
-const STAGNANT_READS: u32 = 3;
+/// Most heartbeats the arming horizon runs ahead of the last announcement on the writer's
+/// schedule (a writer that stopped announcing does not move it further).
+const MAX_SCHEDULE_AHEAD: i64 = 1_000;
+
+/// Catch-up hands back to the armed waits after this long without progress (at least two
+/// heartbeat intervals): the replica stalled again, or applies too slowly for reads to help.
+const STAGNANT_FOR: Duration = Duration::from_millis(20);
 
 impl ReplicaWorker {
     pub fn new(ctx: Arc<ClusterCtx>, url: DbUrl, out: Arc<Output>) -> Self {
         let (waits_tx, waits_rx) = mpsc::unbounded_channel();
         let poll_gap = ctx.settings.poll_interval;
         ReplicaWorker {
+            metrics: out.metrics.for_replica(&ctx.name, &url.address()),
             addr: url.address(),
             ctx,
             url,
@@ -215,8 +223,9 @@ impl ReplicaWorker {
             polls_since_hit: 0,
             interval_us: 0,
             schedule: None,
+            next_trim: Instant::now(),
             catch_up: false,
-            stagnant_reads: 0,
+            catch_up_progress: Instant::now(),
         }
     }
 
@@ -381,8 +390,19 @@ impl ReplicaWorker {
         } else {
             reached + 1
         };
+        // Events arrive in batches (a fetch wait apart) and may lag the heartbeats by several
+        // intervals; the writer's schedule is drift-free, so the number being written now is
+        // the last announced one plus the intervals elapsed since its commit.
+        let elapsed = match (self.schedule, self.interval_us) {
+            (Some((_, commit)), interval) if interval > 0 => {
+                let now = self.ctx.to_primary(now_us()).0;
+                ((now - commit).max(0) / interval).min(MAX_SCHEDULE_AHEAD) as u64
+            }
+            _ => 0,
+        };
+        let horizon = front + elapsed + depth;
         let mut armed_here = self.armed.iter().filter(|k| k.sequence == sequence).count() as u64;
-        while armed_here < depth && n <= front + depth {
+        while armed_here < depth && n <= horizon {
             let key = GtidKey {
                 sequence: sequence.to_string(),
                 n,
@@ -422,9 +442,7 @@ impl ReplicaWorker {
             return false;
         };
         self.armed.insert(key.clone());
-        self.out
-            .metrics
-            .query(&self.ctx.name, &self.addr, "gtid_wait");
+        self.metrics.query(QueryKind::GtidWait);
         let tx = self.waits_tx.clone();
         let wait_s = self.ctx.settings.timeout.min(MAX_WAIT).as_secs_f64();
         tokio::spawn(async move {
@@ -485,7 +503,7 @@ impl ReplicaWorker {
                 });
                 if behind && !self.catch_up {
                     self.catch_up = true;
-                    self.stagnant_reads = 0;
+                    self.catch_up_progress = Instant::now();
                     // The wait's return is a read: just then the replica had reached this
                     // heartbeat (within the wake-up latency), not yet the ones after it.
                     if let Some(s) = resolved_seq {
@@ -551,10 +569,16 @@ impl ReplicaWorker {
         if let Some(key) = &p.key {
             if let Some(&(pos, at)) = self.position.get(&key.sequence) {
                 if pos >= key.n {
-                    return Some(Observation {
-                        not_yet_at_us: None,
-                        seen_at_us: self.ctx.to_primary(at - self.one_way_us).0,
-                    });
+                    // Seen past it by a later wait or read; the last read that did not show it
+                    // still bounds it from below.
+                    let not_yet = self
+                        .last_poll
+                        .filter(|r| r.seq < seq)
+                        .map(|r| r.earliest_us);
+                    return Some(timing::read_observation(
+                        not_yet,
+                        self.ctx.to_primary(at - self.one_way_us).0,
+                    ));
                 }
             }
         }
@@ -572,8 +596,17 @@ impl ReplicaWorker {
         let Some(obs) = self.observation_for(seq) else {
             return false;
         };
-        let p = self.pending.remove(&seq).expect("observation_for found it");
+        let mut p = self.pending.remove(&seq).expect("observation_for found it");
         let from_read = self.row_sightings.remove(&seq).is_some();
+        // A wait armed for this heartbeat before its event arrived is this measurement's query.
+        let own_wait = p.key.as_ref().is_some_and(|k| {
+            self.reached
+                .get(&k.sequence)
+                .is_some_and(|m| m.contains_key(&k.n))
+        });
+        if own_wait {
+            p.queries = p.queries.max(1);
+        }
         tracing::debug!(replica = %self.addr, seq, ?obs, from_read, catch_up = self.catch_up, last_poll = ?self.last_poll, "Resolved.");
         let method = if p.key.is_some() {
             MeasureMethod::GtidWait
@@ -627,7 +660,13 @@ impl ReplicaWorker {
         }
     }
 
+    /// Forget old sightings, at most once a second (a full pass is O(sightings)).
     fn trim_sightings(&mut self) {
+        let now = Instant::now();
+        if now < self.next_trim {
+            return;
+        }
+        self.next_trim = now + Duration::from_secs(1);
         let cutoff = now_us() - SIGHTING_TTL_US;
         for m in self.reached.values_mut() {
             m.retain(|_, r| r.returned_at > cutoff);
@@ -672,7 +711,7 @@ impl ReplicaWorker {
         let (Some(c), Some(d)) = (self.control.as_mut(), self.dialect.clone()) else {
             return MeasureStatus::Timeout;
         };
-        self.out.metrics.query(&self.ctx.name, &self.addr, "status");
+        self.metrics.query(QueryKind::Status);
         match db::replica_status(c, &d, &self.addr).await {
             Ok(s) if !s.replicating() => MeasureStatus::ReplicationStopped,
             Ok(_) => MeasureStatus::Timeout,
@@ -704,7 +743,7 @@ impl ReplicaWorker {
         let t0 = now_us();
         let res: Result<Option<i64>, _> = c.query_first(sql).await;
         let t1 = now_us();
-        self.out.metrics.query(&self.ctx.name, &self.addr, "poll");
+        self.metrics.query(QueryKind::Poll);
         self.polls_since_hit += 1;
         let seen_seq = match res {
             Ok(v) => v.unwrap_or(0),
@@ -746,17 +785,34 @@ impl ReplicaWorker {
         for seq in ready {
             self.try_resolve(seq);
         }
+        // The row's seq is also the replica's position in each consecutive GTID sequence, so
+        // the waits armed after catch-up start from where the replica really is.
+        let reached_by_read: Vec<(String, u64)> = self
+            .frontier
+            .iter()
+            .filter(|(_, &(_, _, consecutive))| consecutive)
+            .filter_map(|(name, &(front_n, front_seq, _))| {
+                let n = front_n as i64 - (front_seq - seen_seq);
+                (n > 0).then(|| (name.clone(), n as u64))
+            })
+            .collect();
+        for (name, n) in reached_by_read {
+            let pos = self.position.entry(name).or_insert((0, t1));
+            if n > pos.0 {
+                *pos = (n, t1);
+            }
+        }
         if self.catch_up {
-            self.stagnant_reads = if progressed {
-                0
-            } else {
-                self.stagnant_reads + 1
-            };
+            if progressed {
+                self.catch_up_progress = Instant::now();
+            }
+            let stagnant_for =
+                STAGNANT_FOR.max(Duration::from_micros(2 * self.interval_us.max(0) as u64));
             let behind = self
                 .pending
                 .iter()
                 .any(|(s, p)| p.key.is_some() && *s > seen_seq);
-            if behind && self.stagnant_reads < STAGNANT_READS {
+            if behind && self.catch_up_progress.elapsed() < stagnant_for {
                 self.next_poll = Some(Instant::now());
                 return;
             }
@@ -811,6 +867,7 @@ impl ReplicaWorker {
             reader_id: self.ctx.reader_id.clone(),
             queries,
         };
+        self.metrics.measured(&rec);
         self.out.publish(rec, p.ticket);
     }
 
@@ -837,6 +894,7 @@ impl ReplicaWorker {
             reader_id: self.ctx.reader_id.clone(),
             queries,
         };
+        self.metrics.measured(&rec);
         self.out.publish(rec, ticket.clone());
     }
 

@@ -1,5 +1,7 @@
 //! `millilag`: one binary, one subcommand per service.
 
+mod demo;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use millilag_core::config::{Config, ConfigError};
@@ -36,7 +38,11 @@ enum Command {
     /// Writer, reader and processor in one process (a single box).
     All(ConfigArg),
     /// Start local MariaDB, broker and metrics store, run the pipeline and show live delays.
-    Demo,
+    Demo {
+        /// Stop after this long (e.g. "30s"); default: until Ctrl-C.
+        #[arg(long = "for")]
+        run_for: Option<millilag_core::duration::HumanDuration>,
+    },
     /// Validate a config, print it resolved (secrets masked) and exit.
     CheckConfig {
         /// The TOML config file.
@@ -66,10 +72,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Demo => {
-            println!("demo arrives with the pipeline issues (writer, reader, processor)");
-            return ExitCode::SUCCESS;
-        }
+        Command::Demo { run_for } => (None, Service::Demo(run_for.map(|d| d.0))),
         Command::Writer(a) => (Some(a.config), Service::Writer),
         Command::Reader(a) => (Some(a.config), Service::Reader),
         Command::Processor(a) => (Some(a.config), Service::Processor),
@@ -82,7 +85,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    millilag_core::telemetry::init_logging(&config.log);
+    let mut log = config.log.clone();
+    if matches!(run, Service::Demo(_)) {
+        // The demo's terminal is the display: services only speak up when something is wrong.
+        log.level = "warn".into();
+    }
+    millilag_core::telemetry::init_logging(&log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,11 +117,13 @@ enum Service {
     Reader,
     Processor,
     All,
+    Demo(Option<std::time::Duration>),
 }
 
 async fn run_service(service: Service, config: Config) -> anyhow::Result<()> {
     let shutdown = Shutdown::from_future(shutdown_signal());
     match service {
+        Service::Demo(run_for) => demo::run(shutdown, run_for).await,
         Service::Writer => millilag_producers::writer::run(config, shutdown).await,
         Service::Reader => millilag_processors::reader::run(config, shutdown).await,
         Service::Processor => millilag_processors::aggregator::run(config, shutdown).await,

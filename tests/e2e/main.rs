@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod compose;
+mod demo;
 mod harness;
 mod processor;
 mod reader;

@@ -1,0 +1,270 @@
+//! `millilag demo`: the whole pipeline on local services, with live per-replica delays.
+//!
+//! Starts a MariaDB primary and two replicas (GTID replication), Tansu (the Kafka-protocol
+//! broker) and VictoriaMetrics on free 127.0.0.1 ports, runs the writer, reader and processor
+//! in this process, stalls replica 1's SQL thread now and then, and prints every 1 s window the
+//! processor publishes. Ctrl-C stops everything it started (the services are killed by PID).
+
+use anyhow::Context;
+use millilag_core::events::{Alert, AlertState, DelayWindow, Record};
+use millilag_core::kafka::topics;
+use millilag_core::shutdown::Shutdown;
+use millilag_core::Config;
+use millilag_harness::victoria::Victoria;
+use millilag_harness::{free_port, Broker, Cluster};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Stall lengths the injector cycles through (replica 1 only; replica 2 stays healthy).
+const STALLS_MS: [u64; 5] = [150, 600, 80, 1500, 300];
+/// Quiet time between stalls.
+const STALL_EVERY: Duration = Duration::from_secs(6);
+
+pub async fn run(mut shutdown: Shutdown, run_for: Option<Duration>) -> anyhow::Result<()> {
+    println!("millilag demo: starting a MariaDB primary + 2 replicas, Tansu and VictoriaMetrics on 127.0.0.1 ...");
+    let (cluster, broker, vm) = tokio::join!(Cluster::start(2), Broker::start(), Victoria::start());
+    let cluster = cluster.context("starting MariaDB (run scripts/setup)")?;
+    let broker = broker.context("starting Tansu (run scripts/setup)")?;
+    let vm = vm.context("starting VictoriaMetrics (run scripts/setup)")?;
+    let names: BTreeMap<String, String> = cluster
+        .replicas
+        .iter()
+        .map(|r| (r.address(), r.name.clone()))
+        .collect();
+    let config =
+        Config::from_toml_with_env(&demo_config(&cluster, &broker, &vm), "demo", Vec::new())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    use topics::*;
+    millilag_core::kafka::ensure_topics(
+        &config,
+        &[
+            HEARTBEAT_SET,
+            REPLICA_DELAY,
+            DELAY_WINDOW,
+            ALERT,
+            ALERT_STATE,
+            PROCESSOR_STATE,
+            DEAD_LETTER,
+        ],
+    )
+    .await?;
+
+    println!("  primary   {}", cluster.primary.address());
+    for r in &cluster.replicas {
+        println!("  {:<9} {}", r.name, r.address());
+    }
+    println!("  broker    {}", broker.brokers());
+    println!(
+        "  graphs    http://127.0.0.1:{}/vmui  (query e.g. replica_delay_p99_us{{window=\"1s\"}} or replica_delay_max_us)",
+        vm.http_port
+    );
+    println!("Writer (10 ms heartbeats), reader (GTID waits) and processor (1s/10s/1m windows) running; replica1 gets stalled every {}s. Ctrl-C stops.\n", STALL_EVERY.as_secs());
+
+    let services = [
+        tokio::spawn(millilag_producers::writer::run(
+            config.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(millilag_processors::reader::run(
+            config.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(millilag_processors::aggregator::run(
+            config.clone(),
+            shutdown.clone(),
+        )),
+    ];
+    let display = tokio::spawn(display(config.clone(), names, shutdown.clone()));
+    let injector = {
+        let mut stop = shutdown.clone();
+        async move {
+            let mut i = 0;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(STALL_EVERY) => {}
+                    _ = stop.wait() => return,
+                }
+                let ms = STALLS_MS[i % STALLS_MS.len()];
+                i += 1;
+                println!("          >>> stalling replica1's SQL thread for {ms} ms");
+                if let Err(e) = cluster.stall(0, Duration::from_millis(ms)).await {
+                    println!("          stall failed: {e:#}");
+                }
+            }
+        }
+    };
+    let deadline = async {
+        match run_for {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = injector => {}
+        _ = deadline => {}
+        _ = shutdown.wait() => {}
+    }
+    println!("\nmillilag demo: stopping the services ...");
+    // The caller's token may not have fired (--for): stop our tasks with a token of our own.
+    let (trigger, _) = millilag_core::shutdown::shutdown_pair();
+    trigger.trigger();
+    display.abort();
+    for s in services {
+        s.abort();
+        let _ = s.await;
+    }
+    drop(vm);
+    drop(broker);
+    println!("millilag demo: stopped; every service it started is gone.");
+    Ok(())
+}
+
+fn demo_config(cluster: &Cluster, broker: &Broker, vm: &Victoria) -> String {
+    let replicas: Vec<String> = cluster
+        .replicas
+        .iter()
+        .map(|r| format!("\"{}\"", r.url()))
+        .collect();
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+topic_prefix = "millilag."
+partitions = 1
+
+[[cluster]]
+name = "demo"
+primary = "{primary}"
+replicas = [{replicas}]
+
+[writer]
+interval = "10ms"
+listen = "127.0.0.1:{w}"
+
+[reader]
+method = "auto"
+group = "millilag-demo-reader"
+listen = "127.0.0.1:{r}"
+
+[processor]
+windows = ["1s", "10s", "1m"]
+allowed_lateness = "500ms"
+group = "millilag-demo-processor"
+listen = "127.0.0.1:{p}"
+
+[[sink.influxdb]]
+url = "http://127.0.0.1:{vm}"
+api = "v1"
+database = "millilag"
+
+[[alert]]
+name = "replica-lag-high"
+when = "max > 300ms"
+window = "1s"
+severity = "warning"
+
+[log]
+level = "warn"
+"#,
+        brokers = broker.brokers(),
+        primary = cluster.primary.url(),
+        replicas = replicas.join(", "),
+        w = free_port(),
+        r = free_port(),
+        p = free_port(),
+        vm = vm.http_port,
+    )
+}
+
+/// Prints each 1 s window (and alert transitions) as the processor publishes them.
+async fn display(config: Config, names: BTreeMap<String, String>, mut shutdown: Shutdown) {
+    let consumer: StreamConsumer = match ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set(
+            "group.id",
+            format!("millilag-demo-display-{}", std::process::id()),
+        )
+        .set("auto.offset.reset", "latest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            println!("display: {e}");
+            return;
+        }
+    };
+    let windows = config.topic(topics::DELAY_WINDOW);
+    let alerts = config.topic(topics::ALERT);
+    if let Err(e) = consumer.subscribe(&[&windows, &alerts]) {
+        println!("display: {e}");
+        return;
+    }
+    println!(
+        "{:<10}{:<10}{:>10}{:>10}{:>10}{:>12}{:>9}  status",
+        "window", "replica", "p50", "p99", "max", "heartbeats", "missing"
+    );
+    let ms = |v: Option<i64>| {
+        v.map(|u| format!("{:.1} ms", u as f64 / 1e3))
+            .unwrap_or_else(|| "-".into())
+    };
+    loop {
+        let msg = tokio::select! {
+            m = consumer.recv() => m,
+            _ = shutdown.wait() => return,
+        };
+        let Ok(m) = msg else { continue };
+        let Some(payload) = m.payload() else { continue };
+        if m.topic() == windows {
+            let Ok(w) = DelayWindow::decode(payload) else {
+                continue;
+            };
+            if w.window_us != 1_000_000 {
+                continue;
+            }
+            let when = chrono_free_hms(w.window_start_us);
+            let status = if w.unreachable > 0 {
+                "replica unreachable"
+            } else if w.replication_stopped > 0 {
+                "replication stopped"
+            } else if w.timeouts > 0 {
+                "timeouts"
+            } else if w.max_us.unwrap_or(0) > 100_000 {
+                "LAGGING"
+            } else {
+                "ok"
+            };
+            let name = names.get(&w.replica).cloned().unwrap_or(w.replica.clone());
+            println!(
+                "{when:<10}{name:<10}{:>10}{:>10}{:>10}{:>12}{:>9}  {status}",
+                ms(w.p50_us),
+                ms(w.p99_us),
+                ms(w.max_us),
+                w.count,
+                w.missing
+            );
+        } else if let Ok(a) = Alert::decode(payload) {
+            let name = names.get(&a.replica).cloned().unwrap_or(a.replica.clone());
+            let state = match a.state {
+                AlertState::Firing => "FIRING",
+                AlertState::Resolved => "resolved",
+            };
+            println!(
+                "          !!! alert {} {state} on {name}: {} (value {:.1} ms)",
+                a.rule,
+                a.expression,
+                a.value / 1e3
+            );
+        }
+    }
+}
+
+/// HH:MM:SS (UTC) of a microsecond Unix time, without a date crate.
+fn chrono_free_hms(us: i64) -> String {
+    let s = us.div_euclid(1_000_000).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}

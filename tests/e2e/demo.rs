@@ -1,0 +1,88 @@
+//! The README's demo command: live delays in the terminal, and Ctrl-C leaves nothing behind.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_millilag");
+
+/// The demo must not outlive a failed test (it would keep its services running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn demo_shows_a_stalled_replica_lagging_and_ctrl_c_stops_everything() {
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .arg("demo")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let out = child.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut ports = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // Until a stall was injected and replica1's window shows it while replica2 stays healthy.
+    let mut stalled = false;
+    let mut lagging = false;
+    let mut replica2_ok = false;
+    while !(stalled && lagging && replica2_ok) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("demo output so far:\n{}", lines.join("\n")));
+        if let Some(port) = line
+            .split_whitespace()
+            .find_map(|w| w.split_once("127.0.0.1:").map(|(_, p)| p))
+            .and_then(|p| p.split('/').next())
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            ports.push(port);
+        }
+        stalled |= line.contains("stalling replica1");
+        lagging |= stalled && line.contains("replica1") && line.ends_with("LAGGING");
+        replica2_ok |= stalled && line.contains("replica2") && line.ends_with(" ok");
+        lines.push(line);
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("/vmui")),
+        "says where the graphs are"
+    );
+    assert!(
+        ports.len() >= 5,
+        "primary, 2 replicas, broker, VictoriaMetrics: {ports:?}"
+    );
+
+    // Ctrl-C.
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.0.id() as i32, libc::SIGINT);
+    }
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "clean exit on Ctrl-C: {status:?}");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
+    for port in ports {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still open after the demo stopped"
+        );
+    }
+}

@@ -30,11 +30,12 @@ a.set_ylabel("measured delay, ms")
 a.set_title("Every heartbeat, both replicas")
 a.legend(loc="upper left", fontsize=8)
 
-true = [int(s["true_peak_us"]) / 1e3 for s in stalls]
-for key, label, marker in (("gtid_peak_us", "millilag gtid-wait", "o"), ("poll_peak_us", "millilag poll", "s"),
-                           ("pt_peak_us", "pt-heartbeat --monitor (0.01 s)", "x")):
-    err = [int(s[key]) / 1e3 - t for s, t in zip(stalls, true)]
-    b.scatter(true, err, marker=marker, label=label)
+labels = {"gtid-wait": ("millilag gtid-wait", "o"), "poll": ("millilag poll", "s"),
+          "pt-heartbeat": ("pt-heartbeat --monitor (0.01 s)", "x")}
+for tool, (label, marker) in labels.items():
+    pts = [(int(s["true_peak_us"]) / 1e3, (int(s["measured_peak_us"]) - int(s["true_peak_us"])) / 1e3)
+           for s in stalls if s["tool"] == tool]
+    b.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
 b.axhline(0, color="k", lw=0.8)
 b.set_xscale("log")
 b.set_xlabel("true stall peak delay, ms")

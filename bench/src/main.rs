@@ -2,9 +2,12 @@
 //! same replica through the same injected stalls, in one run, against the replica's own
 //! apply-time truth (an AFTER trigger recording SYSDATE(6) per heartbeat; one host, one clock).
 //!
-//! Every tool runs as its own process with its own database user, so the replica's
-//! USER_STATISTICS (userstat) counts each one's queries and server CPU, and /proc gives each
-//! one's client CPU. Output (in --out): accuracy.md (the tables), measurements.csv (every
+//! One invocation, one replication setup, three phases with the same stall schedule: each tool
+//! measures in its own phase, so on a 2-core box one tool's CPU is not another's noise. The
+//! millilag writer (whose heartbeats carry the truth) and `pt-heartbeat --update` run throughout,
+//! so every phase sees the same replication load. Every tool runs as its own process with its own
+//! database user: the replica's USER_STATISTICS (userstat) counts each one's statements and
+//! server CPU, and /proc gives each one's client CPU. Output (in --out): accuracy.md (the tables), measurements.csv (every
 //! millilag measurement with its truth), pt_samples.csv (every pt-heartbeat reading) and
 //! stalls.csv; bench/plot.py draws accuracy.png from them.
 //!
@@ -238,6 +241,38 @@ async fn user_stats(conn: &mut mysql_async::Conn) -> Result<BTreeMap<String, Use
         .collect())
 }
 
+/// What one phase measured.
+struct Phase {
+    name: &'static str,
+    from_us: i64,
+    to_us: i64,
+    stalls: Vec<(u64, millilag_harness::mariadb::Stall)>,
+    client_cpu_s: f64,
+    threads: BTreeMap<String, f64>,
+    statements: f64,
+    server_cpu_s: f64,
+}
+
+const PHASES: [&str; 3] = ["gtid-wait", "poll", "pt-heartbeat"];
+
+fn reader_id(phase: &str) -> String {
+    format!("mlg_{}", phase.split('-').next().unwrap_or(phase))
+}
+
+fn db_user(phase: &str) -> String {
+    if phase == "pt-heartbeat" {
+        "pt_monitor".into()
+    } else {
+        reader_id(phase)
+    }
+}
+
+fn diff(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    b.iter()
+        .map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0.0)))
+        .collect()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = parse_args()?;
@@ -251,26 +286,23 @@ async fn main() -> Result<()> {
     let work = tempfile::Builder::new()
         .prefix("millilag-bench-")
         .tempdir()?;
-    // MILLILAG_BENCH_KEEP=1 keeps the services' logs and configs for a look afterwards.
-    let work_path = work.path().to_path_buf();
-    let _keep = std::env::var_os("MILLILAG_BENCH_KEEP").map(|_| {
-        eprintln!("bench: keeping {}", work_path.display());
-    });
+    if std::env::var_os("MILLILAG_BENCH_KEEP").is_some() {
+        eprintln!("bench: keeping {}", work.path().display());
+    }
     eprintln!("bench: starting MariaDB primary + 2 replicas and Tansu");
     let (cluster, broker) = tokio::join!(Cluster::start(2), Broker::start());
     let (cluster, broker) = (cluster?, broker?);
     let prefix = format!("bench{}.", std::process::id());
 
-    // One user per client, so the replica's userstat tells their queries and CPU apart.
-    let users = [
+    // One user per client, so the replica's userstat tells their statements and CPU apart.
+    let mut p = cluster.primary.admin().await?;
+    for u in [
         "mlg_writer",
         "mlg_gtid",
         "mlg_poll",
         "pt_update",
         "pt_monitor",
-    ];
-    let mut p = cluster.primary.admin().await?;
-    for u in users {
+    ] {
         p.query_drop(format!(
             "CREATE USER '{u}'@'127.0.0.1' IDENTIFIED BY 'bench-pw';
              GRANT ALL ON *.* TO '{u}'@'127.0.0.1'"
@@ -279,8 +311,10 @@ async fn main() -> Result<()> {
     }
     p.query_drop("CREATE DATABASE pt").await?;
     for r in &cluster.replicas {
-        let mut c = r.admin().await?;
-        c.query_drop("SET GLOBAL userstat = ON").await?;
+        r.admin()
+            .await?
+            .query_drop("SET GLOBAL userstat = ON")
+            .await?;
     }
 
     let writer_cfg = config_toml(&cluster, &broker.brokers(), &prefix, "mlg_writer", "");
@@ -300,7 +334,7 @@ async fn main() -> Result<()> {
         )
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "50")
+        .set("fetch.wait.max.ms", "100")
         .create()?;
     consumer.subscribe(&[&format!("{prefix}replica-delay")])?;
     let sink = records.clone();
@@ -312,6 +346,28 @@ async fn main() -> Result<()> {
         }
     });
 
+    // Every heartbeat's commit time, from the writer's own announcements (the pt-heartbeat
+    // phase has no reader records to take them from).
+    let commits: Arc<Mutex<BTreeMap<i64, i64>>> = Arc::default();
+    let hb_consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set(
+            "group.id",
+            format!("bench-heartbeats-{}", std::process::id()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()?;
+    hb_consumer.subscribe(&[&format!("{prefix}heartbeat-set")])?;
+    let sink = commits.clone();
+    tokio::spawn(async move {
+        while let Ok(m) = hb_consumer.recv().await {
+            if let Some(Ok(h)) = m.payload().map(millilag_core::events::HeartbeatSet::decode) {
+                sink.lock().unwrap().insert(h.seq, h.committed_at_us);
+            }
+        }
+    });
     let mut writer = spawn_millilag(&bin, "writer", &writer_cfg, work.path(), "writer")?;
     for i in 0..2 {
         cluster
@@ -332,440 +388,420 @@ async fn main() -> Result<()> {
             "pt",
             "--table",
             "heartbeat",
-            "--interval",
-            "0.01",
-            "--utc",
         ])
+        .args(["--interval", "0.01", "--utc"])
         .arg(&pt_dsn);
         Guard::spawn("pt-update", cmd, &work.path().join("pt-update.log"))?
     };
-    let mut readers = Vec::new();
-    for (name, settings) in READERS {
-        let user = format!("mlg_{}", name.split('-').next().unwrap());
-        let cfg = config_toml(&cluster, &broker.brokers(), &prefix, &user, settings);
-        let g = spawn_millilag(&bin, "reader", &cfg, work.path(), name)?;
-        readers.push((name, user, g));
-    }
     // pt-heartbeat --monitor exits if its table is not there yet: wait until the row that
     // pt-heartbeat --update keeps fresh on the primary is fresh on the replica.
-    {
-        let replica = cluster.replica(STALLED);
-        millilag_harness::wait_for("pt.heartbeat on the replica", Duration::from_secs(30), || async {
-            let mut c = replica.admin().await.ok()?;
-            let age: Option<f64> = c
-                .query_first("SELECT TIMESTAMPDIFF(MICROSECOND, STR_TO_DATE(ts, '%Y-%m-%dT%H:%i:%s.%f'), UTC_TIMESTAMP(6)) / 1e6 FROM pt.heartbeat")
-                .await
-                .ok()
-                .flatten();
-            age.filter(|a| *a < 0.5).map(|_| ())
-        })
-        .await
-        .with_context(|| format!("pt-heartbeat --update log: {}", pt_update.log_tail(5)))?;
-    }
-    let monitor_log = work.path().join("pt-monitor.log");
-    let (mut pt_monitor, pt_samples) =
-        spawn_pt_monitor(cluster.replica(STALLED).port, "pt_monitor", &monitor_log)?;
+    let replica = cluster.replica(STALLED);
+    millilag_harness::wait_for("pt.heartbeat on the replica", Duration::from_secs(30), || async {
+        let mut c = replica.admin().await.ok()?;
+        let age: Option<f64> = c
+            .query_first("SELECT TIMESTAMPDIFF(MICROSECOND, STR_TO_DATE(ts, '%Y-%m-%dT%H:%i:%s.%f'), UTC_TIMESTAMP(6)) / 1e6 FROM pt.heartbeat")
+            .await
+            .ok()
+            .flatten();
+        age.filter(|a| *a < 0.5).map(|_| ())
+    })
+    .await
+    .with_context(|| format!("pt-heartbeat --update log: {}", pt_update.log_tail(5)))?;
 
-    // Warm up: every reader measuring live heartbeats, pt-heartbeat printing.
-    let started = now_us();
-    millilag_harness::wait_for(
-        "readers and pt-heartbeat warmed up",
-        Duration::from_secs(60),
-        || async {
-            let live = |id: &str| {
-                records
+    let mut phases = Vec::new();
+    let mut pt_samples: Vec<(i64, f64)> = Vec::new();
+    for phase in PHASES {
+        eprintln!("bench: phase {phase}");
+        // The tool of this phase, and how to tell it is measuring live heartbeats.
+        let mut reader: Option<Guard> = None;
+        let mut monitor: Option<(std::process::Child, Samples)> = None;
+        if phase == "pt-heartbeat" {
+            let log = work.path().join("pt-monitor.log");
+            monitor = Some(spawn_pt_monitor(
+                cluster.replica(STALLED).port,
+                "pt_monitor",
+                &log,
+            )?);
+        } else {
+            let settings = READERS
+                .iter()
+                .find(|(n, _)| *n == phase)
+                .map(|(_, s)| *s)
+                .unwrap_or("");
+            let cfg = config_toml(
+                &cluster,
+                &broker.brokers(),
+                &prefix,
+                &reader_id(phase),
+                settings,
+            );
+            reader = Some(spawn_millilag(&bin, "reader", &cfg, work.path(), phase)?);
+        }
+        let pid = reader
+            .as_ref()
+            .map(|g| g.pid())
+            .or(monitor.as_ref().map(|m| m.0.id()))
+            .unwrap_or(0);
+        let started = now_us();
+        let id = reader_id(phase);
+        millilag_harness::wait_for(
+            &format!("{phase} warmed up"),
+            Duration::from_secs(60),
+            || async {
+                let live = match &monitor {
+                    Some((_, s)) => s
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|(at, _)| *at > started)
+                        .count(),
+                    None => records
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|r| r.reader_id == id && r.committed_at_us > started)
+                        .count(),
+                };
+                (live >= 20).then_some(())
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "{phase}: log {}",
+                reader.as_ref().map(|g| g.log_tail(5)).unwrap_or_default()
+            )
+        })?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let mut c = cluster.replica(STALLED).admin().await?;
+        let user = db_user(phase);
+        let s0 = user_stats(&mut c).await?;
+        let (cpu0, threads0) = (cpu_seconds(pid), cpu_by_thread(pid));
+        let from_us = now_us();
+        let mut stalls = Vec::new();
+        for round in 0..args.repeats {
+            for &ms in &args.stalls_ms {
+                eprintln!("bench:   round {} stall {ms} ms", round + 1);
+                stalls.push((ms, cluster.stall(STALLED, Duration::from_millis(ms)).await?));
+                tokio::time::sleep(args.settle).await;
+            }
+        }
+        let to_us = now_us();
+        let (cpu1, threads1) = (cpu_seconds(pid), cpu_by_thread(pid));
+        let s1 = user_stats(&mut c).await?;
+        let (statements, server_cpu_s) = match (s0.get(&user), s1.get(&user)) {
+            (Some(a), Some(b)) => ((b.selects - a.selects) as f64, b.cpu_s - a.cpu_s),
+            (None, Some(b)) => (b.selects as f64, b.cpu_s),
+            _ => (0.0, 0.0),
+        };
+        if let Some(mut g) = reader {
+            // Every heartbeat of the phase measured on both replicas before the reader stops.
+            let last: Option<i64> = cluster
+                .primary
+                .admin()
+                .await?
+                .query_first("SELECT CAST(seq AS SIGNED) FROM millilag.heartbeat")
+                .await?;
+            let last = last.unwrap_or(0);
+            millilag_harness::wait_for(
+                "the phase's measurements",
+                Duration::from_secs(60),
+                || async {
+                    let n = records
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|r| r.reader_id == id && r.seq >= last)
+                        .count();
+                    (n >= 2).then_some(())
+                },
+            )
+            .await?;
+            g.kill();
+        }
+        if let Some((mut child, samples)) = monitor {
+            let _ = child.kill();
+            let _ = child.wait();
+            pt_samples.extend(
+                samples
                     .lock()
                     .unwrap()
                     .iter()
-                    .filter(|r| r.reader_id == id && r.committed_at_us > started)
-                    .count()
-            };
-            let ok = READERS
-                .iter()
-                .all(|(n, _)| live(&format!("mlg_{}", n.split('-').next().unwrap())) >= 20)
-                && pt_samples.lock().unwrap().len() >= 20;
-            ok.then_some(())
-        },
-    )
-    .await
-    .with_context(|| {
-        let rs = records.lock().unwrap();
-        let ids: BTreeMap<String, usize> = rs.iter().fold(BTreeMap::new(), |mut m, r| {
-            *m.entry(r.reader_id.clone()).or_default() += 1;
-            m
-        });
-        format!(
-            "warm-up: records by reader {ids:?}, {} pt-heartbeat readings ({}); logs:\n{}\n{}\n{}",
-            pt_samples.lock().unwrap().len(),
-            std::fs::read_to_string(&monitor_log).unwrap_or_default(),
-            writer.log_tail(5),
-            readers[0].2.log_tail(5),
-            pt_update.log_tail(5)
-        )
-    })?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    let mut stats0 = BTreeMap::new();
-    for (i, r) in cluster.replicas.iter().enumerate() {
-        let mut c = r.admin().await?;
-        stats0.insert(i, user_stats(&mut c).await?);
-    }
-    let cpu0: BTreeMap<String, f64> = readers
-        .iter()
-        .map(|(n, _, g)| (n.to_string(), cpu_seconds(g.pid())))
-        .chain([("pt-monitor".to_string(), cpu_seconds(pt_monitor.id()))])
-        .collect();
-    let threads0: BTreeMap<&str, BTreeMap<String, f64>> = readers
-        .iter()
-        .map(|(n, _, g)| (*n, cpu_by_thread(g.pid())))
-        .collect();
-    let measure_from = now_us();
-    let mut stalls = Vec::new();
-    for round in 0..args.repeats {
-        for &ms in &args.stalls_ms {
-            eprintln!("bench: round {} stall {ms} ms", round + 1);
-            let s = cluster.stall(STALLED, Duration::from_millis(ms)).await?;
-            stalls.push((ms, s));
-            tokio::time::sleep(args.settle).await;
+                    .filter(|(at, _)| *at >= from_us && *at <= to_us),
+            );
         }
-    }
-    let measure_to = now_us();
-    let threads1: BTreeMap<&str, BTreeMap<String, f64>> = readers
-        .iter()
-        .map(|(n, _, g)| (*n, cpu_by_thread(g.pid())))
-        .collect();
-    let cpu1: BTreeMap<String, f64> = readers
-        .iter()
-        .map(|(n, _, g)| (n.to_string(), cpu_seconds(g.pid())))
-        .chain([("pt-monitor".to_string(), cpu_seconds(pt_monitor.id()))])
-        .collect();
-    let mut stats1 = BTreeMap::new();
-    for (i, r) in cluster.replicas.iter().enumerate() {
-        let mut c = r.admin().await?;
-        stats1.insert(i, user_stats(&mut c).await?);
-    }
-    // Every heartbeat of the window measured by both readers on both replicas.
-    let last_seq = {
-        let mut c = cluster.primary.admin().await?;
-        let s: Option<i64> = c
-            .query_first("SELECT CAST(seq AS SIGNED) FROM millilag.heartbeat")
-            .await?;
-        s.unwrap_or(0)
-    };
-    millilag_harness::wait_for("all measurements", Duration::from_secs(60), || async {
-        let rs = records.lock().unwrap();
-        let done = READERS.iter().all(|(n, _)| {
-            let id = format!("mlg_{}", n.split('-').next().unwrap());
-            rs.iter()
-                .filter(|r| r.reader_id == id && r.seq >= last_seq)
-                .count()
-                >= 2
+        phases.push(Phase {
+            name: phase,
+            from_us,
+            to_us,
+            stalls,
+            client_cpu_s: cpu1 - cpu0,
+            threads: diff(&threads0, &threads1),
+            statements,
+            server_cpu_s,
         });
-        done.then_some(())
-    })
-    .await?;
-    eprintln!(
-        "bench: pt-heartbeat --update log: {}",
-        pt_update.log_tail(5)
-    );
-    let _ = pt_monitor.kill();
-    let _ = pt_monitor.wait();
-    pt_update.kill();
-    for (_, _, g) in readers.iter_mut() {
-        g.kill();
     }
-    writer.kill();
+    pt_update.kill();
+    // SIGTERM: the writer announces every heartbeat it committed before it exits.
+    writer.signal(libc::SIGTERM);
+    let _ = writer.wait();
 
     let truth = [cluster.truth(0, 0).await?, cluster.truth(1, 0).await?];
     let addrs: Vec<String> = cluster.replicas.iter().map(|r| r.address()).collect();
     let records = records.lock().unwrap().clone();
-    let samples = pt_samples.lock().unwrap().clone();
-    let duration_s = (measure_to - measure_from) as f64 / 1e6;
-
-    // ---- per-measurement accuracy (millilag) ----
-    let mut csv = String::from("method,replica,seq,committed_at_us,true_us,measured_us,uncertainty_us,upper_bound,status\n");
-    let mut per_method: BTreeMap<&str, Vec<(i64, i64, bool)>> = BTreeMap::new();
-    let mut queries: BTreeMap<&str, i64> = BTreeMap::new();
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in &records {
-        if r.committed_at_us < measure_from || r.committed_at_us > measure_to {
-            continue;
-        }
-        let Some((method, _)) = READERS
-            .iter()
-            .find(|(n, _)| r.reader_id == format!("mlg_{}", n.split('-').next().unwrap()))
-        else {
-            continue;
-        };
-        *queries.entry(method).or_default() += r.queries as i64;
-        *counts.entry(method).or_default() += 1;
-        let Some(i) = addrs.iter().position(|a| *a == r.replica) else {
-            continue;
-        };
-        let Some(applied) = truth[i].get(&r.seq) else {
-            continue;
-        };
-        let t = applied - r.committed_at_us;
-        let _ = writeln!(
-            csv,
-            "{method},{},{},{},{t},{},{},{},{}",
-            i + 1,
-            r.seq,
-            r.committed_at_us,
-            r.delay_us,
-            r.uncertainty_us,
-            r.upper_bound,
-            r.status.as_str()
-        );
-        if r.status == MeasureStatus::Ok {
-            per_method
-                .entry(method)
-                .or_default()
-                .push((t, r.delay_us, r.upper_bound));
-        }
-    }
-    std::fs::write(args.out.join("measurements.csv"), csv)?;
-    let mut pt_csv = String::from("local_us,lag_s\n");
-    for (at, v) in &samples {
-        let _ = writeln!(pt_csv, "{at},{v}");
-    }
-    std::fs::write(args.out.join("pt_samples.csv"), pt_csv)?;
-
-    // ---- stall peaks: the one figure all three tools report ----
-    let seq_commit: BTreeMap<i64, i64> =
-        records.iter().map(|r| (r.seq, r.committed_at_us)).collect();
-    let mut stall_csv =
-        String::from("stall_ms,true_peak_us,gtid_peak_us,poll_peak_us,pt_peak_us\n");
-    let mut peak_err: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
-    let mut by_size: BTreeMap<u64, Vec<[i64; 4]>> = BTreeMap::new();
-    for (ms, s) in &stalls {
-        // The heartbeats committed while the SQL thread was stopped on the stalled replica.
-        let in_stall: Vec<i64> = seq_commit
-            .iter()
-            .filter(|(_, c)| **c >= s.stopped_at_us - 5_000 && **c <= s.started_at_us)
-            .map(|(s, _)| *s)
-            .collect();
-        eprintln!(
-            "bench: stall {ms} ms: {} heartbeats committed during it",
-            in_stall.len()
-        );
-        let true_peak = in_stall
-            .iter()
-            .filter_map(|q| truth[STALLED].get(q).map(|a| a - seq_commit[q]))
-            .max()
-            .unwrap_or(0);
-        let peak_of = |id: &str| {
-            records
-                .iter()
-                .filter(|r| {
-                    r.reader_id == id && r.replica == addrs[STALLED] && in_stall.contains(&r.seq)
-                })
-                .map(|r| r.delay_us)
-                .max()
-                .unwrap_or(0)
-        };
-        let gtid = peak_of("mlg_gtid");
-        let poll = peak_of("mlg_poll");
-        // pt-heartbeat's readings while the replica was stopped and until it caught up.
-        let pt = samples
-            .iter()
-            .filter(|(at, _)| *at >= s.stopped_at_us && *at <= s.started_at_us + 300_000)
-            .map(|(_, v)| (v * 1e6) as i64)
-            .max()
-            .unwrap_or(0);
-        let _ = writeln!(stall_csv, "{ms},{true_peak},{gtid},{poll},{pt}");
-        peak_err
-            .entry("gtid-wait")
-            .or_default()
-            .push((gtid - true_peak).abs());
-        peak_err
-            .entry("poll")
-            .or_default()
-            .push((poll - true_peak).abs());
-        peak_err
-            .entry("pt-heartbeat")
-            .or_default()
-            .push((pt - true_peak).abs());
-        by_size
-            .entry(*ms)
-            .or_default()
-            .push([true_peak, gtid, poll, pt]);
-    }
-    std::fs::write(args.out.join("stalls.csv"), stall_csv)?;
-
-    // ---- steady state: pt-heartbeat readings away from stalls vs the replica's true lag ----
-    let mut pt_steady_err = Vec::new();
+    // Until the collector has every heartbeat up to the writer's last.
+    let last_seq: Option<i64> = cluster
+        .primary
+        .admin()
+        .await?
+        .query_first("SELECT CAST(seq AS SIGNED) FROM millilag.heartbeat")
+        .await?;
+    millilag_harness::wait_for(
+        "heartbeat-set collected",
+        Duration::from_secs(30),
+        || async {
+            commits
+                .lock()
+                .unwrap()
+                .contains_key(&last_seq.unwrap_or(0))
+                .then_some(())
+        },
+    )
+    .await?;
+    let seq_commit: BTreeMap<i64, i64> = commits.lock().unwrap().clone();
     let applied_stalled: BTreeMap<i64, i64> =
         truth[STALLED].iter().map(|(s, a)| (*a, *s)).collect();
-    for (at, v) in &samples {
-        if *at < measure_from || *at > measure_to {
-            continue;
-        }
-        let quiet = stalls
-            .iter()
-            .all(|(_, s)| *at < s.stopped_at_us - 50_000 || *at > s.started_at_us + 500_000);
-        if !quiet {
-            continue;
-        }
-        // The replica's true lag at `at` (pt-heartbeat's definition): now minus the commit
-        // time of the newest heartbeat applied by then.
-        if let Some((_, seq)) = applied_stalled.range(..=*at).next_back() {
-            if let Some(c) = seq_commit.get(seq) {
-                pt_steady_err.push(((v * 1e6) as i64 - (at - c)).abs());
+    let true_delay = |replica: usize, seq: i64| -> Option<i64> {
+        Some(truth[replica].get(&seq)? - seq_commit.get(&seq)?)
+    };
+
+    // ---- per heartbeat (millilag) and per reading (pt-heartbeat) ----
+    let mut csv = String::from("method,replica,seq,committed_at_us,true_us,measured_us,uncertainty_us,upper_bound,status\n");
+    let mut rows: BTreeMap<&str, Vec<(i64, i64, bool)>> = BTreeMap::new();
+    let mut counts: BTreeMap<&str, (usize, i64)> = BTreeMap::new();
+    for ph in phases.iter().filter(|p| p.name != "pt-heartbeat") {
+        let id = reader_id(ph.name);
+        for r in records.iter().filter(|r| {
+            r.reader_id == id && r.committed_at_us >= ph.from_us && r.committed_at_us <= ph.to_us
+        }) {
+            let c = counts.entry(ph.name).or_default();
+            c.0 += 1;
+            c.1 += r.queries as i64;
+            let Some(i) = addrs.iter().position(|a| *a == r.replica) else {
+                continue;
+            };
+            let Some(t) = true_delay(i, r.seq) else {
+                continue;
+            };
+            let _ = writeln!(
+                csv,
+                "{},{},{},{},{t},{},{},{},{}",
+                ph.name,
+                i + 1,
+                r.seq,
+                r.committed_at_us,
+                r.delay_us,
+                r.uncertainty_us,
+                r.upper_bound,
+                r.status.as_str()
+            );
+            if r.status == MeasureStatus::Ok {
+                rows.entry(ph.name)
+                    .or_default()
+                    .push((t, r.delay_us, r.upper_bound));
             }
         }
     }
+    std::fs::write(args.out.join("measurements.csv"), csv)?;
+    // pt-heartbeat's readings against the replica's true lag at that moment (its own
+    // definition: now minus the commit time of the newest heartbeat applied by then).
+    let mut pt_csv = String::from("local_us,lag_s,true_lag_us\n");
+    let mut pt_errs = Vec::new();
+    for (at, v) in &pt_samples {
+        let Some((_, seq)) = applied_stalled.range(..=*at).next_back() else {
+            continue;
+        };
+        let Some(c) = seq_commit.get(seq) else {
+            continue;
+        };
+        let true_lag = at - c;
+        let _ = writeln!(pt_csv, "{at},{v},{true_lag}");
+        pt_errs.push(((v * 1e6) as i64 - true_lag).abs());
+    }
+    std::fs::write(args.out.join("pt_samples.csv"), pt_csv)?;
+
+    // ---- stall peaks: the figure all three tools report ----
+    let mut stall_csv = String::from("tool,stall_ms,true_peak_us,measured_peak_us\n");
+    let mut peaks: BTreeMap<(&str, u64), Vec<(i64, i64)>> = BTreeMap::new();
+    for ph in &phases {
+        let id = reader_id(ph.name);
+        for (ms, s) in &ph.stalls {
+            let in_stall: Vec<i64> = seq_commit
+                .iter()
+                .filter(|(_, c)| **c >= s.stopped_at_us - 5_000 && **c <= s.started_at_us)
+                .map(|(s, _)| *s)
+                .collect();
+            let true_peak = in_stall
+                .iter()
+                .filter_map(|q| true_delay(STALLED, *q))
+                .max()
+                .unwrap_or(0);
+            let measured = if ph.name == "pt-heartbeat" {
+                pt_samples
+                    .iter()
+                    .filter(|(at, _)| *at >= s.stopped_at_us && *at <= s.started_at_us + 300_000)
+                    .map(|(_, v)| (v * 1e6) as i64)
+                    .max()
+                    .unwrap_or(0)
+            } else {
+                records
+                    .iter()
+                    .filter(|r| {
+                        r.reader_id == id
+                            && r.replica == addrs[STALLED]
+                            && in_stall.contains(&r.seq)
+                    })
+                    .map(|r| r.delay_us)
+                    .max()
+                    .unwrap_or(0)
+            };
+            let _ = writeln!(stall_csv, "{},{ms},{true_peak},{measured}", ph.name);
+            peaks
+                .entry((ph.name, *ms))
+                .or_default()
+                .push((true_peak, measured));
+        }
+    }
+    std::fs::write(args.out.join("stalls.csv"), stall_csv)?;
 
     // ---- the report ----
     let mut md = String::new();
     let _ = writeln!(md, "# millilag accuracy benchmark\n");
     let _ = writeln!(
         md,
-        "One run, {duration_s:.0} s: MariaDB primary + 2 replicas (GTID replication), 10 ms heartbeats, stalls of {:?} ms x{} on replica 1 (`STOP SLAVE SQL_THREAD`). Truth: each replica's apply time of each heartbeat (AFTER trigger, `SYSDATE(6)`), same host, one clock. Readers are release builds in separate processes.\n",
+        "One invocation (`scripts/bench`): MariaDB 10.11 primary + 2 replicas (GTID replication), millilag writer at 10 ms and `pt-heartbeat --update --interval 0.01` throughout; three phases, one measuring tool each, each with stalls of {:?} ms x{} on replica 1 (`STOP SLAVE SQL_THREAD`). Truth: each replica's apply time of each heartbeat (AFTER trigger, `SYSDATE(6)`), same host, one clock. Release builds, each tool its own process and DB user.\n",
         args.stalls_ms, args.repeats
     );
     let _ = writeln!(
         md,
-        "## Every heartbeat, both replicas (abs error vs truth)\n"
+        "## Accuracy: every measurement vs the truth (abs error)\n"
     );
-    let _ = writeln!(md, "| method | measurements | exact | p50 | p90 | p99 | max | queries/s to replica (client count) | queries/heartbeat/replica | reader CPU per measurement |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
-    for (method, _) in READERS {
-        let v = per_method.get(method).cloned().unwrap_or_default();
-        let mut errs: Vec<i64> = v.iter().map(|(t, m, _)| (m - t).abs()).collect();
+    let _ = writeln!(md, "| tool | measurements | exact (not upper bound) | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|---|");
+    for ph in &phases {
+        let mut errs: Vec<i64>;
+        let (n, exact) = if ph.name == "pt-heartbeat" {
+            errs = pt_errs.clone();
+            (pt_errs.len(), "-".to_string())
+        } else {
+            let v = rows.get(ph.name).cloned().unwrap_or_default();
+            errs = v.iter().map(|(t, m, _)| (m - t).abs()).collect();
+            (
+                v.len(),
+                v.iter().filter(|(_, _, ub)| !ub).count().to_string(),
+            )
+        };
         errs.sort();
-        let exact = v.iter().filter(|(_, _, ub)| !ub).count();
-        let n = counts.get(method).copied().unwrap_or(0).max(1);
-        let q = queries.get(method).copied().unwrap_or(0);
-        let cpu = cpu1[method] - cpu0[method];
+        let label = if ph.name == "pt-heartbeat" {
+            "pt-heartbeat --monitor --interval 0.01 (readings vs true lag)".to_string()
+        } else {
+            format!("millilag {} (both replicas)", ph.name)
+        };
         let _ = writeln!(
             md,
-            "| millilag {method} | {} | {exact} | {} us | {} us | {} us | {} us | {:.0} | {:.2} | {:.1} us |",
-            v.len(),
+            "| {label} | {n} | {exact} | {} us | {} us | {} us | {} us |",
             percentile(&errs, 0.5),
             percentile(&errs, 0.9),
             percentile(&errs, 0.99),
-            errs.last().copied().unwrap_or(0),
-            q as f64 / duration_s,
-            q as f64 / n as f64,
-            cpu * 1e6 / n as f64
+            errs.last().copied().unwrap_or(0)
         );
     }
-    pt_steady_err.sort();
-    let _ = writeln!(
-        md,
-        "| pt-heartbeat --monitor (steady-state readings vs the replica's true lag) | {} readings | - | {} us | {} us | {} us | {} us | {:.0} | - | {:.0} us CPU per reading |",
-        pt_steady_err.len(),
-        percentile(&pt_steady_err, 0.5),
-        percentile(&pt_steady_err, 0.9),
-        percentile(&pt_steady_err, 0.99),
-        pt_steady_err.last().copied().unwrap_or(0),
-        samples.len() as f64 / ((samples.last().map(|s| s.0).unwrap_or(0) - samples.first().map(|s| s.0).unwrap_or(0)).max(1) as f64 / 1e6),
-        (cpu1["pt-monitor"] - cpu0["pt-monitor"]) * 1e6 / samples.iter().filter(|(at, _)| *at >= measure_from && *at <= measure_to).count().max(1) as f64
-    );
-    let _ = writeln!(
-        md,
-        "\n## Stall peaks on the stalled replica (abs error of the peak delay)\n"
-    );
-    let _ = writeln!(
-        md,
-        "| stall | true peak (mean) | millilag gtid-wait | millilag poll | pt-heartbeat |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|");
-    for (ms, rows) in &by_size {
-        let n = rows.len() as i64;
-        let mean = |k: usize| rows.iter().map(|r| r[k]).sum::<i64>() / n;
-        let err = |k: usize| rows.iter().map(|r| (r[k] - r[0]).abs()).max().unwrap_or(0);
+    let _ = writeln!(md, "\n## Stall peaks on replica 1 (the delay each tool reported for the stall vs the true peak)\n");
+    let _ = writeln!(md, "| stall | true peak | millilag gtid-wait | millilag poll | pt-heartbeat |\n|---|---|---|---|---|");
+    let mut per_tool_err: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for ms in &args.stalls_ms {
+        let mut cells = Vec::new();
+        let mut truths = Vec::new();
+        for tool in PHASES {
+            let v = peaks.get(&(tool, *ms)).cloned().unwrap_or_default();
+            let worst = v.iter().map(|(t, m)| (m - t).abs()).max().unwrap_or(0);
+            per_tool_err
+                .entry(tool)
+                .or_default()
+                .extend(v.iter().map(|(t, m)| (m - t).abs()));
+            truths.extend(v.iter().map(|(t, _)| *t));
+            let mean = v.iter().map(|(_, m)| *m).sum::<i64>() / v.len().max(1) as i64;
+            cells.push(format!(
+                "{:.1} ms (worst error {:.2} ms)",
+                mean as f64 / 1e3,
+                worst as f64 / 1e3
+            ));
+        }
+        let true_mean = truths.iter().sum::<i64>() / truths.len().max(1) as i64;
         let _ = writeln!(
             md,
-            "| {ms} ms | {:.1} ms | {:.1} ms (worst error {} us) | {:.1} ms (worst error {} us) | {:.1} ms (worst error {} us) |",
-            mean(0) as f64 / 1e3,
-            mean(1) as f64 / 1e3,
-            err(1),
-            mean(2) as f64 / 1e3,
-            err(2),
-            mean(3) as f64 / 1e3,
-            err(3)
+            "| {ms} ms | {:.1} ms | {} |",
+            true_mean as f64 / 1e3,
+            cells.join(" | ")
         );
-    }
-    let mut summary = Vec::new();
-    for (tool, errs) in peak_err.iter_mut() {
-        errs.sort();
-        summary.push((
-            tool.to_string(),
-            percentile(errs, 0.5),
-            percentile(errs, 0.99),
-            *errs.last().unwrap_or(&0),
-        ));
     }
     let _ = writeln!(
         md,
         "\n| tool | stall-peak abs error p50 | p99 | max |\n|---|---|---|---|"
     );
-    for (t, p50, p99, max) in &summary {
-        let _ = writeln!(md, "| {t} | {p50} us | {p99} us | {max} us |");
-    }
-    let pt = summary
-        .iter()
-        .find(|s| s.0 == "pt-heartbeat")
-        .map(|s| s.2)
-        .unwrap_or(0);
-    let gt = summary
-        .iter()
-        .find(|s| s.0 == "gtid-wait")
-        .map(|s| s.2)
-        .unwrap_or(1)
-        .max(1);
-    let _ = writeln!(
-        md,
-        "\nStall-peak p99 error ratio pt-heartbeat / millilag gtid-wait: {:.1}x\n",
-        pt as f64 / gt as f64
-    );
-    let _ = writeln!(
-        md,
-        "## Load on the stalled replica (its own USER_STATISTICS over the measured window)\n"
-    );
-    let _ = writeln!(
-        md,
-        "| client | statements/s | server CPU (ms/s) |\n|---|---|---|"
-    );
-    for (client, user) in [
-        ("millilag gtid-wait", "mlg_gtid"),
-        ("millilag poll", "mlg_poll"),
-        ("pt-heartbeat --monitor", "pt_monitor"),
-    ] {
-        let (a, b) = (stats0[&STALLED].get(user), stats1[&STALLED].get(user));
-        let (sel, cpu) = match (a, b) {
-            (Some(a), Some(b)) => (
-                (b.selects - a.selects) as f64 / duration_s,
-                (b.cpu_s - a.cpu_s) * 1e3 / duration_s,
-            ),
-            (None, Some(b)) => (b.selects as f64 / duration_s, b.cpu_s * 1e3 / duration_s),
-            _ => (0.0, 0.0),
-        };
-        let _ = writeln!(md, "| {client} | {sel:.0} | {cpu:.1} |");
-    }
-    let _ = writeln!(
-        md,
-        "\n## Reader CPU by thread group over the measured window (ms of CPU per second)\n"
-    );
-    let _ = writeln!(
-        md,
-        "| reader | librdkafka | tokio workers | other |\n|---|---|---|---|"
-    );
-    for (n, t1) in &threads1 {
-        let t0 = &threads0[n];
-        let d = |k: &str| {
-            (t1.get(k).copied().unwrap_or(0.0) - t0.get(k).copied().unwrap_or(0.0)) * 1e3
-                / duration_s
-        };
+    let mut p99s = BTreeMap::new();
+    for tool in PHASES {
+        let mut e = per_tool_err.get(tool).cloned().unwrap_or_default();
+        e.sort();
+        p99s.insert(tool, percentile(&e, 0.99));
         let _ = writeln!(
             md,
-            "| {n} | {:.1} | {:.1} | {:.1} |",
-            d("librdkafka"),
-            d("tokio workers"),
-            d("other")
+            "| {tool} | {} us | {} us | {} us |",
+            percentile(&e, 0.5),
+            percentile(&e, 0.99),
+            e.last().copied().unwrap_or(0)
         );
+    }
+    let ratio = p99s["pt-heartbeat"] as f64 / p99s["gtid-wait"].max(1) as f64;
+    let _ = writeln!(
+        md,
+        "\nStall-peak p99 error, pt-heartbeat / millilag gtid-wait: {ratio:.1}x\n"
+    );
+    let _ = writeln!(md, "## Cost\n");
+    let _ = writeln!(md, "| tool | statements/s on the replica (its userstat) | replica server CPU | measurements/s | client CPU per measurement | client CPU by thread (ms/s) |\n|---|---|---|---|---|---|");
+    for ph in &phases {
+        let secs = (ph.to_us - ph.from_us) as f64 / 1e6;
+        let n = if ph.name == "pt-heartbeat" {
+            pt_samples.len()
+        } else {
+            counts.get(ph.name).map(|c| c.0).unwrap_or(0)
+        }
+        .max(1) as f64;
+        let threads: Vec<String> = ph
+            .threads
+            .iter()
+            .map(|(k, v)| format!("{k} {:.1}", v * 1e3 / secs))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.1} ms/s | {:.0} | {:.1} us | {} |",
+            ph.name,
+            ph.statements / secs,
+            ph.server_cpu_s * 1e3 / secs,
+            n / secs,
+            ph.client_cpu_s * 1e6 / n,
+            threads.join(", ")
+        );
+    }
+    for ph in phases.iter().filter(|p| p.name != "pt-heartbeat") {
+        if let Some((n, q)) = counts.get(ph.name) {
+            let _ = writeln!(
+                md,
+                "\nmillilag {}: {:.2} queries per heartbeat per replica (each record's own count).",
+                ph.name,
+                *q as f64 / (*n).max(1) as f64
+            );
+        }
     }
     std::fs::write(args.out.join("accuracy.md"), &md)?;
     print!("{md}");

@@ -180,6 +180,9 @@ const MAX_SIGHTING_SPAN: i64 = 100_000;
 /// reads 1-2 ms apart spread out by scheduling on a busy host.
 const TIGHT_US: i64 = 5_000;
 
+/// How early polling resumes before the next heartbeat is due on the writer's schedule.
+const RESUME_MARGIN_US: i64 = 3_000;
+
 /// Most heartbeats the arming horizon runs ahead of the last announcement on the writer's
 /// schedule (a writer that stopped announcing does not move it further).
 const MAX_SCHEDULE_AHEAD: i64 = 1_000;
@@ -830,9 +833,12 @@ impl ReplicaWorker {
         ) {
             // A new heartbeat just appeared. The next is due on the writer's schedule, so
             // polling pauses until just before then, whether or not its event has arrived.
+            // Commits drift from the schedule by a few ms on a busy primary, so resume with a
+            // margin, and never pause longer than an interval.
             let due = commit + (seen_seq + 1 - seq) * self.interval_us;
-            let gap = self.poll_gap.as_micros() as i64;
-            let resume = local_to_instant(self.ctx.to_local(due) - gap);
+            let margin = (self.poll_gap.as_micros() as i64).max(RESUME_MARGIN_US);
+            let resume = local_to_instant(self.ctx.to_local(due) - margin)
+                .min(Instant::now() + Duration::from_micros(self.interval_us as u64));
             self.anticipate_until = Some(local_to_instant(
                 self.ctx.to_local(due + 2 * self.interval_us),
             ));

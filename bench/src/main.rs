@@ -38,6 +38,8 @@ const READERS: [(&str, &str); 2] = [
 ];
 /// The replica the stalls are injected on.
 const STALLED: usize = 0;
+/// How long the writer runs alone at 1 ms at the end.
+const WRITER_1MS_SECS: u64 = 5;
 
 struct Args {
     millilag: PathBuf,
@@ -349,6 +351,9 @@ async fn main() -> Result<()> {
     // Every heartbeat's commit time, from the writer's own announcements (the pt-heartbeat
     // phase has no reader records to take them from).
     let commits: Arc<Mutex<BTreeMap<i64, i64>>> = Arc::default();
+    // (interval, commit round trip) of every heartbeat, for the writer's own figures.
+    let writes: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
+    let writes_sink = writes.clone();
     let hb_consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker.brokers())
         .set(
@@ -365,6 +370,10 @@ async fn main() -> Result<()> {
         while let Ok(m) = hb_consumer.recv().await {
             if let Some(Ok(h)) = m.payload().map(millilag_core::events::HeartbeatSet::decode) {
                 sink.lock().unwrap().insert(h.seq, h.committed_at_us);
+                writes_sink
+                    .lock()
+                    .unwrap()
+                    .push((h.interval_us, h.commit_rtt_us));
             }
         }
     });
@@ -570,6 +579,46 @@ async fn main() -> Result<()> {
     )
     .await?;
     let seq_commit: BTreeMap<i64, i64> = commits.lock().unwrap().clone();
+
+    // ---- the writer alone at 1 ms (the same primary, nothing else writing) ----
+    eprintln!("bench: writer at 1 ms for {} s", WRITER_1MS_SECS);
+    let fast_cfg = writer_cfg.replace("interval = \"10ms\"", "interval = \"1ms\"");
+    let seq_before_fast = seq_commit.keys().next_back().copied().unwrap_or(0);
+    let mut fast = spawn_millilag(&bin, "writer", &fast_cfg, work.path(), "writer-1ms")?;
+    let fast_cpu0 = cpu_seconds(fast.pid());
+    tokio::time::sleep(Duration::from_secs(WRITER_1MS_SECS)).await;
+    let fast_cpu = cpu_seconds(fast.pid()) - fast_cpu0;
+    fast.signal(libc::SIGTERM);
+    let _ = fast.wait();
+    let fast_last: Option<i64> = cluster
+        .primary
+        .admin()
+        .await?
+        .query_first("SELECT CAST(seq AS SIGNED) FROM millilag.heartbeat")
+        .await?;
+    let fast_last = fast_last.unwrap_or(0);
+    millilag_harness::wait_for(
+        "1 ms heartbeat-set collected",
+        Duration::from_secs(30),
+        || async {
+            commits
+                .lock()
+                .unwrap()
+                .contains_key(&fast_last)
+                .then_some(())
+        },
+    )
+    .await?;
+    let fast_span = {
+        let c = commits.lock().unwrap();
+        let mut it = c.range(seq_before_fast + 1..);
+        match (it.next(), it.next_back()) {
+            (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
+                Some((s1 - s0) as f64 * 1e6 / (t1 - t0) as f64)
+            }
+            _ => None,
+        }
+    };
     let applied_stalled: BTreeMap<i64, i64> =
         truth[STALLED].iter().map(|(s, a)| (*a, *s)).collect();
     let true_delay = |replica: usize, seq: i64| -> Option<i64> {
@@ -767,6 +816,43 @@ async fn main() -> Result<()> {
         md,
         "\nStall-peak p99 error, pt-heartbeat / millilag gtid-wait: {ratio:.1}x\n"
     );
+    let _ = writeln!(md, "## Writer\n");
+    let _ = writeln!(md, "| configured interval | heartbeats/s achieved | commit round trip p50 | p99 | max | writer CPU |\n|---|---|---|---|---|---|");
+    let writes = writes.lock().unwrap().clone();
+    for (interval_us, rate) in [
+        (10_000, {
+            let c: Vec<(&i64, &i64)> = seq_commit.iter().collect();
+            match (c.first(), c.last()) {
+                (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
+                    Some((*s1 - *s0) as f64 * 1e6 / (*t1 - *t0) as f64)
+                }
+                _ => None,
+            }
+        }),
+        (1_000, fast_span),
+    ] {
+        let mut rtts: Vec<i64> = writes
+            .iter()
+            .filter(|(i, _)| *i == interval_us)
+            .map(|(_, r)| *r)
+            .collect();
+        rtts.sort();
+        let cpu = if interval_us == 1_000 {
+            format!("{:.1} ms/s", fast_cpu * 1e3 / WRITER_1MS_SECS as f64)
+        } else {
+            "-".to_string()
+        };
+        let _ = writeln!(
+            md,
+            "| {} ms | {} | {} us | {} us | {} us | {cpu} |",
+            interval_us / 1000,
+            rate.map_or("-".to_string(), |r| format!("{r:.1}")),
+            percentile(&rtts, 0.5),
+            percentile(&rtts, 0.99),
+            rtts.last().copied().unwrap_or(0),
+        );
+    }
+    let _ = writeln!(md, "\nThe 10 ms writer runs beside everything else in the benchmark (pt-heartbeat's updates included); the 1 ms one alone, for {WRITER_1MS_SECS} s, after it.\n");
     let _ = writeln!(md, "## Cost\n");
     let _ = writeln!(md, "| tool | statements/s on the replica (its userstat) | replica server CPU | measurements/s | client CPU per measurement | client CPU by thread (ms/s) |\n|---|---|---|---|---|---|");
     for ph in &phases {

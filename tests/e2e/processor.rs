@@ -242,18 +242,23 @@ fn with_status(mut r: ReplicaDelay, s: MeasureStatus) -> ReplicaDelay {
 }
 
 /// The hand-computable input of `known_records_...`: window A = [t, t+1s) gets ok seqs 1..=10
-/// (delays 1..=10 ms, seq 1 an upper bound), a duplicate of seq 5, a timeout (seq 11), no
+/// (delays 2..=10 ms, seq 1 an upper bound of 900 ms), a duplicate of seq 5, a timeout (seq 11), no
 /// seq 12, and seq 13 (20 ms) out of order but within lateness. Then a record for A after it
 /// closed (late), window B = [t+1s, t+2s) with seqs 14 and 15, and seq 16 opening window C.
 ///
-/// Expected A: count 11, missing 2 (timeout + gap at 12), min 1 ms, p50 6 ms, p90 10 ms,
-/// p99 20 ms, max 20 ms (nearest rank over 11 values), timeouts 1, upper_bounds 1,
+/// Expected A: count 11, missing 2 (timeout + gap at 12), min 2 ms, p50 6 ms, p90 10 ms,
+/// p99 20 ms, max 20 ms (nearest rank over the 10 exact values), timeouts 1, upper_bounds 1,
 /// duplicates 1. B: count 2, missing 0.
 async fn produce_known_input(env: &Env, t: i64) -> Vec<i64> {
     let mut offsets = Vec::new();
     for seq in 1..=10 {
         let mut r = delay(seq, t + seq * 50 * MS, seq * MS);
-        r.upper_bound = seq == 1;
+        if seq == 1 {
+            // A reader that looked late: counted, but not the replica's delay (the window has
+            // exact ones), so neither its max nor its quantiles.
+            r.upper_bound = true;
+            r.delay_us = 900 * MS;
+        }
         offsets.push(env.send(&r).await);
     }
     let mut dup = delay(5, t + 250 * MS, 7 * MS);
@@ -286,7 +291,7 @@ fn expected_a(t: i64) -> DelayWindow {
         window_us: S,
         count: 11,
         missing: 2,
-        min_us: Some(MS),
+        min_us: Some(2 * MS),
         p50_us: Some(6 * MS),
         p90_us: Some(10 * MS),
         p99_us: Some(20 * MS),

@@ -219,7 +219,8 @@ pub struct ReaderConfig {
     /// gtid-wait | poll | auto.
     #[serde(default = "default_method")]
     pub method: ReaderMethod,
-    /// First poll gap in poll mode; doubles up to `poll_max_interval` while a heartbeat is late.
+    /// Poll gap in poll mode; while a heartbeat is overdue the gap is 2% of how late it is,
+    /// between this and `poll_max_interval`.
     #[serde(default = "default_poll_interval")]
     pub poll_interval: HumanDuration,
     /// Longest poll gap.

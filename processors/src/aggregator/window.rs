@@ -7,7 +7,11 @@
 //! `idle_close` after its end when no newer record comes (a replica that went silent).
 //!
 //! Inside a window: ok delays are kept (exact nearest-rank quantiles at close: 1 s of 10 ms
-//! heartbeats is 100 values), seqs are kept sorted to drop duplicates (two reader groups
+//! heartbeats is 100 values). Upper bounds (the replica already had the heartbeat at the first
+//! look) are kept apart: min/quantiles/max come from the exact delays whenever the window has
+//! any, because an upper bound says how late the reader looked, not how late the replica was
+//! (a reader catching up on a backlog reports seconds for a replica that is in step). A window
+//! of upper bounds only reports them, and `upper_bounds` = `count` tells consumers so. Seqs are kept sorted to drop duplicates (two reader groups
 //! active-active report the same heartbeat; same commit time, so the same window) and to find
 //! gaps. `missing` = non-ok statuses + seqs absent between the window's lowest and highest seq
 //! + the gap since the previous adjacent window's highest seq.
@@ -89,6 +93,8 @@ struct OpenWindow {
     start: i64,
     seqs: Vec<i64>,
     delays: Vec<i64>,
+    /// Ok delays that were upper bounds.
+    bounds: Vec<i64>,
     by_status: [i64; 5],
     upper_bounds: i64,
     duplicates: i64,
@@ -268,12 +274,14 @@ impl Aggregator {
                     let at = pos.map_or(0, |p| p + 1);
                     let seqs = self.spare.pop().unwrap_or_default();
                     let delays = self.spare.pop().unwrap_or_default();
+                    let bounds = self.spare.pop().unwrap_or_default();
                     lane.open.insert(
                         at,
                         OpenWindow {
                             start,
                             seqs,
                             delays,
+                            bounds,
                             by_status: [0; 5],
                             upper_bounds: 0,
                             duplicates: 0,
@@ -298,9 +306,11 @@ impl Aggregator {
             }
             w.by_status[status] += 1;
             if status == 0 {
-                w.delays.push(r.delay_us);
                 if r.upper_bound {
+                    w.bounds.push(r.delay_us);
                     w.upper_bounds += 1;
+                } else {
+                    w.delays.push(r.delay_us);
                 }
             }
             if partition >= 0 {
@@ -372,8 +382,10 @@ impl Aggregator {
                 });
                 w.seqs.clear();
                 w.delays.clear();
+                w.bounds.clear();
                 self.spare.push(std::mem::take(&mut w.seqs));
                 self.spare.push(std::mem::take(&mut w.delays));
+                self.spare.push(std::mem::take(&mut w.bounds));
             }
         }
     }
@@ -399,8 +411,10 @@ impl Aggregator {
                     dropped += 1;
                     w.seqs.clear();
                     w.delays.clear();
+                    w.bounds.clear();
                     self.spare.push(std::mem::take(&mut w.seqs));
                     self.spare.push(std::mem::take(&mut w.delays));
+                    self.spare.push(std::mem::take(&mut w.bounds));
                 }
                 *lane = Lane::default();
             }
@@ -437,8 +451,14 @@ fn summarize(
     w: &mut OpenWindow,
     prev_last_seq: Option<i64>,
 ) -> (DelayWindow, Option<i64>) {
-    w.delays.sort_unstable();
-    let d = &w.delays;
+    let ok_count = (w.delays.len() + w.bounds.len()) as i64;
+    let d = if w.delays.is_empty() {
+        &mut w.bounds
+    } else {
+        &mut w.delays
+    };
+    d.sort_unstable();
+    let d = &*d;
     let non_ok: i64 = w.by_status[1..].iter().sum();
     let (first, last) = (w.seqs.first().copied(), w.seqs.last().copied());
     let inner_gaps = match (first, last) {
@@ -454,7 +474,7 @@ fn summarize(
         replica: replica.to_string(),
         window_start_us: w.start,
         window_us: len_us,
-        count: d.len() as i64,
+        count: ok_count,
         missing: non_ok + inner_gaps + boundary_gap,
         min_us: d.first().copied(),
         p50_us: nearest_rank(d, 0.50),
@@ -553,15 +573,15 @@ mod tests {
         let mut out = Vec::new();
         a.apply(&ok(1, T0, 100), 0, 0, &mut out);
         a.apply(&ok(2, T0 + 10_000, 300), 0, 1, &mut out);
-        // seq 3 and 4 never arrive; 5 times out; 6 is an upper bound; 2 again from a second
-        // reader group.
+        // seq 3 and 4 never arrive; 5 times out; 6 is an upper bound (a reader that looked
+        // late: not the replica's delay); 2 again from a second reader group.
         a.apply(
             &view("r1", 5, T0 + 40_000, 30 * S, MeasureStatus::Timeout),
             0,
             2,
             &mut out,
         );
-        let mut ub = ok(6, T0 + 50_000, 200);
+        let mut ub = ok(6, T0 + 50_000, 900_000);
         ub.upper_bound = true;
         a.apply(&ub, 0, 3, &mut out);
         let dup = a.apply(&ok(2, T0 + 10_000, 350), 0, 4, &mut out);
@@ -580,9 +600,28 @@ mod tests {
         assert_eq!((w.duplicates, w.upper_bounds), (1, 1));
         assert_eq!(
             (w.min_us, w.max_us, w.p50_us),
-            (Some(100), Some(300), Some(200))
+            (Some(100), Some(300), Some(100)),
+            "quantiles from the exact delays only"
         );
         assert_eq!(out[0].last_seq, Some(7));
+    }
+
+    #[test]
+    fn a_window_of_upper_bounds_only_reports_them() {
+        let mut a = agg(&[1000], 0);
+        let mut out = Vec::new();
+        for (seq, delay) in [(1, 400), (2, 200), (3, 300)] {
+            let mut ub = ok(seq, T0 + seq * 10_000, delay);
+            ub.upper_bound = true;
+            a.apply(&ub, 0, seq, &mut out);
+        }
+        a.close_all(&mut out);
+        let w = &out[0].window;
+        assert_eq!((w.count, w.upper_bounds), (3, 3));
+        assert_eq!(
+            (w.min_us, w.p50_us, w.max_us),
+            (Some(200), Some(300), Some(400))
+        );
     }
 
     #[test]

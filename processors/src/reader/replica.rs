@@ -15,8 +15,9 @@
 //! frontier meanwhile, so steady state resumes exactly timed.
 //!
 //! Poll method (no GTID): polls the heartbeat row's seq every `poll_interval`, from just before
-//! the next heartbeat is due (the previous commit + the writer's interval) until it shows, and
-//! whenever an announced heartbeat is still missing (backing off to `poll_max_interval`).
+//! the writer's next tick (its drift-free grid, estimated from the events) until it shows,
+//! whether or not its event has arrived; the gap grows with how overdue it is (2% of it, up to
+//! `poll_max_interval`), so a stall's end is bracketed within a small fraction of its length.
 //!
 //! Failure handling: a lost connection is retried once; if the replica cannot be reached, every
 //! waiting and new heartbeat is reported `replica_unreachable` until a reconnect (with backoff)
@@ -36,7 +37,7 @@ use millilag_core::secret::Sensitive;
 use millilag_core::shutdown::Shutdown;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -159,12 +160,18 @@ pub struct ReplicaWorker {
     last_poll: Option<LastRead>,
     next_poll: Option<Instant>,
     poll_gap: Duration,
-    anticipate_until: Option<Instant>,
+    /// When the last heartbeat event arrived (a writer still announcing has heartbeats due).
+    last_event_at: Option<Instant>,
     polls_since_hit: i32,
     /// The writer's heartbeat interval and the latest event's (seq, commit time): the writer's
     /// schedule is drift-free, so heartbeat n is due at that commit + (n - seq) * interval.
     interval_us: i64,
     schedule: Option<(i64, i64)>,
+    /// Poll mode: recent estimates of the writer's tick grid origin (primary clock), one per
+    /// event: when its UPDATE was sent (commit time minus the commit round trip) minus
+    /// seq * interval. A late tick only makes an estimate later, so the smallest is the grid,
+    /// and heartbeat n cannot commit before origin + n * interval.
+    grid_origins: VecDeque<i64>,
     next_trim: Instant,
     /// Catching up after a stall: reading the row back to back (see the module doc).
     catch_up: bool,
@@ -180,8 +187,20 @@ const MAX_SIGHTING_SPAN: i64 = 100_000;
 /// reads 1-2 ms apart spread out by scheduling on a busy host.
 const TIGHT_US: i64 = 5_000;
 
-/// How early polling resumes before the next heartbeat is due on the writer's schedule.
-const RESUME_MARGIN_US: i64 = 3_000;
+/// How early polling resumes before the writer's next tick (covers the clock-offset error and a
+/// late timer).
+const RESUME_MARGIN_US: i64 = 2_000;
+
+/// Poll gap while a heartbeat is overdue: this fraction of how late it is.
+const OVERDUE_GAP_FRACTION: u64 = 50;
+
+/// A writer whose last event is older than this is not announcing: its next heartbeat is not
+/// awaited by reads (a heartbeat whose event arrived still is, until its timeout).
+const WRITER_SILENT_AFTER: Duration = Duration::from_secs(1);
+
+/// Events the tick-grid estimate is taken over (a writer that skipped a tick or took over moves
+/// the grid; after this many events the old estimate is gone).
+const GRID_EVENTS: usize = 64;
 
 /// Most heartbeats the arming horizon runs ahead of the last announcement on the writer's
 /// schedule (a writer that stopped announcing does not move it further).
@@ -222,10 +241,11 @@ impl ReplicaWorker {
             last_poll: None,
             next_poll: None,
             poll_gap,
-            anticipate_until: None,
+            last_event_at: None,
             polls_since_hit: 0,
             interval_us: 0,
             schedule: None,
+            grid_origins: VecDeque::new(),
             next_trim: Instant::now(),
             catch_up: false,
             catch_up_progress: Instant::now(),
@@ -318,7 +338,18 @@ impl ReplicaWorker {
             }
         }
         self.server_id = Some(e.server_id);
+        self.last_event_at = Some(Instant::now());
+        if self.interval_us != e.interval_us {
+            self.grid_origins.clear();
+        }
         self.interval_us = e.interval_us;
+        if self.poll_mode() && e.interval_us > 0 {
+            if self.grid_origins.len() == GRID_EVENTS {
+                self.grid_origins.pop_front();
+            }
+            self.grid_origins
+                .push_back(e.committed_at_us - e.commit_rtt_us - e.seq * e.interval_us);
+        }
         if self.schedule.is_none_or(|(s, _)| e.seq > s) {
             self.schedule = Some((e.seq, e.committed_at_us));
         }
@@ -630,10 +661,6 @@ impl ReplicaWorker {
         }
         let due =
             self.ctx.to_local(committed_at_us + interval_us) - self.poll_gap.as_micros() as i64;
-        let until = local_to_instant(self.ctx.to_local(committed_at_us + 3 * interval_us));
-        if self.anticipate_until.is_none_or(|t| t < until) {
-            self.anticipate_until = Some(until);
-        }
         let at = local_to_instant(due).max(Instant::now() + self.poll_gap);
         self.next_poll = Some(self.next_poll.map_or(at, |t| t.min(at)));
     }
@@ -826,32 +853,51 @@ impl ReplicaWorker {
                 self.top_up(&s).await;
             }
         }
-        let waiting = self.pending.values().any(|p| p.key.is_none());
-        if let (true, Some((seq, commit))) = (
-            progressed && !waiting && !self.catch_up && self.poll_mode() && self.interval_us > 0,
-            self.schedule,
-        ) {
-            // A new heartbeat just appeared. The next is due on the writer's schedule, so
-            // polling pauses until just before then, whether or not its event has arrived.
-            // Commits drift from the schedule by a few ms on a busy primary, so resume with a
-            // margin, and never pause longer than an interval.
-            let due = commit + (seen_seq + 1 - seq) * self.interval_us;
-            let margin = (self.poll_gap.as_micros() as i64).max(RESUME_MARGIN_US);
-            let resume = local_to_instant(self.ctx.to_local(due) - margin)
-                .min(Instant::now() + Duration::from_micros(self.interval_us as u64));
-            self.anticipate_until = Some(local_to_instant(
-                self.ctx.to_local(due + 2 * self.interval_us),
-            ));
-            self.next_poll = Some(resume.max(Instant::now() + self.poll_gap));
+        if self.next_poll.is_none() {
+            self.schedule_overdue_poll(seen_seq);
         }
-        let anticipating = self.anticipate_until.is_some_and(|t| t > Instant::now());
-        if self.next_poll.is_none() && (waiting || anticipating) {
-            if waiting && !anticipating {
-                // Late beyond the expected window: back off.
-                self.poll_gap = (self.poll_gap * 2).min(self.ctx.settings.poll_max_interval);
+    }
+
+    /// Keep reading while a heartbeat is overdue: one whose event is waiting, or, in poll mode
+    /// while the writer is announcing, the next one on its schedule (its event may still be on
+    /// the way: events arrive in fetch batches, and a stalled replica must be watched from the
+    /// moment the heartbeat was due, not from when its event arrives). The gap grows with how
+    /// late it is (1/`OVERDUE_GAP_FRACTION` of it, within `poll_interval`..`poll_max_interval`),
+    /// so the bracket around the moment it shows stays a small fraction of the delay.
+    fn schedule_overdue_poll(&mut self, seen_seq: i64) {
+        let oldest_waiting = self
+            .pending
+            .values()
+            .filter(|p| p.key.is_none())
+            .map(|p| p.event.committed_at_us)
+            .min();
+        let writer_announcing = self
+            .last_event_at
+            .is_some_and(|t| t.elapsed() < WRITER_SILENT_AFTER);
+        let next_due = match self.grid_origins.iter().min() {
+            Some(origin) if self.poll_mode() && writer_announcing && self.interval_us > 0 => {
+                Some(origin + (seen_seq + 1) * self.interval_us)
             }
-            self.next_poll = Some(Instant::now() + self.poll_gap);
+            _ => None,
+        };
+        let Some(since) = [oldest_waiting, next_due].into_iter().flatten().min() else {
+            return;
+        };
+        let now = self.ctx.to_primary(now_us()).0;
+        let s = &self.ctx.settings;
+        if since > now + RESUME_MARGIN_US {
+            // Not due yet (the last one just appeared): pause until just before it is, never
+            // longer than an interval.
+            self.poll_gap = s.poll_interval;
+            let resume = local_to_instant(self.ctx.to_local(since - RESUME_MARGIN_US))
+                .min(Instant::now() + Duration::from_micros(self.interval_us.max(0) as u64));
+            self.next_poll = Some(resume.max(Instant::now() + s.poll_interval));
+            return;
         }
+        let late = (now - since).max(0) as u64;
+        self.poll_gap = Duration::from_micros(late / OVERDUE_GAP_FRACTION)
+            .clamp(s.poll_interval, s.poll_max_interval.max(s.poll_interval));
+        self.next_poll = Some(Instant::now() + self.poll_gap);
     }
 
     fn report_measured(&mut self, p: Pending, obs: Observation, method: MeasureMethod) {

@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod compose;
 mod demo;
+mod ha;
 mod harness;
 mod processor;
 mod reader;

@@ -1,0 +1,201 @@
+//! Active-active readers (DESIGN §5, §8): two reader groups measure the same heartbeats and the
+//! processor de-duplicates them by (cluster, replica, seq). SIGKILL one reader mid-run: the
+//! other's records keep every heartbeat measured, and every window the processor publishes is
+//! complete (each heartbeat the writer announced counted once, nothing missing).
+
+use crate::common::{create_topics, next_record, Env};
+use millilag_core::events::{DelayWindow, HeartbeatSet, MeasureStatus, ReplicaDelay};
+use millilag_harness::free_port;
+use millilag_harness::process::Guard;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_millilag");
+const S: i64 = 1_000_000;
+
+fn spawn(service: &str, config: &Path, dir: &Path, name: &str, env: &[(&str, &str)]) -> Guard {
+    let mut cmd = Command::new(BIN);
+    cmd.arg(service).arg("--config").arg(config);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Guard::spawn(name, cmd, &dir.join(format!("{name}.log"))).unwrap()
+}
+
+fn spawn_reader(config: &Path, dir: &Path, id: &str) -> Guard {
+    let group = format!("readers-{id}");
+    let listen = format!("127.0.0.1:{}", free_port());
+    spawn(
+        "reader",
+        config,
+        dir,
+        id,
+        &[
+            ("MILLILAG_READER__GROUP", &group),
+            ("MILLILAG_READER__READER_ID", id),
+            ("MILLILAG_READER__LISTEN", &listen),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_reader_of_an_active_active_pair_loses_no_heartbeat_and_no_window_point() {
+    let env = Env::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("millilag.toml");
+    let processor = format!(
+        r#"[processor]
+windows = ["1s"]
+allowed_lateness = "300ms"
+group = "{}"
+listen = "127.0.0.1:{}"
+"#,
+        crate::common::unique("processor"),
+        free_port()
+    );
+    std::fs::write(
+        &cfg_path,
+        env.config_toml("interval = \"10ms\"", "", &processor),
+    )
+    .unwrap();
+    create_topics(&env.config("", "", "")).await;
+    let (heartbeats, delays, windows) = (
+        env.consumer("heartbeat-set"),
+        env.consumer("replica-delay"),
+        env.consumer("delay-window"),
+    );
+
+    let mut writer = spawn("writer", &cfg_path, dir.path(), "writer", &[]);
+    let mut a = spawn_reader(&cfg_path, dir.path(), "reader-a");
+    let b = spawn_reader(&cfg_path, dir.path(), "reader-b");
+    let processor = spawn("processor", &cfg_path, dir.path(), "processor", &[]);
+
+    // seq -> readers that reported it ok.
+    let mut measured: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+    let collect = |r: ReplicaDelay, measured: &mut BTreeMap<i64, BTreeSet<String>>| {
+        if r.status == MeasureStatus::Ok {
+            measured.entry(r.seq).or_default().insert(r.reader_id);
+        }
+    };
+    let count_of = |m: &BTreeMap<i64, BTreeSet<String>>, id: &str| {
+        m.values().filter(|ids| ids.contains(id)).count()
+    };
+    // Both readers in steady state: two seconds of heartbeats each.
+    while count_of(&measured, "reader-a") < 200 || count_of(&measured, "reader-b") < 200 {
+        let (r, _) = next_record::<ReplicaDelay>(&delays, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "both readers measure; logs:\n{}\n{}",
+                    a.log_tail(10),
+                    b.log_tail(10)
+                )
+            });
+        collect(r, &mut measured);
+    }
+    let both_from = measured
+        .iter()
+        .find(|(_, ids)| ids.len() == 2)
+        .map(|(s, _)| *s)
+        .unwrap();
+    a.kill();
+    let killed_after = measured
+        .iter()
+        .rev()
+        .find(|(_, ids)| ids.contains("reader-a"))
+        .map(|(s, _)| *s)
+        .unwrap();
+    // Three more seconds of heartbeats, measured by reader-b alone.
+    while measured.keys().next_back().copied().unwrap_or(0) < killed_after + 300 {
+        let (r, _) = next_record::<ReplicaDelay>(&delays, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("reader-b goes on; log:\n{}", b.log_tail(10)));
+        collect(r, &mut measured);
+    }
+    // SIGTERM: the writer announces everything it committed, then stops.
+    writer.signal(libc::SIGTERM);
+    assert!(writer.wait().is_some_and(|s| s.success()));
+
+    // What the writer announced: seq -> commit time.
+    let mut announced: BTreeMap<i64, i64> = BTreeMap::new();
+    while let Some((h, _)) = next_record::<HeartbeatSet>(&heartbeats, Duration::from_secs(2)).await
+    {
+        announced.insert(h.seq, h.committed_at_us);
+    }
+    let last = *announced.keys().next_back().unwrap();
+    while measured.keys().next_back().copied().unwrap_or(0) < last {
+        let (r, _) = next_record::<ReplicaDelay>(&delays, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("reader-b measures up to {last}"));
+        collect(r, &mut measured);
+    }
+
+    // The gap: heartbeats from the first both measured to the last that no reader reported.
+    let unmeasured: Vec<i64> = (both_from..=last)
+        .filter(|s| !measured.contains_key(s))
+        .collect();
+    let after_kill = measured.range(killed_after + 1..).count();
+    eprintln!(
+        "failover: reader-a killed after seq {killed_after}; {} heartbeats unmeasured between seq {both_from} and {last}; reader-b measured the {after_kill} after the kill",
+        unmeasured.len()
+    );
+    assert!(
+        unmeasured.is_empty(),
+        "heartbeats no reader measured: {unmeasured:?}"
+    );
+    let before: Vec<usize> = measured
+        .range(both_from..=killed_after)
+        .map(|(_, ids)| ids.len())
+        .collect();
+    assert!(
+        before.iter().filter(|n| **n == 2).count() * 10 >= before.len() * 9,
+        "both readers measured (nearly) every heartbeat before the kill"
+    );
+
+    // Every whole second from the first both measured to the writer's last: one window point,
+    // counting each announced heartbeat once, nothing missing.
+    let first_start = (announced[&both_from] / S + 1) * S;
+    let last_start = (announced[&last] / S - 1) * S;
+    assert!(last_start > first_start, "at least a window to check");
+    let mut got: BTreeMap<i64, Vec<DelayWindow>> = BTreeMap::new();
+    let expected: Vec<i64> = (first_start / S..=last_start / S).map(|s| s * S).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !expected.iter().all(|s| got.contains_key(s)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "every window point within 30 s; have {:?}; processor log:\n{}",
+            got.keys().collect::<Vec<_>>(),
+            processor.log_tail(20)
+        );
+        if let Some((w, _)) = next_record::<DelayWindow>(&windows, Duration::from_secs(1)).await {
+            got.entry(w.window_start_us).or_default().push(w);
+        }
+    }
+    // Anything else already published (a second point for a window would be a duplicate).
+    while let Some((w, _)) = next_record::<DelayWindow>(&windows, Duration::from_secs(1)).await {
+        got.entry(w.window_start_us).or_default().push(w);
+    }
+    let mut duplicates = 0;
+    for start in &expected {
+        let points = &got[start];
+        assert_eq!(points.len(), 1, "one point per window: {points:?}");
+        let w = &points[0];
+        let sent = announced
+            .values()
+            .filter(|c| **c >= *start && **c < start + S)
+            .count() as i64;
+        assert_eq!(
+            (w.count, w.missing),
+            (sent, 0),
+            "window {start}: every announced heartbeat counted once"
+        );
+        duplicates += w.duplicates;
+    }
+    assert!(duplicates > 0, "the processor saw both readers' records");
+    eprintln!(
+        "failover: {} one-second windows around the kill, each complete; {duplicates} duplicate records dropped",
+        expected.len()
+    );
+}

@@ -23,6 +23,9 @@ const STALLS_MS: [u64; 5] = [150, 600, 80, 1500, 300];
 /// Quiet time between stalls.
 const STALL_EVERY: Duration = Duration::from_secs(6);
 
+/// How long each service gets to flush and commit when the demo stops.
+const SERVICE_STOP: Duration = Duration::from_secs(10);
+
 pub async fn run(mut shutdown: Shutdown, run_for: Option<Duration>) -> anyhow::Result<()> {
     println!("millilag demo: starting a MariaDB primary + 2 replicas, Tansu and VictoriaMetrics on 127.0.0.1 ...");
     let (cluster, broker, vm) = tokio::join!(Cluster::start(2), Broker::start(), Victoria::start());
@@ -63,23 +66,27 @@ pub async fn run(mut shutdown: Shutdown, run_for: Option<Duration>) -> anyhow::R
     );
     println!("Writer (10 ms heartbeats), reader (GTID waits) and processor (1s/10s/1m windows) running; replica1 gets stalled every {}s. Ctrl-C stops.\n", STALL_EVERY.as_secs());
 
+    // The services get a token of their own: on Ctrl-C or at --for's end they stop cleanly
+    // (flush, commit) while the databases and the broker are still up, and only then go.
+    let (stop_services, services_shutdown) = millilag_core::shutdown::shutdown_pair();
     let services = [
         tokio::spawn(millilag_producers::writer::run(
             config.clone(),
-            shutdown.clone(),
+            services_shutdown.clone(),
         )),
         tokio::spawn(millilag_processors::reader::run(
             config.clone(),
-            shutdown.clone(),
+            services_shutdown.clone(),
         )),
         tokio::spawn(millilag_processors::aggregator::run(
             config.clone(),
-            shutdown.clone(),
+            services_shutdown.clone(),
         )),
     ];
-    let display = tokio::spawn(display(config.clone(), names, shutdown.clone()));
+    let display = tokio::spawn(display(config.clone(), names, services_shutdown.clone()));
     let injector = {
-        let mut stop = shutdown.clone();
+        let mut stop = services_shutdown.clone();
+        let cluster = &cluster;
         async move {
             let mut i = 0;
             loop {
@@ -108,14 +115,14 @@ pub async fn run(mut shutdown: Shutdown, run_for: Option<Duration>) -> anyhow::R
         _ = shutdown.wait() => {}
     }
     println!("\nmillilag demo: stopping the services ...");
-    // The caller's token may not have fired (--for): stop our tasks with a token of our own.
-    let (trigger, _) = millilag_core::shutdown::shutdown_pair();
-    trigger.trigger();
-    display.abort();
-    for s in services {
-        s.abort();
-        let _ = s.await;
+    stop_services.trigger();
+    for mut s in services {
+        if tokio::time::timeout(SERVICE_STOP, &mut s).await.is_err() {
+            s.abort();
+        }
     }
+    display.abort();
+    drop(cluster);
     drop(vm);
     drop(broker);
     println!("millilag demo: stopped; every service it started is gone.");

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_millilag");
 const S: i64 = 1_000_000;
+const LATENESS_US: i64 = 300_000;
 
 fn spawn(service: &str, config: &Path, dir: &Path, name: &str, env: &[(&str, &str)]) -> Guard {
     let mut cmd = Command::new(BIN);
@@ -48,10 +49,11 @@ async fn killed_reader_of_an_active_active_pair_loses_no_heartbeat_and_no_window
     let processor = format!(
         r#"[processor]
 windows = ["1s"]
-allowed_lateness = "300ms"
+allowed_lateness = "{}us"
 group = "{}"
 listen = "127.0.0.1:{}"
 "#,
+        LATENESS_US,
         crate::common::unique("processor"),
         free_port()
     );
@@ -74,7 +76,14 @@ listen = "127.0.0.1:{}"
 
     // seq -> readers that reported it ok.
     let mut measured: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+    // Every record's (reader, status), for the failure message.
+    let all: std::sync::Mutex<BTreeMap<i64, Vec<(String, MeasureStatus)>>> = Default::default();
     let collect = |r: ReplicaDelay, measured: &mut BTreeMap<i64, BTreeSet<String>>| {
+        all.lock()
+            .unwrap()
+            .entry(r.seq)
+            .or_default()
+            .push((r.reader_id.clone(), r.status));
         if r.status == MeasureStatus::Ok {
             measured.entry(r.seq).or_default().insert(r.reader_id);
         }
@@ -125,11 +134,13 @@ listen = "127.0.0.1:{}"
         announced.insert(h.seq, h.committed_at_us);
     }
     let last = *announced.keys().next_back().unwrap();
-    while measured.keys().next_back().copied().unwrap_or(0) < last {
-        let (r, _) = next_record::<ReplicaDelay>(&delays, Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|| panic!("reader-b measures up to {last}"));
-        collect(r, &mut measured);
+    // Records arrive in any order (each is published as soon as it is measured): wait for the
+    // whole range, or until nothing more comes.
+    while (both_from..=last).any(|s| !measured.contains_key(&s)) {
+        match next_record::<ReplicaDelay>(&delays, Duration::from_secs(10)).await {
+            Some((r, _)) => collect(r, &mut measured),
+            None => break,
+        }
     }
 
     // The gap: heartbeats from the first both measured to the last that no reader reported.
@@ -143,7 +154,11 @@ listen = "127.0.0.1:{}"
     );
     assert!(
         unmeasured.is_empty(),
-        "heartbeats no reader measured: {unmeasured:?}"
+        "heartbeats no reader measured: {:?}",
+        unmeasured
+            .iter()
+            .map(|s| (*s, all.lock().unwrap().get(s).cloned()))
+            .collect::<Vec<_>>()
     );
     let before: Vec<usize> = measured
         .range(both_from..=killed_after)
@@ -157,7 +172,8 @@ listen = "127.0.0.1:{}"
     // Every whole second from the first both measured to the writer's last: one window point,
     // counting each announced heartbeat once, nothing missing.
     let first_start = (announced[&both_from] / S + 1) * S;
-    let last_start = (announced[&last] / S - 1) * S;
+    // ... up to the last window the watermark (last commit - allowed_lateness) closes.
+    let last_start = ((announced[&last] - LATENESS_US) / S - 1) * S;
     assert!(last_start > first_start, "at least a window to check");
     let mut got: BTreeMap<i64, Vec<DelayWindow>> = BTreeMap::new();
     let expected: Vec<i64> = (first_start / S..=last_start / S).map(|s| s * S).collect();

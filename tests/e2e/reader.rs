@@ -522,3 +522,80 @@ async fn garbage_on_the_heartbeat_topic_goes_to_dead_letter_and_measuring_contin
     .await;
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_replica_is_measured_dropped_when_it_leaves_and_taken_back() {
+    let env = Env::start(2).await;
+    let (listed, unlisted) = (
+        env.cluster.replica(0).address(),
+        env.cluster.replica(1).address(),
+    );
+    // Only replica 0 is configured; replica 1 is known from the primary's SHOW SLAVE HOSTS.
+    let toml = env
+        .config_toml("interval = \"10ms\"", "discovery_interval = \"200ms\"", "")
+        .replace(&format!(", \"{}\"", env.cluster.replica(1).url()), "")
+        .replace("[[cluster]]", "[[cluster]]\ndiscover_replicas = true");
+    assert!(!toml.contains(&env.cluster.replica(1).url()), "{toml}");
+    let config = millilag_core::Config::from_toml_with_env(&toml, "test", Vec::new()).unwrap();
+    create_topics(&config).await;
+    let (got, _bg) = Collected::start(&env);
+    let p = Pipeline::start(&config, true, true);
+
+    let rs = got
+        .until(
+            "the unlisted replica measured",
+            Duration::from_secs(30),
+            |rs| for_replica(rs, &unlisted).any(|r| r.status == MeasureStatus::Ok),
+        )
+        .await;
+    assert!(for_replica(&rs, &listed).any(|r| r.status == MeasureStatus::Ok));
+
+    assert_eq!(replicas_gauge(&config).await, 2.0);
+
+    // Replica 1 disconnects from the primary: it leaves SHOW SLAVE HOSTS and is no longer
+    // measured (long before the 30 s timeout would report its heartbeats); what it still owed
+    // is reported replication_stopped, so the reader's offsets move on; replica 0 goes on.
+    let mut r1 = env.cluster.replica(1).admin().await.unwrap();
+    r1.query_drop("STOP SLAVE").await.unwrap();
+    let left_at = got.snapshot().len();
+    millilag_harness::wait_for("replica 1 dropped", Duration::from_secs(10), || async {
+        (replicas_gauge(&config).await == 1.0).then_some(())
+    })
+    .await
+    .unwrap();
+    let rs = got
+        .until(
+            "replica 1's owed heartbeats reported",
+            Duration::from_secs(10),
+            |rs| {
+                for_replica(&rs[left_at.min(rs.len())..], &unlisted)
+                    .any(|r| r.status == MeasureStatus::ReplicationStopped)
+            },
+        )
+        .await;
+    assert!(
+        for_replica(&rs[left_at..], &listed).all(|r| r.status == MeasureStatus::Ok),
+        "replica 0 unaffected"
+    );
+
+    // Back: discovered again and measured again.
+    r1.query_drop("START SLAVE").await.unwrap();
+    let back_from = got.snapshot().len();
+    got.until("replica 1 measured again", Duration::from_secs(30), |rs| {
+        rs[back_from.min(rs.len())..]
+            .iter()
+            .any(|r| r.replica == unlisted && r.status == MeasureStatus::Ok)
+    })
+    .await;
+    assert_eq!(replicas_gauge(&config).await, 2.0);
+    p.stop().await;
+}
+
+/// The reader's millilag_reader_replicas gauge for cluster main.
+async fn replicas_gauge(config: &millilag_core::Config) -> f64 {
+    let listen = config.reader.listen.to_string();
+    let (_, body) = crate::common::http_get(&listen, "/metrics")
+        .await
+        .expect("reader /metrics");
+    crate::common::metric(&body, "millilag_reader_replicas{cluster=\"main\"}").unwrap_or(0.0)
+}

@@ -260,22 +260,35 @@ impl ReplicaWorker {
         if let Err(e) = self.connect_control().await {
             self.lost(format!("{e:#}"));
         }
-        loop {
+        let removed = loop {
             let timer = self.next_timer();
             tokio::select! {
                 biased;
-                _ = shutdown.wait() => break,
+                _ = shutdown.wait() => break false,
                 Some(done) = self.waits_rx.recv() => self.on_wait_done(done).await,
                 job = jobs.recv() => match job {
                     Some(job) => self.on_job(job).await,
-                    None => break,
+                    None => break true,
                 },
                 _ = sleep_until_opt(timer) => self.on_timer().await,
             }
+        };
+        if removed {
+            // The primary stopped listing this replica (its replication disconnected): what it
+            // still owed is reported as such, so those heartbeats' offsets can be stored.
+            for (_, p) in std::mem::take(&mut self.pending) {
+                self.report(
+                    &p.event,
+                    &p.ticket,
+                    MeasureStatus::ReplicationStopped,
+                    p.queries,
+                );
+            }
+        } else {
+            // Shutting down: heartbeats still waiting are not reported; their offsets were not
+            // stored, so they are measured again after a restart or by another reader.
+            self.pending.clear();
         }
-        // Heartbeats still waiting are not reported: their offsets were not stored, so they
-        // are measured again after a restart or by another reader of the group.
-        self.pending.clear();
     }
 
     fn next_timer(&self) -> Option<Instant> {

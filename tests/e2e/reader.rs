@@ -556,8 +556,27 @@ async fn discovered_replica_is_measured_dropped_when_it_leaves_and_taken_back() 
     // measured (long before the 30 s timeout would report its heartbeats); what it still owed
     // is reported replication_stopped, so the reader's offsets move on; replica 0 goes on.
     let mut r1 = env.cluster.replica(1).admin().await.unwrap();
-    r1.query_drop("STOP SLAVE").await.unwrap();
+    // First its SQL thread (still connected, still listed), until replica 0 has measured 20
+    // heartbeats replica 1 cannot have applied: those are owed when it goes.
+    r1.query_drop("STOP SLAVE SQL_THREAD").await.unwrap();
+    let stopped_at: i64 = env
+        .cluster
+        .primary
+        .admin()
+        .await
+        .unwrap()
+        .query_first("SELECT CAST(MAX(seq) AS SIGNED) FROM millilag.heartbeat")
+        .await
+        .unwrap()
+        .unwrap();
     let left_at = got.snapshot().len();
+    got.until(
+        "20 heartbeats measured on replica 0 only",
+        Duration::from_secs(30),
+        |rs| for_replica(rs, &listed).any(|r| r.seq > stopped_at + 20),
+    )
+    .await;
+    r1.query_drop("STOP SLAVE").await.unwrap();
     millilag_harness::wait_for("replica 1 dropped", Duration::from_secs(10), || async {
         (replicas_gauge(&config).await == 1.0).then_some(())
     })
@@ -568,8 +587,11 @@ async fn discovered_replica_is_measured_dropped_when_it_leaves_and_taken_back() 
             "replica 1's owed heartbeats reported",
             Duration::from_secs(10),
             |rs| {
-                for_replica(&rs[left_at.min(rs.len())..], &unlisted)
-                    .any(|r| r.status == MeasureStatus::ReplicationStopped)
+                let owed: Vec<i64> = for_replica(&rs[left_at.min(rs.len())..], &unlisted)
+                    .filter(|r| r.status == MeasureStatus::ReplicationStopped)
+                    .map(|r| r.seq)
+                    .collect();
+                (stopped_at + 2..=stopped_at + 20).all(|s| owed.contains(&s))
             },
         )
         .await;

@@ -11,7 +11,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -49,6 +49,16 @@ impl Broker {
             .prefix("millilag-tansu-")
             .tempdir()?;
         let port = free_port();
+        let guard = Self::spawn(dir.path(), port, "tansu.log").await?;
+        Ok(Broker {
+            port,
+            guard,
+            _dir: dir,
+        })
+    }
+
+    /// Tansu on `port` with its sqlite storage in `dir`, once it answers metadata requests.
+    async fn spawn(dir: &Path, port: u16, log: &str) -> Result<Guard> {
         let url = format!("tcp://127.0.0.1:{port}");
         let mut cmd = Command::new(tansu_binary()?);
         cmd.arg("broker")
@@ -60,9 +70,9 @@ impl Broker {
             // Tansu reads the path after sqlite:// as relative (sqlite:///tmp/x opens ./tmp/x),
             // so run it inside its temp dir.
             .arg("sqlite://tansu.db")
-            .current_dir(dir.path())
+            .current_dir(dir)
             .env("RUST_LOG", "warn");
-        let mut guard = Guard::spawn("tansu", cmd, &dir.path().join("tansu.log"))?;
+        let mut guard = Guard::spawn("tansu", cmd, &dir.join(log))?;
         let brokers = format!("127.0.0.1:{port}");
         let ready = wait_for("tansu metadata", Duration::from_secs(20), || {
             let brokers = brokers.clone();
@@ -86,11 +96,19 @@ impl Broker {
             let alive = guard.is_running();
             anyhow::bail!("{e} (running: {alive}); log:\n{}", guard.log_tail(20));
         }
-        Ok(Broker {
-            port,
-            guard,
-            _dir: dir,
-        })
+        Ok(guard)
+    }
+
+    /// SIGKILL the broker (an outage; its storage stays).
+    pub fn kill(&mut self) {
+        self.guard.kill();
+    }
+
+    /// Start it again on the same port with the same storage.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.guard.kill();
+        self.guard = Self::spawn(self._dir.path(), self.port, "tansu-restarted.log").await?;
+        Ok(())
     }
 
     pub fn brokers(&self) -> String {

@@ -233,15 +233,26 @@ async fn primary_seq(env: &Env) -> i64 {
 async fn broker_outage_loses_no_heartbeat_and_the_services_carry_on() {
     use millilag_core::shutdown::shutdown_pair;
     let mut env = Env::start(1).await;
-    let config = env.config("interval = \"10ms\"", "", "");
+    let config = env.config(
+        "interval = \"10ms\"",
+        "",
+        &format!(
+            "[processor]\nwindows = [\"1s\"]\nallowed_lateness = \"{LATENESS_US}us\"\nlisten = \"127.0.0.1:{}\"",
+            free_port()
+        ),
+    );
     create_topics(&config).await;
-    let delays = env.consumer("replica-delay");
+    let (delays, windows) = (env.consumer("replica-delay"), env.consumer("delay-window"));
     let (stop, token) = shutdown_pair();
     let writer = tokio::spawn(millilag_producers::writer::run(
         config.clone(),
         token.clone(),
     ));
-    let reader = tokio::spawn(millilag_processors::reader::run(config.clone(), token));
+    let reader = tokio::spawn(millilag_processors::reader::run(
+        config.clone(),
+        token.clone(),
+    ));
+    let processor = tokio::spawn(millilag_processors::aggregator::run(config.clone(), token));
 
     let mut measured: BTreeMap<i64, ReplicaDelay> = BTreeMap::new();
     while measured.len() < 100 {
@@ -263,7 +274,7 @@ async fn broker_outage_loses_no_heartbeat_and_the_services_carry_on() {
     .await
     .unwrap();
     assert!(
-        !writer.is_finished() && !reader.is_finished(),
+        !writer.is_finished() && !reader.is_finished() && !processor.is_finished(),
         "services ride it out"
     );
     env.broker.restart().await.expect("broker back");
@@ -304,7 +315,45 @@ async fn broker_outage_loses_no_heartbeat_and_the_services_carry_on() {
         restarted.elapsed().as_secs_f64()
     );
     assert_eq!(ok, during.len(), "heartbeats of the outage measured ok");
+
+    // And the processor's windows over the whole run, outage included, are complete: one
+    // point per second, every measured heartbeat counted, nothing missing.
+    let commit_of = |s: i64| measured[&s].committed_at_us;
+    let first_start = (commit_of(first) / S + 1) * S;
+    let last_start = ((commit_of(until) - LATENESS_US) / S - 1) * S;
+    let expected: Vec<i64> = (first_start / S..=last_start / S).map(|s| s * S).collect();
+    let mut got: BTreeMap<i64, Vec<DelayWindow>> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !expected.iter().all(|s| got.contains_key(s)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "window points {expected:?} within 60 s; have {:?}",
+            got.keys().collect::<Vec<_>>()
+        );
+        if let Some((w, _)) = next_record::<DelayWindow>(&windows, Duration::from_secs(1)).await {
+            got.entry(w.window_start_us).or_default().push(w);
+        }
+    }
+    for start in &expected {
+        let points = &got[start];
+        assert_eq!(points.len(), 1, "one point per window: {points:?}");
+        let heartbeats = measured
+            .values()
+            .filter(|r| r.committed_at_us >= *start && r.committed_at_us < start + S)
+            .filter(|r| r.status == MeasureStatus::Ok)
+            .count() as i64;
+        assert_eq!(
+            (points[0].count, points[0].missing),
+            (heartbeats, 0),
+            "window {start}"
+        );
+    }
+    eprintln!(
+        "broker outage: {} one-second windows across it, each complete",
+        expected.len()
+    );
     stop.trigger();
     writer.await.unwrap().expect("writer stops cleanly");
     reader.await.unwrap().expect("reader stops cleanly");
+    processor.await.unwrap().expect("processor stops cleanly");
 }

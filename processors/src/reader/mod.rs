@@ -258,49 +258,119 @@ impl Ticket {
 }
 
 /// Publishes replica-delay records; a record counts for its ticket only once Kafka acked it.
+///
+/// One task enqueues every record into the producer in the order the replica tasks report them
+/// (a task per record would let a burst, e.g. the backlog after a broker outage, reach Kafka
+/// reordered, and the processor's event-time windows would count the stragglers as late).
 pub struct Output {
-    producer: FutureProducer,
-    topic: String,
+    tx: mpsc::UnboundedSender<(ReplicaDelay, Arc<Ticket>)>,
     metrics: ReaderMetrics,
 }
 
 impl Output {
+    fn start(producer: FutureProducer, topic: String, metrics: ReaderMetrics) -> Arc<Output> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(publisher(producer, topic, rx, metrics.clone()));
+        Arc::new(Output { tx, metrics })
+    }
+
     /// Publish; replica tasks count their records in their [`ReplicaMetrics`] first.
     fn publish(self: &Arc<Self>, rec: ReplicaDelay, ticket: Arc<Ticket>) {
-        let out = self.clone();
-        tokio::spawn(async move {
-            let payload = match rec.encode() {
-                Ok(p) => p,
-                Err(e) => {
-                    warn!(error = %e, "Cannot encode replica-delay; this is a bug.");
-                    ticket.complete_one();
-                    return;
-                }
-            };
-            let key = rec.key();
-            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-            // Retry until acknowledged: the heartbeat's offset waits for it, so nothing is lost
-            // while the broker is away.
-            loop {
-                let res = out
-                    .producer
-                    .send(
-                        FutureRecord::to(&out.topic).key(&key).payload(&payload),
-                        Duration::from_secs(30),
-                    )
-                    .await;
-                match res {
-                    Ok(_) => break,
-                    Err((e, _)) => {
-                        out.metrics.publish_retries.inc();
-                        warn!(error = %e, replica = %rec.replica, seq = rec.seq, "replica-delay not acknowledged; retrying.");
-                        tokio::time::sleep(backoff.next_delay()).await;
-                    }
-                }
-            }
-            ticket.complete_one();
-        });
+        // The publisher outlives every Output handle, so this only fails once it is gone.
+        let _ = self.tx.send((rec, ticket));
     }
+}
+
+/// Enqueue in order; complete each ticket on its ack. Runs until every Output is dropped and
+/// every enqueued record is acknowledged (or handed to a retry).
+async fn publisher(
+    producer: FutureProducer,
+    topic: String,
+    mut rx: mpsc::UnboundedReceiver<(ReplicaDelay, Arc<Ticket>)>,
+    metrics: ReaderMetrics,
+) {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let mut acks = FuturesUnordered::new();
+    let mut open = true;
+    while open || !acks.is_empty() {
+        tokio::select! {
+            next = rx.recv(), if open => {
+                let Some((rec, ticket)) = next else {
+                    open = false;
+                    continue;
+                };
+                let payload = match rec.encode() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!(error = %e, "Cannot encode replica-delay; this is a bug.");
+                        ticket.complete_one();
+                        continue;
+                    }
+                };
+                let key = rec.key();
+                let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+                // The local queue is full only when the broker has been away for long: wait
+                // here, keeping the order (the replica tasks' records queue up in the channel).
+                let delivery = loop {
+                    match producer.send_result(FutureRecord::to(&topic).key(&key).payload(&payload)) {
+                        Ok(d) => break d,
+                        Err((e, _)) => {
+                            metrics.publish_retries.inc();
+                            tracing::debug!(error = %e, "Producer queue full; waiting.");
+                            tokio::time::sleep(backoff.next_delay()).await;
+                        }
+                    }
+                };
+                acks.push(async move { (delivery.await, rec, ticket) });
+            }
+            Some((res, rec, ticket)) = acks.next(), if !acks.is_empty() => match res {
+                Ok(Ok(_)) => ticket.complete_one(),
+                Ok(Err((e, _))) => {
+                    metrics.publish_retries.inc();
+                    warn!(error = %e, replica = %rec.replica, seq = rec.seq, "replica-delay not acknowledged; retrying.");
+                    tokio::spawn(retry(producer.clone(), topic.clone(), rec, ticket, metrics.clone()));
+                }
+                Err(_) => {
+                    // The producer dropped the delivery (shutting down): not acked, so the
+                    // heartbeat's offset is not stored and it is measured again after a restart.
+                }
+            },
+        }
+    }
+}
+
+/// A record whose delivery failed: retried until acknowledged (its heartbeat's offset waits for
+/// it, so nothing is lost while the broker is away).
+async fn retry(
+    producer: FutureProducer,
+    topic: String,
+    rec: ReplicaDelay,
+    ticket: Arc<Ticket>,
+    metrics: ReaderMetrics,
+) {
+    let Ok(payload) = rec.encode() else {
+        ticket.complete_one();
+        return;
+    };
+    let key = rec.key();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        let res = producer
+            .send(
+                FutureRecord::to(&topic).key(&key).payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await;
+        match res {
+            Ok(_) => break,
+            Err((e, _)) => {
+                metrics.publish_retries.inc();
+                warn!(error = %e, replica = %rec.replica, seq = rec.seq, "replica-delay not acknowledged; retrying.");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+    ticket.complete_one();
 }
 
 struct ClusterState {
@@ -348,11 +418,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     // linger 5 ms: records are batched into fewer produce requests (and wake-ups); windows are
     // seconds long, so 5 ms of latency costs nothing.
     let producer = kafka::producer(&config.kafka, 5).context("creating the Kafka producer")?;
-    let out = Arc::new(Output {
-        producer: producer.clone(),
-        topic: config.topic(topics::REPLICA_DELAY),
-        metrics: metrics.clone(),
-    });
+    let out = Output::start(
+        producer.clone(),
+        config.topic(topics::REPLICA_DELAY),
+        metrics.clone(),
+    );
     let settings = Settings {
         method: rc.method,
         poll_interval: rc.poll_interval.0,

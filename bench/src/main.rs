@@ -161,6 +161,33 @@ level = "warn"
     )
 }
 
+/// Until the collector holds every heartbeat the writer committed (the primary's row seq):
+/// the writer announces all of them before it exits.
+async fn wait_announced(
+    cluster: &Cluster,
+    commits: &Mutex<BTreeMap<i64, i64>>,
+    what: &str,
+) -> Result<()> {
+    let last = cluster.heartbeat_seq().await?;
+    millilag_harness::wait_for(what, Duration::from_secs(30), || async {
+        commits.lock().unwrap().contains_key(&last).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// Heartbeats per second from the first to the last of (seq, commit time) in seq order.
+fn heartbeat_rate<'a>(
+    mut commits: impl DoubleEndedIterator<Item = (&'a i64, &'a i64)>,
+) -> Option<f64> {
+    match (commits.next(), commits.next_back()) {
+        (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
+            Some((s1 - s0) as f64 * 1e6 / (t1 - t0) as f64)
+        }
+        _ => None,
+    }
+}
+
 fn spawn_millilag(
     bin: &Path,
     service: &str,
@@ -506,13 +533,7 @@ async fn main() -> Result<()> {
         };
         if let Some(mut g) = reader {
             // Every heartbeat of the phase measured on both replicas before the reader stops.
-            let last: Option<i64> = cluster
-                .primary
-                .admin()
-                .await?
-                .query_first("SELECT CAST(seq AS SIGNED) FROM millilag.heartbeat")
-                .await?;
-            let last = last.unwrap_or(0);
+            let last = cluster.heartbeat_seq().await?;
             millilag_harness::wait_for(
                 "the phase's measurements",
                 Duration::from_secs(60),
@@ -560,24 +581,7 @@ async fn main() -> Result<()> {
     let addrs: Vec<String> = cluster.replicas.iter().map(|r| r.address()).collect();
     let records = records.lock().unwrap().clone();
     // Until the collector has every heartbeat up to the writer's last.
-    let last_seq: Option<i64> = cluster
-        .primary
-        .admin()
-        .await?
-        .query_first("SELECT CAST(seq AS SIGNED) FROM millilag.heartbeat")
-        .await?;
-    millilag_harness::wait_for(
-        "heartbeat-set collected",
-        Duration::from_secs(30),
-        || async {
-            commits
-                .lock()
-                .unwrap()
-                .contains_key(&last_seq.unwrap_or(0))
-                .then_some(())
-        },
-    )
-    .await?;
+    wait_announced(&cluster, &commits, "heartbeat-set collected").await?;
     let seq_commit: BTreeMap<i64, i64> = commits.lock().unwrap().clone();
 
     // ---- the writer alone at 1 ms (the same primary, nothing else writing) ----
@@ -590,35 +594,8 @@ async fn main() -> Result<()> {
     let fast_cpu = cpu_seconds(fast.pid()) - fast_cpu0;
     fast.signal(libc::SIGTERM);
     let _ = fast.wait();
-    let fast_last: Option<i64> = cluster
-        .primary
-        .admin()
-        .await?
-        .query_first("SELECT CAST(seq AS SIGNED) FROM millilag.heartbeat")
-        .await?;
-    let fast_last = fast_last.unwrap_or(0);
-    millilag_harness::wait_for(
-        "1 ms heartbeat-set collected",
-        Duration::from_secs(30),
-        || async {
-            commits
-                .lock()
-                .unwrap()
-                .contains_key(&fast_last)
-                .then_some(())
-        },
-    )
-    .await?;
-    let fast_span = {
-        let c = commits.lock().unwrap();
-        let mut it = c.range(seq_before_fast + 1..);
-        match (it.next(), it.next_back()) {
-            (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
-                Some((s1 - s0) as f64 * 1e6 / (t1 - t0) as f64)
-            }
-            _ => None,
-        }
-    };
+    wait_announced(&cluster, &commits, "1 ms heartbeat-set collected").await?;
+    let fast_span = heartbeat_rate(commits.lock().unwrap().range(seq_before_fast + 1..));
     let applied_stalled: BTreeMap<i64, i64> =
         truth[STALLED].iter().map(|(s, a)| (*a, *s)).collect();
     let true_delay = |replica: usize, seq: i64| -> Option<i64> {
@@ -820,15 +797,7 @@ async fn main() -> Result<()> {
     let _ = writeln!(md, "| configured interval | heartbeats/s achieved | commit round trip p50 | p99 | max | writer CPU |\n|---|---|---|---|---|---|");
     let writes = writes.lock().unwrap().clone();
     for (interval_us, rate) in [
-        (10_000, {
-            let c: Vec<(&i64, &i64)> = seq_commit.iter().collect();
-            match (c.first(), c.last()) {
-                (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
-                    Some((*s1 - *s0) as f64 * 1e6 / (*t1 - *t0) as f64)
-                }
-                _ => None,
-            }
-        }),
+        (10_000, heartbeat_rate(seq_commit.iter())),
         (1_000, fast_span),
     ] {
         let mut rtts: Vec<i64> = writes

@@ -173,44 +173,18 @@ listen = "127.0.0.1:{}"
 
     // Every whole second from the first both measured to the writer's last: one window point,
     // counting each announced heartbeat once, nothing missing.
-    let first_start = (announced[&both_from] / S + 1) * S;
-    // ... up to the last window the watermark (last commit - allowed_lateness) closes.
-    let last_start = ((announced[&last] - LATENESS_US) / S - 1) * S;
-    assert!(last_start > first_start, "at least a window to check");
-    let mut got: BTreeMap<i64, Vec<DelayWindow>> = BTreeMap::new();
-    let expected: Vec<i64> = (first_start / S..=last_start / S).map(|s| s * S).collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !expected.iter().all(|s| got.contains_key(s)) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "every window point within 30 s; have {:?}; processor log:\n{}",
-            got.keys().collect::<Vec<_>>(),
-            processor.log_tail(20)
-        );
-        if let Some((w, _)) = next_record::<DelayWindow>(&windows, Duration::from_secs(1)).await {
-            got.entry(w.window_start_us).or_default().push(w);
-        }
-    }
-    // Anything else already published (a second point for a window would be a duplicate).
-    while let Some((w, _)) = next_record::<DelayWindow>(&windows, Duration::from_secs(1)).await {
-        got.entry(w.window_start_us).or_default().push(w);
-    }
-    let mut duplicates = 0;
-    for start in &expected {
-        let points = &got[start];
-        assert_eq!(points.len(), 1, "one point per window: {points:?}");
-        let w = &points[0];
-        let sent = announced
+    let expected = closed_windows(announced[&both_from], announced[&last]);
+    assert!(expected.len() >= 2, "at least a window to check");
+    let got = window_points(&windows, &expected, Duration::from_secs(30), || {
+        format!("processor log:\n{}", processor.log_tail(20))
+    })
+    .await;
+    let duplicates = assert_complete(&got, &expected, |start| {
+        announced
             .values()
-            .filter(|c| **c >= *start && **c < start + S)
-            .count() as i64;
-        assert_eq!(
-            (w.count, w.missing),
-            (sent, 0),
-            "window {start}: every announced heartbeat counted once"
-        );
-        duplicates += w.duplicates;
-    }
+            .filter(|c| **c >= start && **c < start + S)
+            .count() as i64
+    });
     assert!(duplicates > 0, "the processor saw both readers' records");
     eprintln!(
         "failover: {} one-second windows around the kill, each complete; {duplicates} duplicate records dropped",
@@ -220,13 +194,64 @@ listen = "127.0.0.1:{}"
 
 /// The primary's heartbeat seq (what the writer has committed).
 async fn primary_seq(env: &Env) -> i64 {
-    use mysql_async::prelude::*;
-    let mut c = env.cluster.primary.admin().await.unwrap();
-    c.query_first("SELECT CAST(MAX(seq) AS SIGNED) FROM millilag.heartbeat")
-        .await
-        .unwrap()
-        .flatten()
-        .unwrap_or(0)
+    env.cluster.heartbeat_seq().await.unwrap()
+}
+
+/// The whole one-second windows from the one after `first_commit_us` to the last that the
+/// watermark of `last_commit_us` (minus allowed_lateness) closes.
+fn closed_windows(first_commit_us: i64, last_commit_us: i64) -> Vec<i64> {
+    let first_start = (first_commit_us / S + 1) * S;
+    let last_start = ((last_commit_us - LATENESS_US) / S - 1) * S;
+    (first_start / S..=last_start / S).map(|s| s * S).collect()
+}
+
+/// delay-window records per window start, read until every one of `expected` arrived, then
+/// whatever else is already published (a second point for a window would be a duplicate).
+async fn window_points(
+    windows: &rdkafka::consumer::StreamConsumer,
+    expected: &[i64],
+    within: Duration,
+    context: impl Fn() -> String,
+) -> BTreeMap<i64, Vec<DelayWindow>> {
+    let mut got: BTreeMap<i64, Vec<DelayWindow>> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while !expected.iter().all(|s| got.contains_key(s)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "window points {expected:?} within {within:?}; have {:?}; {}",
+            got.keys().collect::<Vec<_>>(),
+            context()
+        );
+        if let Some((w, _)) = next_record::<DelayWindow>(windows, Duration::from_secs(1)).await {
+            got.entry(w.window_start_us).or_default().push(w);
+        }
+    }
+    while let Some((w, _)) = next_record::<DelayWindow>(windows, Duration::from_secs(1)).await {
+        got.entry(w.window_start_us).or_default().push(w);
+    }
+    got
+}
+
+/// Each expected window has exactly one point, counting `heartbeats(start)` with nothing
+/// missing. Returns the duplicates the processor dropped in them.
+fn assert_complete(
+    got: &BTreeMap<i64, Vec<DelayWindow>>,
+    expected: &[i64],
+    heartbeats: impl Fn(i64) -> i64,
+) -> i64 {
+    let mut duplicates = 0;
+    for start in expected {
+        let points = &got[start];
+        assert_eq!(points.len(), 1, "one point per window: {points:?}");
+        let w = &points[0];
+        assert_eq!(
+            (w.count, w.missing),
+            (heartbeats(*start), 0),
+            "window {start}: every heartbeat counted once"
+        );
+        duplicates += w.duplicates;
+    }
+    duplicates
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,36 +343,18 @@ async fn broker_outage_loses_no_heartbeat_and_the_services_carry_on() {
 
     // And the processor's windows over the whole run, outage included, are complete: one
     // point per second, every measured heartbeat counted, nothing missing.
-    let commit_of = |s: i64| measured[&s].committed_at_us;
-    let first_start = (commit_of(first) / S + 1) * S;
-    let last_start = ((commit_of(until) - LATENESS_US) / S - 1) * S;
-    let expected: Vec<i64> = (first_start / S..=last_start / S).map(|s| s * S).collect();
-    let mut got: BTreeMap<i64, Vec<DelayWindow>> = BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !expected.iter().all(|s| got.contains_key(s)) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "window points {expected:?} within 60 s; have {:?}",
-            got.keys().collect::<Vec<_>>()
-        );
-        if let Some((w, _)) = next_record::<DelayWindow>(&windows, Duration::from_secs(1)).await {
-            got.entry(w.window_start_us).or_default().push(w);
-        }
-    }
-    for start in &expected {
-        let points = &got[start];
-        assert_eq!(points.len(), 1, "one point per window: {points:?}");
-        let heartbeats = measured
+    let expected = closed_windows(
+        measured[&first].committed_at_us,
+        measured[&until].committed_at_us,
+    );
+    let got = window_points(&windows, &expected, Duration::from_secs(60), String::new).await;
+    assert_complete(&got, &expected, |start| {
+        measured
             .values()
-            .filter(|r| r.committed_at_us >= *start && r.committed_at_us < start + S)
+            .filter(|r| r.committed_at_us >= start && r.committed_at_us < start + S)
             .filter(|r| r.status == MeasureStatus::Ok)
-            .count() as i64;
-        assert_eq!(
-            (points[0].count, points[0].missing),
-            (heartbeats, 0),
-            "window {start}"
-        );
-    }
+            .count() as i64
+    });
     eprintln!(
         "broker outage: {} one-second windows across it, each complete",
         expected.len()

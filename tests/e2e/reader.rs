@@ -559,16 +559,7 @@ async fn discovered_replica_is_measured_dropped_when_it_leaves_and_taken_back() 
     // First its SQL thread (still connected, still listed), until replica 0 has measured 20
     // heartbeats replica 1 cannot have applied: those are owed when it goes.
     r1.query_drop("STOP SLAVE SQL_THREAD").await.unwrap();
-    let stopped_at: i64 = env
-        .cluster
-        .primary
-        .admin()
-        .await
-        .unwrap()
-        .query_first("SELECT CAST(MAX(seq) AS SIGNED) FROM millilag.heartbeat")
-        .await
-        .unwrap()
-        .unwrap();
+    let stopped_at = env.cluster.heartbeat_seq().await.unwrap();
     let left_at = got.snapshot().len();
     got.until(
         "20 heartbeats measured on replica 0 only",

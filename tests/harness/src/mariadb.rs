@@ -401,6 +401,16 @@ impl Cluster {
         &self.replicas[i]
     }
 
+    /// The highest heartbeat seq millilag's writer has committed on the primary (0 before the
+    /// first; an error before the writer created its table).
+    pub async fn heartbeat_seq(&self) -> Result<i64> {
+        let mut c = self.primary.admin().await?;
+        let seq: Option<Option<i64>> = c
+            .query_first("SELECT CAST(MAX(seq) AS SIGNED) FROM millilag.heartbeat")
+            .await?;
+        Ok(seq.flatten().unwrap_or(0))
+    }
+
     /// Stop a replica's SQL thread for `for_`, then start it again: the replica falls behind by
     /// exactly the heartbeats committed meanwhile.
     pub async fn stall(&self, replica: usize, for_: Duration) -> Result<Stall> {

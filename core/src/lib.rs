@@ -5,7 +5,6 @@
 //! (`processors/reader`) turns each into [`events::ReplicaDelay`] records; the processor
 //! (`processors/aggregator`) windows them into [`events::DelayWindow`]s, sinks and alerts.
 
-pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod db;
@@ -14,6 +13,8 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod kafka;
+pub mod metrics;
+pub mod retry;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;

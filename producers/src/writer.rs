@@ -23,8 +23,9 @@ use millilag_core::db::{self, Dialect};
 use millilag_core::events::{HeartbeatSet, Record};
 use millilag_core::http::{bind_and_serve, Health};
 use millilag_core::kafka::{self, topics};
+use millilag_core::retry::RetryPolicy;
 use millilag_core::shutdown::Shutdown;
-use millilag_core::{backoff::Backoff, telemetry::instance_id};
+use millilag_core::telemetry::instance_id;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 use prometheus_client::metrics::counter::Counter;
@@ -40,7 +41,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, info_span, warn, Instrument};
 
-type Labels = Vec<(&'static str, String)>;
+use millilag_core::metrics::Labels;
 
 /// The writer's metrics, labelled by cluster.
 #[derive(Clone)]
@@ -301,7 +302,7 @@ impl ClusterWriter {
 
     async fn run(self, mut shutdown: Shutdown) {
         let addr = self.cluster.primary.address();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut backoff = RetryPolicy::RECONNECT.backoff();
         let mut outage_since: Option<Instant> = None;
         loop {
             if shutdown.is_triggered() {

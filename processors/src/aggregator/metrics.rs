@@ -5,7 +5,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-type Labels = Vec<(&'static str, String)>;
+pub use millilag_core::metrics::{labels, Labels};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -150,8 +150,4 @@ impl Metrics {
             backlog: self.sink_backlog.get_or_create(&l).clone(),
         }
     }
-}
-
-pub fn labels(pairs: &[(&'static str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
 }

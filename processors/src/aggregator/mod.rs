@@ -28,7 +28,6 @@ pub mod window;
 
 use anyhow::Context;
 use metrics::{labels, Metrics};
-use millilag_core::backoff::Backoff;
 use millilag_core::clock::now_us;
 use millilag_core::events::Alert;
 use millilag_core::http::{bind_and_serve, Health};
@@ -395,7 +394,7 @@ impl Processor<'_> {
             Err(reason) => {
                 self.metrics.decode_failures.inc();
                 warn!(partition, offset, reason = %reason, "Undecodable replica-delay record; sending it to dead-letter.");
-                let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+                let mut backoff = millilag_core::retry::RetryPolicy::DELIVERY.backoff();
                 loop {
                     let r = kafka::dead_letter(
                         self.producer,

@@ -12,10 +12,10 @@
 
 use anyhow::{bail, Context};
 use futures::future::try_join_all;
-use millilag_core::backoff::Backoff;
 use millilag_core::config::Config;
 use millilag_core::events::{Alert, Record};
 use millilag_core::kafka::{client_config, send_bytes, send_record};
+use millilag_core::retry::RetryPolicy;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
@@ -176,7 +176,7 @@ pub fn spawn_state_writer(
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Arc<[Flushed]>)>();
     let task = tokio::spawn(async move {
         while let Some((id, marks)) = rx.recv().await {
-            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            let mut backoff = RetryPolicy::DELIVERY.backoff();
             loop {
                 let sends = marks.iter().map(|f| {
                     let key = f.key();
@@ -215,7 +215,7 @@ pub fn spawn_alert_publisher(
     let task = tokio::spawn(async move {
         while let Some(a) = rx.recv().await {
             let started = Instant::now();
-            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+            let mut backoff = RetryPolicy::DELIVERY.backoff();
             loop {
                 let r = futures::future::try_join(
                     send_record(&producer, &alert_topic, &a.fingerprint, &a),

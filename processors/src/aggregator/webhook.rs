@@ -16,9 +16,9 @@
 
 use super::metrics::{labels, Metrics};
 use hmac::{Hmac, Mac};
-use millilag_core::backoff::Backoff;
 use millilag_core::config::{WebhookConfig, WebhookFormat};
 use millilag_core::events::{Alert, AlertState};
+use millilag_core::retry::RetryPolicy;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use std::collections::BTreeMap;
@@ -32,8 +32,6 @@ pub const QUEUE: usize = 1_000;
 /// How often firing alerts are re-posted to Alertmanager.
 pub const ALERTMANAGER_REPOST: Duration = Duration::from_secs(60);
 pub const SIGNATURE_HEADER: &str = "X-Millilag-Signature";
-const RETRY_MIN: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// `sha256=<hex HMAC-SHA256(key, body)>`.
 pub fn signature(key: &[u8], body: &[u8]) -> String {
@@ -229,7 +227,7 @@ impl Worker {
     async fn deliver(&self, body: Vec<u8>) {
         let l = labels(&[("webhook", &self.name)]);
         let started = Instant::now();
-        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        let mut backoff = RetryPolicy::DELIVERY.backoff();
         let sig = self
             .config
             .hmac_secret

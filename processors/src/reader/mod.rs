@@ -19,12 +19,13 @@ mod timing;
 use anyhow::{bail, Context};
 use millilag_core::clock::{sample_offset, OffsetEstimator};
 use millilag_core::config::{ClusterConfig, Config, DbUrl};
+use millilag_core::db;
 use millilag_core::events::{HeartbeatSet, MeasureStatus, Record, ReplicaDelay};
 use millilag_core::http::{bind_and_serve, Health};
 use millilag_core::kafka::{self, topics};
+use millilag_core::retry::RetryPolicy;
 use millilag_core::shutdown::Shutdown;
 use millilag_core::telemetry::instance_id;
-use millilag_core::{backoff::Backoff, db};
 use offsets::OffsetTracker;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -42,7 +43,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, info_span, warn, Instrument};
 
-type Labels = Vec<(&'static str, String)>;
+use millilag_core::metrics::Labels;
 
 /// The reader's metrics.
 #[derive(Clone)]
@@ -308,7 +309,7 @@ async fn publisher(
                     }
                 };
                 let key = rec.key();
-                let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+                let mut backoff = RetryPolicy::QUEUE_FULL.backoff();
                 // The local queue is full only when the broker has been away for long: wait
                 // here, keeping the order (the replica tasks' records queue up in the channel).
                 let delivery = loop {
@@ -353,7 +354,7 @@ async fn retry(
         return;
     };
     let key = rec.key();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut backoff = RetryPolicy::DELIVERY.backoff();
     loop {
         let res = producer
             .send(
@@ -551,7 +552,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                         warn!(partition = p, offset = o, reason = %reason, "Undecodable heartbeat-set record; sent to dead-letter.");
                         let dl = kafka::dead_letter(&producer, &config, "reader", &topic, p, o, msg.key(), msg.payload(), &reason);
                         // The dead letter must be kept before the offset moves past the record.
-                        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+                        let mut backoff = RetryPolicy::DELIVERY.backoff();
                         let mut dl = Box::pin(dl);
                         loop {
                             match dl.await {
@@ -629,7 +630,7 @@ fn skipped(ctx: &ClusterCtx, replica: &str, e: &HeartbeatSet) -> ReplicaDelay {
         committed_at_us: e.committed_at_us,
         delay_us: (now - e.committed_at_us).max(0),
         uncertainty_us: 0,
-        method: millilag_core::events::MeasureMethod::GtidWait,
+        method: ctx.settings.method_for(e.gtid.as_deref()),
         status: MeasureStatus::Skipped,
         upper_bound: false,
         observed_at_us: now,

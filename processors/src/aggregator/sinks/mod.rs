@@ -21,8 +21,8 @@ pub mod influx;
 pub mod kafka;
 
 use super::metrics::SinkMetrics;
-use millilag_core::backoff::Backoff;
 use millilag_core::events::DelayWindow;
+use millilag_core::retry::RetryPolicy;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
@@ -32,9 +32,6 @@ use tracing::{info, warn, Instrument};
 
 /// Most windows written in one request when a sink catches up.
 pub const MAX_WINDOWS_PER_WRITE: usize = 5_000;
-/// Retry pacing for a failing sink.
-pub const RETRY_MIN: Duration = Duration::from_millis(100);
-pub const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Closed windows handed to every sink at once.
 #[derive(Debug, Clone)]
@@ -91,7 +88,7 @@ async fn run_sink<S: Sink>(
     metrics: SinkMetrics,
 ) {
     let mut queue: VecDeque<Batch> = VecDeque::new();
-    let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+    let mut backoff = RetryPolicy::DELIVERY.backoff();
     loop {
         if queue.is_empty() {
             match rx.recv().await {

@@ -1,0 +1,70 @@
+//! From what waits and reads saw to an observation of one heartbeat, best evidence first.
+
+use super::Tracker;
+use crate::reader::timing::{self, Observation};
+use millilag_core::events::MeasureMethod;
+
+impl<T> Tracker<T> {
+    /// What is known about when heartbeat `seq` became visible, best evidence first: its own
+    /// GTID wait, the row reads that saw it appear, and last an upper bound (the replica was
+    /// seen past it).
+    pub(super) fn observation_for(&self, seq: i64) -> Option<Observation> {
+        let p = self.pending.get(&seq)?;
+        if let Some(key) = &p.key {
+            if let Some(r) = self.waits.reached(key) {
+                return Some(self.wait_observation(&p.event, r));
+            }
+        }
+        if let Some(obs) = self.sightings.get(&seq) {
+            return Some(*obs);
+        }
+        if let Some(key) = &p.key {
+            if let Some(pos) = self.waits.position(&key.sequence) {
+                if pos.n >= key.n {
+                    // Seen past it by a later wait or read; the last read that did not show it
+                    // still bounds it from below.
+                    let not_yet = self
+                        .poll
+                        .last_read
+                        .filter(|r| r.seq < seq)
+                        .map(|r| r.earliest_us);
+                    return Some(timing::read_observation(
+                        not_yet,
+                        self.clock.to_primary(pos.at - self.link.one_way_us),
+                    ));
+                }
+            }
+        }
+        match self.poll.last_read {
+            Some(r) if r.seq >= seq => Some(Observation {
+                not_yet_at_us: None,
+                seen_at_us: r.latest_us,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Report pending heartbeat `seq` if anything shows it visible. True if it was.
+    pub(super) fn try_resolve(&mut self, seq: i64) -> bool {
+        let Some(obs) = self.observation_for(seq) else {
+            return false;
+        };
+        let Some(mut p) = self.pending.remove(&seq) else {
+            return false;
+        };
+        let from_read = self.sightings.remove(&seq).is_some();
+        // A wait armed for this heartbeat before its event arrived is this measurement's query.
+        if p.key
+            .as_ref()
+            .is_some_and(|k| self.waits.reached(k).is_some())
+        {
+            p.queries = p.queries.max(1);
+        }
+        tracing::debug!(replica = %self.who.replica, seq, ?obs, from_read, catch_up = self.catch_up_progress.is_some(), last_read = ?self.poll.last_read, "Resolved.");
+        if p.method() == MeasureMethod::Poll {
+            self.anticipate(p.event.committed_at_us, p.event.interval_us);
+        }
+        self.report_measured(p, obs);
+        true
+    }
+}

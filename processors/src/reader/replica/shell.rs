@@ -1,0 +1,292 @@
+//! The async shell around one replica's [`Tracker`]: it owns the replica's connections and
+//! the timer, turns what happens into [`Event`]s stamped with the local clock, and carries out
+//! the [`Command`]s that come back. It decides nothing itself.
+
+use super::connections::Connections;
+use super::{ClockOffset, Command, Event, Identity, Settings, Tracker, WaitOutcome};
+use crate::reader::gtid::GtidKey;
+use crate::reader::{Output, QueryKind, ReplicaMetrics, Ticket};
+use millilag_core::clock::{now_us, OffsetEstimator};
+use millilag_core::config::DbUrl;
+use millilag_core::events::HeartbeatSet;
+use millilag_core::secret::Sensitive;
+use millilag_core::shutdown::Shutdown;
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::warn;
+
+/// What every replica task of a cluster shares.
+pub struct ClusterCtx {
+    pub name: String,
+    /// `db`.`table`, validated.
+    pub table: String,
+    pub reader_id: String,
+    pub password: Option<Sensitive>,
+    /// Local clock -> primary clock.
+    pub clock: Arc<Mutex<OffsetEstimator>>,
+    pub settings: Settings,
+}
+
+impl ClusterCtx {
+    fn clock_offset(&self) -> ClockOffset {
+        let est = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+        let (primary, uncertainty_us) = est.to_primary(0);
+        ClockOffset {
+            offset_us: primary,
+            uncertainty_us,
+        }
+    }
+}
+
+/// A heartbeat for this replica to time.
+pub struct Job {
+    pub event: Arc<HeartbeatSet>,
+    pub ticket: Arc<Ticket>,
+}
+
+/// A finished GTID wait, with the connection it ran on (None when the query failed).
+struct WaitDone {
+    key: GtidKey,
+    conn: Option<Conn>,
+    generation: u64,
+    outcome: WaitOutcome,
+    armed_at: i64,
+    returned_at: i64,
+}
+
+pub struct ReplicaWorker {
+    ctx: Arc<ClusterCtx>,
+    tracker: Tracker<Arc<Ticket>>,
+    conns: Connections,
+    out: Arc<Output>,
+    metrics: ReplicaMetrics,
+    waits_tx: mpsc::UnboundedSender<WaitDone>,
+    waits_rx: mpsc::UnboundedReceiver<WaitDone>,
+    /// Commands of the event being handled, reused.
+    commands: Vec<Command<Arc<Ticket>>>,
+}
+
+impl ReplicaWorker {
+    pub fn new(ctx: Arc<ClusterCtx>, url: DbUrl, out: Arc<Output>) -> Self {
+        let (waits_tx, waits_rx) = mpsc::unbounded_channel();
+        let who = Identity {
+            cluster: ctx.name.clone(),
+            replica: url.address(),
+            reader_id: ctx.reader_id.clone(),
+        };
+        let tracker = Tracker::new(ctx.settings.clone(), who, now_us());
+        ReplicaWorker {
+            metrics: out.metrics.for_replica(&ctx.name, &url.address()),
+            conns: Connections::new(url, ctx.password.clone(), tracker.wait_slots()),
+            tracker,
+            ctx,
+            out,
+            waits_tx,
+            waits_rx,
+            commands: Vec::new(),
+        }
+    }
+
+    pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>, mut shutdown: Shutdown) {
+        let first = self.connect().await;
+        self.feed(first).await;
+        loop {
+            let wake = self.tracker.next_wake().map(local_to_instant);
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.wait() => break,
+                Some(done) = self.waits_rx.recv() => {
+                    self.conns.wait_finished(done.generation, done.conn);
+                    Event::WaitReturned {
+                        key: done.key,
+                        armed_at: done.armed_at,
+                        returned_at: done.returned_at,
+                        outcome: done.outcome,
+                    }
+                }
+                job = jobs.recv() => match job {
+                    Some(job) => Event::Announced { event: job.event, ticket: job.ticket },
+                    None => {
+                        self.feed(Event::Removed).await;
+                        break;
+                    }
+                },
+                _ = sleep_until_opt(wake) => Event::Tick,
+            };
+            self.feed(event).await;
+        }
+        // Shutting down: heartbeats still waiting are not reported; their offsets were not
+        // stored, so they are measured again after a restart or by another reader.
+    }
+
+    /// Hand `event` to the tracker and carry out what it asks, feeding back every answer.
+    async fn feed(&mut self, event: Event<Arc<Ticket>>) {
+        let mut events = VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            self.tracker.set_clock(self.ctx.clock_offset());
+            self.commands.extend(self.tracker.handle(now_us(), event));
+            let commands = std::mem::take(&mut self.commands);
+            for c in commands {
+                if let Some(answer) = self.execute(c).await {
+                    events.push_back(answer);
+                }
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Event<Arc<Ticket>> {
+        match self.conns.connect_control().await {
+            Ok(one_way_us) => Event::Connected { one_way_us },
+            Err(why) => Event::ConnectFailed { why },
+        }
+    }
+
+    async fn execute(&mut self, c: Command<Arc<Ticket>>) -> Option<Event<Arc<Ticket>>> {
+        match c {
+            Command::Arm { key, wait_s } => self.arm(key, wait_s).await,
+            Command::Read { server_id } => Some(self.read(server_id).await),
+            Command::CheckStatus => Some(self.status().await),
+            Command::Connect => Some(self.connect().await),
+            Command::Disconnect => {
+                self.conns.drop_all();
+                None
+            }
+            Command::Publish { record, ticket } => {
+                self.metrics.measured(&record);
+                self.out.publish(record, ticket);
+                None
+            }
+        }
+    }
+
+    /// Start a wait for `key` on a wait connection; it answers through `waits_rx`.
+    async fn arm(&mut self, key: GtidKey, wait_s: f64) -> Option<Event<Arc<Ticket>>> {
+        let dialect = match &self.conns.dialect {
+            Some(d) => d.clone(),
+            None => {
+                return Some(Event::ConnectFailed {
+                    why: "the replica's version is unknown (never connected)".into(),
+                })
+            }
+        };
+        let conn = match self.conns.take_wait_conn().await {
+            Ok(c) => c,
+            Err(why) => return Some(Event::ConnectFailed { why }),
+        };
+        self.metrics.query(QueryKind::GtidWait);
+        let tx = self.waits_tx.clone();
+        let generation = self.conns.generation;
+        tokio::spawn(async move {
+            let mut conn = conn;
+            let armed_at = now_us();
+            let result: Result<Option<Option<i64>>, _> = conn
+                .exec_first(dialect.gtid_wait_sql(), (key.to_string(), wait_s))
+                .await;
+            let returned_at = now_us();
+            let (outcome, conn) = match result {
+                Ok(r) => {
+                    let outcome = match dialect.gtid_wait_reached(r.flatten()) {
+                        Some(true) => WaitOutcome::Reached,
+                        Some(false) => WaitOutcome::TimedOut,
+                        None => WaitOutcome::Unsupported,
+                    };
+                    (outcome, Some(conn))
+                }
+                Err(e) => (WaitOutcome::Failed(e.to_string()), None),
+            };
+            let _ = tx.send(WaitDone {
+                key,
+                conn,
+                generation,
+                outcome,
+                armed_at,
+                returned_at,
+            });
+        });
+        None
+    }
+
+    /// One read of the heartbeat row.
+    async fn read(&mut self, server_id: i64) -> Event<Arc<Ticket>> {
+        let sql = format!(
+            "SELECT CAST(seq AS SIGNED) FROM {} WHERE server_id = {server_id}",
+            self.ctx.table
+        );
+        let c = match self.conns.control().await {
+            Ok(c) => c,
+            Err(why) => {
+                return Event::ReadFailed {
+                    why,
+                    connection_lost: true,
+                }
+            }
+        };
+        self.metrics.query(QueryKind::Poll);
+        let sent_at = now_us();
+        let res: Result<Option<i64>, _> = c.query_first(sql).await;
+        let returned_at = now_us();
+        match res {
+            Ok(seq) => Event::ReadReturned {
+                sent_at,
+                returned_at,
+                seq: seq.unwrap_or(0),
+            },
+            Err(e) => {
+                let connection_lost = !matches!(e, mysql_async::Error::Server(_));
+                if connection_lost {
+                    self.conns.control = None;
+                }
+                Event::ReadFailed {
+                    why: e.to_string(),
+                    connection_lost,
+                }
+            }
+        }
+    }
+
+    /// Whether a replication thread is stopped; "no" when that cannot be told.
+    async fn status(&mut self) -> Event<Arc<Ticket>> {
+        let stopped = match (self.conns.control.as_mut(), self.conns.dialect.clone()) {
+            (Some(c), Some(d)) => {
+                self.metrics.query(QueryKind::Status);
+                match millilag_core::db::replica_status(c, &d, &self.conns.addr).await {
+                    Ok(s) => !s.replicating(),
+                    Err(e) => {
+                        self.conns.control = None;
+                        warn!(replica = %self.conns.addr, error = %e, "Cannot read replica status.");
+                        false
+                    }
+                }
+            }
+            _ => false,
+        };
+        Event::StatusReturned {
+            replication_stopped: stopped,
+        }
+    }
+}
+
+/// The tokio instant of a local wall-clock time.
+fn local_to_instant(local_us: i64) -> Instant {
+    let now = now_us();
+    let now_i = Instant::now();
+    if local_us >= now {
+        now_i + Duration::from_micros((local_us - now) as u64)
+    } else {
+        now_i
+            .checked_sub(Duration::from_micros((now - local_us) as u64))
+            .unwrap_or(now_i)
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,490 @@
+//! The tracker's rules with made-up microseconds: no database, no clock, no runtime.
+
+use super::*;
+use millilag_core::events::{HeartbeatSet, MeasureMethod, MeasureStatus, ReplicaDelay};
+
+const MS: i64 = 1_000;
+const S: i64 = 1_000_000;
+/// A whole second on the primary's clock; the reader's clock runs 7 ms behind it.
+const T0: i64 = 1_763_000_000 * S;
+const OFFSET: i64 = 7 * MS;
+const ONE_WAY: i64 = 50;
+const INTERVAL: i64 = 10 * MS;
+
+fn settings(method: ReaderMethod) -> Settings {
+    Settings {
+        method,
+        poll_interval: Duration::from_millis(1),
+        poll_max_interval: Duration::from_millis(50),
+        timeout: Duration::from_secs(2),
+        prearm_depth: 2,
+        max_in_flight: 1_000,
+    }
+}
+
+/// Heartbeat `seq`, written on the writer's 10 ms grid, committed 1 ms after its tick.
+fn heartbeat(seq: i64, gtid: bool) -> Arc<HeartbeatSet> {
+    Arc::new(HeartbeatSet {
+        cluster: "main".into(),
+        primary: "db1:3306".into(),
+        server_id: 1,
+        writer_id: "w1".into(),
+        writer_epoch: 1,
+        seq,
+        committed_at_us: commit(seq),
+        gtid: gtid.then(|| format!("77-1-{seq}")),
+        binlog_file: None,
+        binlog_pos: None,
+        interval_us: INTERVAL,
+        commit_rtt_us: 500,
+    })
+}
+
+fn commit(seq: i64) -> i64 {
+    T0 + seq * INTERVAL + MS
+}
+
+fn key(n: u64) -> GtidKey {
+    GtidKey {
+        sequence: "77-1-".into(),
+        n,
+    }
+}
+
+/// Local time of a primary-clock moment.
+fn local(primary_us: i64) -> i64 {
+    primary_us - OFFSET
+}
+
+/// A tracker fed events one at a time, keeping what it published.
+struct Harness {
+    t: Tracker<i64>,
+    published: Vec<ReplicaDelay>,
+}
+
+impl Harness {
+    fn new(method: ReaderMethod) -> Harness {
+        Self::with(settings(method))
+    }
+
+    fn with(s: Settings) -> Harness {
+        let who = Identity {
+            cluster: "main".into(),
+            replica: "db2:3306".into(),
+            reader_id: "r1".into(),
+        };
+        let mut t = Tracker::new(s, who, local(T0));
+        t.set_clock(ClockOffset {
+            offset_us: OFFSET,
+            uncertainty_us: 20,
+        });
+        let mut h = Harness {
+            t,
+            published: Vec::new(),
+        };
+        h.feed(
+            local(T0),
+            Event::Connected {
+                one_way_us: ONE_WAY,
+            },
+        );
+        h
+    }
+
+    /// Feed one event at primary-clock time `at`; returns the commands other than publishes.
+    fn feed(&mut self, at: i64, e: Event<i64>) -> Vec<Command<i64>> {
+        let mut rest = Vec::new();
+        for c in self.t.handle(local(at), e) {
+            match c {
+                Command::Publish { record, ticket } => {
+                    assert_eq!(record.seq, ticket, "a record travels with its own ticket");
+                    self.published.push(record);
+                }
+                other => rest.push(other),
+            }
+        }
+        rest
+    }
+
+    fn announce(&mut self, at: i64, seq: i64, gtid: bool) -> Vec<Command<i64>> {
+        self.feed(
+            at,
+            Event::Announced {
+                event: heartbeat(seq, gtid),
+                ticket: seq,
+            },
+        )
+    }
+
+    /// A wait for number `n` armed at `armed` returned at `returned` (primary clock).
+    fn wait_returned(
+        &mut self,
+        n: u64,
+        armed: i64,
+        returned: i64,
+        outcome: WaitOutcome,
+    ) -> Vec<Command<i64>> {
+        self.feed(
+            returned,
+            Event::WaitReturned {
+                key: key(n),
+                armed_at: local(armed),
+                returned_at: local(returned),
+                outcome,
+            },
+        )
+    }
+
+    fn read(&mut self, sent: i64, returned: i64, seq: i64) -> Vec<Command<i64>> {
+        self.feed(
+            returned,
+            Event::ReadReturned {
+                sent_at: local(sent),
+                returned_at: local(returned),
+                seq,
+            },
+        )
+    }
+
+    fn tick(&mut self, at: i64) -> Vec<Command<i64>> {
+        self.feed(at, Event::Tick)
+    }
+
+    /// The next wake-up, on the primary's clock.
+    fn wake(&self) -> Option<i64> {
+        self.t.next_wake().map(|l| l + OFFSET)
+    }
+
+    fn record(&self, seq: i64) -> &ReplicaDelay {
+        self.published
+            .iter()
+            .find(|r| r.seq == seq)
+            .unwrap_or_else(|| panic!("no record for seq {seq}: {:?}", self.published))
+    }
+}
+
+fn armed(cmds: &[Command<i64>]) -> Vec<u64> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Arm { key, .. } => Some(key.n),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reads(cmds: &[Command<i64>]) -> usize {
+    cmds.iter()
+        .filter(|c| matches!(c, Command::Read { .. }))
+        .count()
+}
+
+#[test]
+fn steady_state_arms_ahead_and_times_each_heartbeat_by_its_own_wait() {
+    let mut h = Harness::new(ReaderMethod::GtidWait);
+    // The first heartbeat: its own wait (the numbering is not known to be consecutive yet).
+    let c = h.announce(commit(1) + 5 * MS, 1, true);
+    assert_eq!(armed(&c), vec![1]);
+    h.wait_returned(
+        1,
+        commit(1) + 5 * MS,
+        commit(1) + 5 * MS + 150,
+        WaitOutcome::Reached,
+    );
+    // The second shows the numbering is consecutive: waits go ahead of the announcements, up
+    // to prearm_depth, for heartbeats not written yet.
+    let c = h.announce(commit(2) + 5 * MS, 2, true);
+    let mut ahead = armed(&c);
+    ahead.sort();
+    assert_eq!(ahead, vec![2, 3], "own wait, then the next number");
+    let c = h.wait_returned(
+        2,
+        commit(2) + 5 * MS,
+        commit(2) + 5 * MS + 150,
+        WaitOutcome::Reached,
+    );
+    assert_eq!(
+        armed(&c),
+        vec![4],
+        "prearm_depth waits ahead of the replica"
+    );
+    // Heartbeat 3 was armed for before it was written: the replica's wake-up times it.
+    let c = h.wait_returned(
+        3,
+        commit(2) + 6 * MS,
+        commit(3) + 2 * MS,
+        WaitOutcome::Reached,
+    );
+    assert_eq!(armed(&c), vec![5], "re-armed ahead as soon as it returned");
+    let c = h.announce(commit(3) + 6 * MS, 3, true);
+    assert!(
+        armed(&c).is_empty(),
+        "no query of its own: its wait already returned"
+    );
+    let r = h.record(3);
+    assert_eq!(r.status, MeasureStatus::Ok);
+    assert_eq!(r.method, MeasureMethod::GtidWait);
+    assert!(!r.upper_bound);
+    assert_eq!(
+        r.delay_us,
+        2 * MS - ONE_WAY,
+        "wake-up minus the answer's way back"
+    );
+    assert_eq!(r.queries, 1);
+    assert_eq!(h.t.pending(), 0);
+    // Heartbeats 1 and 2 were waited for only after their commits and answered at once:
+    // upper bounds (the first look already saw them).
+    assert!(h.record(1).upper_bound && h.record(2).upper_bound);
+}
+
+#[test]
+fn a_burst_after_a_stall_is_caught_up_by_reads_then_waits_take_over() {
+    let mut h = Harness::new(ReaderMethod::GtidWait);
+    for seq in 1..=2 {
+        h.announce(commit(seq) + 5 * MS, seq, true);
+        h.wait_returned(
+            seq as u64,
+            commit(seq) - MS,
+            commit(seq) + MS,
+            WaitOutcome::Reached,
+        );
+    }
+    // The replica stalls: heartbeats 3..=10 are announced. The waits for 3 and 4 were armed
+    // ahead; 5 and 6 get waits of their own on the spare connections; the rest wait.
+    let mut during = Vec::new();
+    for seq in 3..=10 {
+        during.extend(armed(&h.announce(commit(seq) + 5 * MS, seq, true)));
+    }
+    assert_eq!(during, vec![5, 6]);
+    assert_eq!(h.t.pending(), 8);
+    // The stall ends 200 ms after heartbeat 3's commit: its wait returns, the backlog with it.
+    let end = commit(3) + 200 * MS;
+    let c = h.wait_returned(3, commit(2), end, WaitOutcome::Reached);
+    assert!(armed(&c).is_empty(), "catch-up reads time the backlog");
+    assert_eq!(h.record(3).delay_us, 200 * MS - ONE_WAY);
+    assert_eq!(h.wake(), Some(end), "catch-up: read at once");
+    let c = h.tick(end);
+    assert_eq!(reads(&c), 1);
+    // One read sees the replica at 10: 4..=10 appeared between the wait's return and the read.
+    let c = h.read(end + 100, end + 400, 10);
+    assert_eq!(h.t.pending(), 0);
+    for seq in 4..=10 {
+        let r = h.record(seq);
+        assert!(!r.upper_bound, "{r:?}");
+        assert!(r.uncertainty_us < MS, "bracketed by a round trip: {r:?}");
+        let truth = end - commit(seq);
+        assert!((r.delay_us - truth).abs() < MS, "{r:?} vs {truth}");
+    }
+    assert!(
+        armed(&c).is_empty(),
+        "caught up; the waits for 4, 5, 6 are still out"
+    );
+    // They return at once (applied in the burst) and the waits move on beyond the backlog.
+    let mut next = Vec::new();
+    for n in 4..=6 {
+        next.extend(armed(&h.wait_returned(
+            n,
+            commit(n as i64) - MS,
+            end + 500,
+            WaitOutcome::Reached,
+        )));
+    }
+    assert_eq!(next, vec![11, 12]);
+    assert_eq!(h.published.len(), 10, "one record per heartbeat");
+}
+
+#[test]
+fn a_heartbeat_already_visible_at_the_first_look_is_an_upper_bound() {
+    let mut h = Harness::new(ReaderMethod::GtidWait);
+    // The reader starts 1 s after heartbeat 1 was committed (and applied).
+    let start = commit(1) + S;
+    let c = h.announce(start, 1, true);
+    assert_eq!(armed(&c), vec![1]);
+    h.wait_returned(1, start, start + 200, WaitOutcome::Reached);
+    let r = h.record(1);
+    assert!(r.upper_bound, "{r:?}");
+    assert_eq!(r.delay_us, S + 200 - ONE_WAY);
+}
+
+#[test]
+fn a_stall_longer_than_the_timeout_reports_the_stopped_replication_at_the_deadline() {
+    let mut h = Harness::new(ReaderMethod::GtidWait);
+    let c = h.announce(commit(1) + 5 * MS, 1, true);
+    let wait_s = match &c[0] {
+        Command::Arm { wait_s, .. } => *wait_s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(wait_s, 2.0, "a wait blocks at most reader.timeout");
+    let deadline = commit(1) + 2 * S;
+    assert_eq!(h.wake(), Some(deadline));
+    // The wait gives up at its own timeout and is armed again while the heartbeat is wanted.
+    let c = h.wait_returned(1, commit(1) + 5 * MS, deadline - MS, WaitOutcome::TimedOut);
+    assert_eq!(armed(&c), vec![1]);
+    let c = h.tick(deadline);
+    assert!(matches!(c.as_slice(), [Command::CheckStatus]), "{c:?}");
+    assert!(h.tick(deadline + 10).is_empty(), "asked once");
+    h.feed(
+        deadline + MS,
+        Event::StatusReturned {
+            replication_stopped: true,
+        },
+    );
+    let r = h.record(1);
+    assert_eq!(r.status, MeasureStatus::ReplicationStopped);
+    assert_eq!(r.delay_us, 2 * S + MS);
+    assert_eq!(h.t.pending(), 0);
+}
+
+#[test]
+fn poll_mode_reads_an_overdue_heartbeat_less_often_the_later_it_is() {
+    let mut h = Harness::new(ReaderMethod::Poll);
+    let c = h.announce(commit(1) + 5 * MS, 1, true);
+    assert_eq!(
+        reads(&c),
+        0,
+        "a read is scheduled, not made inside the event"
+    );
+    assert_eq!(h.wake(), Some(commit(1) + 5 * MS));
+    // The replica is stalled at seq 0: read whenever the tracker asks, 300 us per read.
+    let mut at = commit(1) + 5 * MS;
+    let mut gaps = Vec::new();
+    let mut queries = 0;
+    while at < commit(1) + 1_900 * MS {
+        assert_eq!(reads(&h.tick(at)), 1);
+        queries += 1;
+        h.read(at, at + 300, 0);
+        let next = h.wake().unwrap();
+        gaps.push((at + 300 - commit(1), next - (at + 300)));
+        at = next;
+    }
+    // The gap is 2% of the lateness, between poll_interval (1 ms) and poll_max_interval
+    // (50 ms). Late since the writer's tick (0.5 ms before the commit) while the writer is
+    // announcing; once its last event is 1 s old, since the waiting heartbeat's commit.
+    for &(late, gap) in &gaps {
+        let announcing = late - 5 * MS < S;
+        let since_tick = if announcing { late + 500 } else { late };
+        let want = (since_tick / 50).clamp(MS, 50 * MS);
+        assert_eq!(gap, want, "{late} us late");
+    }
+    // Gaps growing by 2% make the reads logarithmic in the stall: ~230, not 1,900.
+    assert!(queries < 300, "{queries} reads for a 1.9 s stall");
+    // It shows: bracketed by the last two reads.
+    assert_eq!(reads(&h.tick(at)), 1);
+    h.read(at, at + 300, 1);
+    let r = h.record(1);
+    assert_eq!(r.method, MeasureMethod::Poll);
+    assert!(!r.upper_bound);
+    let (prev_read, this_read) = (at - gaps.last().unwrap().1, at + 300);
+    assert!(
+        r.delay_us > prev_read - commit(1) && r.delay_us < this_read - commit(1),
+        "{r:?}"
+    );
+    assert!(r.uncertainty_us < 20 * MS, "{r:?}");
+    assert_eq!(r.queries, queries + 1, "every read counts");
+}
+
+#[test]
+fn a_replica_without_the_heartbeat_table_gets_no_new_connection_and_no_hot_loop() {
+    let mut h = Harness::new(ReaderMethod::Poll);
+    h.announce(commit(1) + 5 * MS, 1, false);
+    let at = commit(1) + 5 * MS;
+    h.tick(at);
+    let c = h.feed(
+        at + MS,
+        Event::ReadFailed {
+            why: "Table 'millilag.heartbeat' doesn't exist".into(),
+            connection_lost: false,
+        },
+    );
+    assert!(
+        c.is_empty(),
+        "the connection works: no reconnect, no new session: {c:?}"
+    );
+    let next = h.wake().unwrap();
+    assert!(
+        next - (at + MS) >= 200 * MS,
+        "backed off, not read again at poll_interval"
+    );
+    // Every later heartbeat waits for the backoff too.
+    h.announce(commit(2) + 5 * MS, 2, false);
+    assert!(reads(&h.tick(commit(2) + 5 * MS)) == 0);
+    // At the deadline both are reported, not lost.
+    let deadline = commit(1) + 2 * S;
+    let mut c = h.tick(deadline);
+    c.retain(|c| matches!(c, Command::CheckStatus));
+    assert_eq!(c.len(), 1);
+    h.feed(
+        deadline,
+        Event::StatusReturned {
+            replication_stopped: false,
+        },
+    );
+    assert_eq!(h.record(1).status, MeasureStatus::Timeout);
+}
+
+#[test]
+fn an_unreachable_replica_reports_what_it_owed_and_reconnects_with_backoff() {
+    let mut h = Harness::new(ReaderMethod::GtidWait);
+    h.announce(commit(1) + 5 * MS, 1, true);
+    // The wait's connection dies: one fresh connection is tried first.
+    let c = h.wait_returned(
+        1,
+        commit(1) + 5 * MS,
+        commit(1) + 6 * MS,
+        WaitOutcome::Failed("gone".into()),
+    );
+    assert!(matches!(c.as_slice(), [Command::Connect]), "{c:?}");
+    let c = h.feed(
+        commit(1) + 7 * MS,
+        Event::ConnectFailed {
+            why: "refused".into(),
+        },
+    );
+    assert!(matches!(c.as_slice(), [Command::Disconnect]), "{c:?}");
+    assert_eq!(h.record(1).status, MeasureStatus::ReplicaUnreachable);
+    // New heartbeats are reported at once while it is away.
+    h.announce(commit(2) + 5 * MS, 2, true);
+    assert_eq!(h.record(2).status, MeasureStatus::ReplicaUnreachable);
+    let retry = h.wake().unwrap();
+    assert!(
+        retry > commit(1) + 7 * MS + 150 * MS,
+        "backoff before reconnecting"
+    );
+    let c = h.tick(retry);
+    assert!(matches!(c.as_slice(), [Command::Connect]), "{c:?}");
+    h.feed(
+        retry,
+        Event::Connected {
+            one_way_us: ONE_WAY,
+        },
+    );
+    let c = h.announce(commit(3) + 5 * MS, 3, true);
+    assert!(armed(&c).contains(&3), "measured again: {:?}", armed(&c));
+}
+
+#[test]
+fn more_heartbeats_than_max_in_flight_supersede_the_oldest() {
+    let mut s = settings(ReaderMethod::GtidWait);
+    s.max_in_flight = 3;
+    let mut h = Harness::with(s);
+    for seq in 1..=5 {
+        h.announce(commit(seq) + 5 * MS, seq, true);
+    }
+    assert_eq!(h.t.pending(), 3);
+    assert_eq!(h.record(1).status, MeasureStatus::Skipped);
+    assert_eq!(h.record(2).status, MeasureStatus::Skipped);
+    assert_eq!(h.record(1).method, MeasureMethod::GtidWait);
+}
+
+#[test]
+fn waits_never_exceed_the_wait_connections() {
+    let mut h = Harness::new(ReaderMethod::GtidWait);
+    let mut total = 0;
+    for seq in 1..=20 {
+        total += armed(&h.announce(commit(seq) + 5 * MS, seq, true)).len();
+    }
+    assert_eq!(
+        total,
+        h.t.wait_slots(),
+        "armed until every wait connection is busy"
+    );
+}

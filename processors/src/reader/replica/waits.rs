@@ -1,0 +1,310 @@
+//! GTID waits: which numbers of the heartbeat GTID sequence to keep armed, and what a returned
+//! wait tells.
+//!
+//! Per sequence (`77-1-` on MariaDB, `uuid:millilag:` on MySQL) the tracker knows the announced
+//! [`Frontier`] (highest announced number and its seq, and whether consecutive heartbeats were
+//! seen to be consecutive numbers: only then are waits armed ahead of announcements), the
+//! numbers each wait saw reached, and the replica's [`Position`] (the highest number seen
+//! reached, by a wait or a row read).
+
+use super::{Command, Tracker, WaitOutcome, MAX_WAIT};
+use crate::reader::gtid::GtidKey;
+use crate::reader::timing::{self, Observation};
+use millilag_core::events::HeartbeatSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use tracing::warn;
+
+/// Most heartbeats the arming horizon runs ahead of the last announcement on the writer's
+/// schedule (a writer that stopped announcing does not move it further).
+const MAX_SCHEDULE_AHEAD: i64 = 1_000;
+
+/// The highest announced number of a sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Frontier {
+    pub n: u64,
+    /// The heartbeat seq announced with number `n`.
+    pub seq: i64,
+    /// Consecutive heartbeats were consecutive numbers (the writer's own GTID domain).
+    pub consecutive: bool,
+}
+
+/// When a wait saw its number reached (local clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Reached {
+    pub armed_at: i64,
+    pub returned_at: i64,
+}
+
+/// The highest number seen reached, and when (local clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Position {
+    pub n: u64,
+    pub at: i64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Waits {
+    frontier: HashMap<String, Frontier>,
+    armed: HashSet<GtidKey>,
+    /// Numbers seen reached by a wait of their own.
+    reached: HashMap<String, BTreeMap<u64, Reached>>,
+    position: HashMap<String, Position>,
+}
+
+impl Waits {
+    /// Track the announced frontier and whether numbering is consecutive.
+    pub fn note_announced(&mut self, key: &GtidKey, seq: i64) {
+        let f = self
+            .frontier
+            .entry(key.sequence.clone())
+            .or_insert(Frontier {
+                n: key.n,
+                seq,
+                consecutive: false,
+            });
+        if key.n > f.n {
+            let consecutive = key.n - f.n == (seq - f.seq) as u64;
+            *f = Frontier {
+                n: key.n,
+                seq,
+                consecutive,
+            };
+        }
+    }
+
+    pub fn is_armed(&self, key: &GtidKey) -> bool {
+        self.armed.contains(key)
+    }
+
+    pub fn armed(&self) -> usize {
+        self.armed.len()
+    }
+
+    fn armed_in(&self, sequence: &str) -> usize {
+        self.armed.iter().filter(|k| k.sequence == sequence).count()
+    }
+
+    pub fn sequences(&self) -> Vec<String> {
+        self.frontier.keys().cloned().collect()
+    }
+
+    pub fn disarm_all(&mut self) {
+        self.armed.clear();
+    }
+
+    /// After the replica was unreachable: what it reached meanwhile is unknown.
+    pub fn forget_positions(&mut self) {
+        self.position.clear();
+        self.reached.clear();
+    }
+
+    pub fn forget_reached_before(&mut self, cutoff: i64) {
+        for m in self.reached.values_mut() {
+            m.retain(|_, r| r.returned_at > cutoff);
+        }
+    }
+
+    pub fn reached(&self, key: &GtidKey) -> Option<Reached> {
+        self.reached.get(&key.sequence)?.get(&key.n).copied()
+    }
+
+    pub fn position(&self, sequence: &str) -> Option<Position> {
+        self.position.get(sequence).copied()
+    }
+
+    fn advance(&mut self, sequence: &str, n: u64, at: i64) {
+        let pos = self
+            .position
+            .entry(sequence.to_string())
+            .or_insert(Position { n: 0, at });
+        if n > pos.n {
+            *pos = Position { n, at };
+        }
+    }
+
+    /// A row read saw heartbeat `seq` at local time `at`: in every consecutive sequence that is
+    /// also the replica's position, so waits armed after a catch-up start from where the
+    /// replica really is.
+    pub fn note_row_seq(&mut self, seq: i64, at: i64) {
+        let reached: Vec<(String, u64)> = self
+            .frontier
+            .iter()
+            .filter(|(_, f)| f.consecutive)
+            .filter_map(|(name, f)| {
+                let n = f.n as i64 - (f.seq - seq);
+                (n > 0).then(|| (name.clone(), n as u64))
+            })
+            .collect();
+        for (name, n) in reached {
+            self.advance(&name, n, at);
+        }
+    }
+
+    /// The heartbeat seq of GTID number `key`, from the announced frontier when numbering is
+    /// consecutive.
+    pub fn seq_of(&self, key: &GtidKey) -> Option<i64> {
+        let f = self.frontier.get(&key.sequence)?;
+        f.consecutive.then(|| f.seq - (f.n as i64 - key.n as i64))
+    }
+}
+
+impl<T> Tracker<T> {
+    /// Arm waits for the next numbers the replica has not reached, up to `prearm_depth` ahead
+    /// of the announced frontier, when the sequence is known to be consecutive.
+    pub(super) fn top_up(&mut self, sequence: &str) {
+        let Some(front) = self.waits.frontier.get(sequence).copied() else {
+            return;
+        };
+        if !front.consecutive || !self.link.reachable {
+            return;
+        }
+        let depth = self.settings.prearm_depth as u64;
+        let reached = self.waits.position(sequence).map_or(0, |p| p.n);
+        // In catch-up the announced backlog is timed by reads; waits go to what comes next.
+        let mut n = if self.catch_up_progress.is_some() {
+            reached.max(front.n) + 1
+        } else {
+            reached + 1
+        };
+        // Events arrive in batches (a fetch wait apart) and may lag the heartbeats by several
+        // intervals; the writer's schedule is drift-free, so the number being written now is
+        // the last announced one plus the intervals elapsed since its commit.
+        let elapsed = self
+            .schedule
+            .intervals_since_latest(self.primary_now())
+            .min(MAX_SCHEDULE_AHEAD) as u64;
+        let horizon = front.n + elapsed + depth;
+        let mut armed_here = self.waits.armed_in(sequence) as u64;
+        while armed_here < depth && n <= horizon {
+            let key = GtidKey {
+                sequence: sequence.to_string(),
+                n,
+            };
+            let seen = self
+                .waits
+                .reached
+                .get(sequence)
+                .is_some_and(|m| m.contains_key(&n));
+            if !self.waits.is_armed(&key) && !seen {
+                if !self.arm(key) {
+                    break;
+                }
+                armed_here += 1;
+            }
+            n += 1;
+        }
+    }
+
+    /// Ask for a wait on `key`. False when every wait connection is busy.
+    pub(super) fn arm(&mut self, key: GtidKey) -> bool {
+        if self.waits.armed() >= self.wait_slots() {
+            return false;
+        }
+        self.waits.armed.insert(key.clone());
+        let wait_s = self.settings.timeout.min(MAX_WAIT).as_secs_f64();
+        self.out.push(Command::Arm { key, wait_s });
+        true
+    }
+
+    pub(super) fn on_wait_returned(
+        &mut self,
+        key: GtidKey,
+        armed_at: i64,
+        returned_at: i64,
+        outcome: WaitOutcome,
+    ) {
+        self.waits.armed.remove(&key);
+        match outcome {
+            WaitOutcome::Failed(_) => {
+                self.connection_failed();
+                return;
+            }
+            WaitOutcome::Reached => self.on_reached(key, armed_at, returned_at),
+            WaitOutcome::TimedOut => {
+                // Nothing reached yet. Deadlines report the heartbeats; keep watching while the
+                // number is still wanted.
+                let wanted = self.pending.values().any(|p| p.key.as_ref() == Some(&key));
+                if wanted {
+                    self.arm(key);
+                } else {
+                    self.top_up(&key.sequence);
+                }
+            }
+            WaitOutcome::Unsupported => {
+                if !self.gtid_unsupported {
+                    warn!(replica = %self.who.replica, "GTID wait returned NULL; measuring this replica by polling.");
+                }
+                self.gtid_unsupported = true;
+                for p in self.pending.values_mut() {
+                    p.key = None;
+                }
+                self.poll.next_poll = Some(self.now);
+            }
+        }
+        self.trim_sightings();
+    }
+
+    fn on_reached(&mut self, key: GtidKey, armed_at: i64, returned_at: i64) {
+        let sequence = key.sequence.clone();
+        self.waits
+            .reached
+            .entry(sequence.clone())
+            .or_default()
+            .insert(
+                key.n,
+                Reached {
+                    armed_at,
+                    returned_at,
+                },
+            );
+        self.waits.advance(&sequence, key.n, returned_at);
+        let resolved_seq = self.waits.seq_of(&key);
+        self.resolve_reached(&sequence);
+        let behind = self.pending.values().any(|p| {
+            p.key
+                .as_ref()
+                .is_some_and(|k| k.sequence == sequence && k.n > key.n)
+        });
+        if behind && self.catch_up_progress.is_none() {
+            self.catch_up_progress = Some(self.now);
+            // The wait's return is a read: just then the replica had reached this heartbeat
+            // (within the wake-up latency), not yet the ones after it.
+            if let Some(s) = resolved_seq {
+                let at = self.clock.to_primary(returned_at - self.link.one_way_us);
+                self.poll.note_wait_as_read(at, s);
+            }
+            self.poll.next_poll = Some(self.now);
+        }
+        self.top_up(&sequence);
+    }
+
+    /// Resolve every pending heartbeat of `sequence` at or below the replica's position.
+    fn resolve_reached(&mut self, sequence: &str) {
+        let Some(pos) = self.waits.position(sequence) else {
+            return;
+        };
+        let ready: Vec<i64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.key
+                    .as_ref()
+                    .is_some_and(|k| k.sequence == sequence && k.n <= pos.n)
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in ready {
+            self.try_resolve(seq);
+        }
+    }
+
+    /// What a wait that returned tells about heartbeat `e`.
+    pub(super) fn wait_observation(&self, e: &HeartbeatSet, r: Reached) -> Observation {
+        timing::gtid_wait_observation(
+            e.committed_at_us,
+            self.clock.to_primary(r.armed_at),
+            self.clock.to_primary(r.returned_at),
+            self.link.one_way_us,
+        )
+    }
+}

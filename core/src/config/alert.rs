@@ -65,6 +65,8 @@ impl AlertMetric {
                 MeasureStatus::ReplicaUnreachable => w.unreachable,
                 MeasureStatus::ReplicationStopped => w.replication_stopped,
                 MeasureStatus::Skipped => w.skipped,
+                // Refused by the parser: live-lag samples are not counted in windows.
+                MeasureStatus::Pending => return None,
             },
         };
         Some(v as f64)
@@ -104,6 +106,7 @@ impl FromStr for AlertCondition {
                 .trim_matches('"');
             let status = MeasureStatus::ALL
                 .into_iter()
+                .filter(|m| *m != MeasureStatus::Pending)
                 .find(|m| m.as_str() == status)
                 .ok_or(format!(
                     "{s:?}: unknown status {status:?}; one of timeout, replica_unreachable, replication_stopped, skipped"

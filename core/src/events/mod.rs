@@ -50,15 +50,18 @@ pub enum MeasureStatus {
     ReplicaUnreachable,
     ReplicationStopped,
     Skipped,
+    /// Not a measurement: a live-lag sample (the heartbeat was not shown yet at observed_at).
+    Pending,
 }
 
 impl MeasureStatus {
-    pub const ALL: [MeasureStatus; 5] = [
+    pub const ALL: [MeasureStatus; 6] = [
         MeasureStatus::Ok,
         MeasureStatus::Timeout,
         MeasureStatus::ReplicaUnreachable,
         MeasureStatus::ReplicationStopped,
         MeasureStatus::Skipped,
+        MeasureStatus::Pending,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -68,6 +71,7 @@ impl MeasureStatus {
             MeasureStatus::ReplicaUnreachable => "replica_unreachable",
             MeasureStatus::ReplicationStopped => "replication_stopped",
             MeasureStatus::Skipped => "skipped",
+            MeasureStatus::Pending => "pending",
         }
     }
 }
@@ -217,7 +221,7 @@ record!(
     ReplicaDelay,
     "replica-delay",
     "replica_delay.avsc",
-    ["replica_delay.v1.avsc"]
+    ["replica_delay.v2.avsc", "replica_delay.v1.avsc"]
 );
 record!(DelayWindow, "delay-window", "delay_window.avsc", []);
 record!(Alert, "alert", "alert.avsc", []);

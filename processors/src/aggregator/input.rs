@@ -143,7 +143,7 @@ mod tests {
             observed_at_us: r.observed_at_us,
             reader_id: &r.reader_id,
         };
-        let bytes = codec.encode_with(&codec.versions()[1], &old).unwrap();
+        let bytes = codec.encode_with(&codec.versions()[2], &old).unwrap();
         let v = decode(&bytes).unwrap();
         assert_eq!(v.committed_at_us, 0);
         assert!(!v.upper_bound);

@@ -108,6 +108,8 @@ fn status_index(s: MeasureStatus) -> usize {
         MeasureStatus::ReplicaUnreachable => 2,
         MeasureStatus::ReplicationStopped => 3,
         MeasureStatus::Skipped => 4,
+        // Never applied (see `apply`).
+        MeasureStatus::Pending => 0,
     }
 }
 
@@ -245,6 +247,10 @@ impl Aggregator {
         offset: i64,
         out: &mut Vec<Closed>,
     ) -> Applied {
+        if r.status == MeasureStatus::Pending {
+            // A live-lag sample, not a measurement of its heartbeat.
+            return Applied::default();
+        }
         let k = self.intern(r.cluster, r.replica);
         let t = r.event_time_us();
         let status = status_index(r.status);

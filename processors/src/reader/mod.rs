@@ -37,7 +37,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use replica::{ClusterCtx, Job, ReplicaWorker, Settings};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -57,6 +57,7 @@ pub struct ReaderMetrics {
     publish_retries: Counter,
     consumer_lag: Family<Labels, Gauge>,
     replicas: Family<Labels, Gauge>,
+    lag: Family<Labels, Gauge<f64, AtomicU64>>,
 }
 
 impl ReaderMetrics {
@@ -76,7 +77,13 @@ impl ReaderMetrics {
             publish_retries: Counter::default(),
             consumer_lag: Family::default(),
             replicas: Family::default(),
+            lag: Family::default(),
         };
+        registry.register(
+            "replica_lag_seconds",
+            "Live lag: the age (primary clock) of the oldest announced heartbeat the replica does not show yet; 0 when it shows them all. Fresh to 100 ms while a heartbeat is awaited.",
+            m.lag.clone(),
+        );
         let r = registry.sub_registry_with_prefix("reader");
         r.register(
             "measurements",
@@ -149,9 +156,15 @@ pub struct ReplicaMetrics {
     by_status: Vec<(MeasureStatus, Counter)>,
     delay: Histogram,
     upper_bounds: Counter,
+    lag: Gauge<f64, AtomicU64>,
 }
 
 impl ReplicaMetrics {
+    /// The replica's live lag now, in microseconds.
+    pub fn set_lag(&self, lag_us: i64) {
+        self.lag.set(lag_us as f64 / 1e6);
+    }
+
     pub fn query(&self, kind: QueryKind) {
         match kind {
             QueryKind::GtidWait => self.gtid_wait_queries.inc(),
@@ -209,7 +222,12 @@ impl ReaderMetrics {
             h.clone()
         };
         let upper_bounds = counter(&self.upper_bounds, &base);
+        let lag = {
+            let g = self.lag.get_or_create(&base);
+            g.clone()
+        };
         ReplicaMetrics {
+            lag,
             gtid_wait_queries,
             poll_queries,
             status_queries,
@@ -264,7 +282,7 @@ impl Ticket {
 /// (a task per record would let a burst, e.g. the backlog after a broker outage, reach Kafka
 /// reordered, and the processor's event-time windows would count the stragglers as late).
 pub struct Output {
-    tx: mpsc::UnboundedSender<(ReplicaDelay, Arc<Ticket>)>,
+    tx: mpsc::UnboundedSender<(ReplicaDelay, Option<Arc<Ticket>>)>,
     metrics: ReaderMetrics,
 }
 
@@ -275,8 +293,9 @@ impl Output {
         Arc::new(Output { tx, metrics })
     }
 
-    /// Publish; replica tasks count their records in their [`ReplicaMetrics`] first.
-    fn publish(self: &Arc<Self>, rec: ReplicaDelay, ticket: Arc<Ticket>) {
+    /// Publish; replica tasks count their records in their [`ReplicaMetrics`] first. A record
+    /// with a ticket counts for its heartbeat's offset once acknowledged.
+    fn publish(self: &Arc<Self>, rec: ReplicaDelay, ticket: Option<Arc<Ticket>>) {
         // The publisher outlives every Output handle, so this only fails once it is gone.
         let _ = self.tx.send((rec, ticket));
     }
@@ -287,7 +306,7 @@ impl Output {
 async fn publisher(
     producer: FutureProducer,
     topic: String,
-    mut rx: mpsc::UnboundedReceiver<(ReplicaDelay, Arc<Ticket>)>,
+    mut rx: mpsc::UnboundedReceiver<(ReplicaDelay, Option<Arc<Ticket>>)>,
     metrics: ReaderMetrics,
 ) {
     use futures::stream::{FuturesUnordered, StreamExt};
@@ -304,7 +323,7 @@ async fn publisher(
                     Ok(p) => p,
                     Err(e) => {
                         warn!(error = %e, "Cannot encode replica-delay; this is a bug.");
-                        ticket.complete_one();
+                        complete(&ticket);
                         continue;
                     }
                 };
@@ -325,7 +344,7 @@ async fn publisher(
                 acks.push(async move { (delivery.await, rec, ticket) });
             }
             Some((res, rec, ticket)) = acks.next(), if !acks.is_empty() => match res {
-                Ok(Ok(_)) => ticket.complete_one(),
+                Ok(Ok(_)) => complete(&ticket),
                 Ok(Err((e, _))) => {
                     metrics.publish_retries.inc();
                     warn!(error = %e, replica = %rec.replica, seq = rec.seq, "replica-delay not acknowledged; retrying.");
@@ -346,11 +365,11 @@ async fn retry(
     producer: FutureProducer,
     topic: String,
     rec: ReplicaDelay,
-    ticket: Arc<Ticket>,
+    ticket: Option<Arc<Ticket>>,
     metrics: ReaderMetrics,
 ) {
     let Ok(payload) = rec.encode() else {
-        ticket.complete_one();
+        complete(&ticket);
         return;
     };
     let key = rec.key();
@@ -371,7 +390,13 @@ async fn retry(
             }
         }
     }
-    ticket.complete_one();
+    complete(&ticket);
+}
+
+fn complete(ticket: &Option<Arc<Ticket>>) {
+    if let Some(t) = ticket {
+        t.complete_one();
+    }
 }
 
 struct ClusterState {
@@ -589,7 +614,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                         };
                         let rec = skipped(&state.ctx, addr, &job.event);
                         metrics.measured(&rec);
-                        out.publish(rec, job.ticket);
+                        out.publish(rec, Some(job.ticket));
                     }
                 }
             }

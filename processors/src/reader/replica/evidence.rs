@@ -9,10 +9,10 @@ impl<T> Tracker<T> {
     /// GTID wait, the row reads that saw it appear, and last an upper bound (the replica was
     /// seen past it).
     pub(super) fn observation_for(&self, seq: i64) -> Option<Observation> {
-        let p = self.pending.get(&seq)?;
+        let p = self.awaited.get(&seq)?;
         if let Some(key) = &p.key {
             if let Some(r) = self.waits.reached(key) {
-                return Some(self.wait_observation(&p.event, r));
+                return Some(self.wait_observation(p.event.committed_at_us, r));
             }
         }
         if let Some(obs) = self.sightings.get(&seq) {
@@ -44,14 +44,15 @@ impl<T> Tracker<T> {
         }
     }
 
-    /// Report pending heartbeat `seq` if anything shows it visible. True if it was.
+    /// Report awaited heartbeat `seq` if anything shows it visible. True if it was.
     pub(super) fn try_resolve(&mut self, seq: i64) -> bool {
         let Some(obs) = self.observation_for(seq) else {
             return false;
         };
-        let Some(mut p) = self.pending.remove(&seq) else {
+        let Some(mut p) = self.awaited.remove(&seq) else {
             return false;
         };
+        self.unreported.remove(&seq);
         let from_read = self.sightings.remove(&seq).is_some();
         // A wait armed for this heartbeat before its event arrived is this measurement's query.
         if p.key

@@ -30,14 +30,23 @@
 //! What a wait or a read saw becomes evidence (`evidence.rs`), and evidence a delay through
 //! [`super::timing`]; `report.rs` builds the records.
 //!
+//! Live lag (`lag.rs`): the age, on the primary's clock, of the oldest announced heartbeat the
+//! replica does not show yet (0 when it shows them all), known at every event and refreshed
+//! every 100 ms while a heartbeat is awaited; while it exceeds `LAG_SAMPLE_AFTER_US` a
+//! `pending` record for that heartbeat (its delay so far) is published every 250 ms, so the
+//! processor's windows and alerts see a stall while it lasts.
+//!
 //! Failure handling: a failed query is followed by one fresh connection; if the replica cannot
 //! be reached, every waiting and new heartbeat is reported `replica_unreachable` until a
 //! reconnect (with backoff) succeeds. A heartbeat not shown within `timeout` is reported
 //! `timeout`, or `replication_stopped` if the replica status says a replication thread is not
-//! running. More than `max_in_flight` waiting heartbeats: the oldest is reported `skipped`.
+//! running, so its offset moves on; it is still watched ("owed", at most `MAX_OWED`), and when
+//! the replica finally shows it, its real delay is published as an `ok` record too. More than
+//! `max_in_flight` unreported heartbeats: the oldest is reported `skipped`.
 
 mod connections;
 mod evidence;
+mod lag;
 mod poller;
 mod report;
 mod shell;
@@ -53,7 +62,7 @@ use millilag_core::config::ReaderMethod;
 use millilag_core::events::{HeartbeatSet, MeasureMethod, MeasureStatus, ReplicaDelay};
 use millilag_core::retry::{Backoff, RetryPolicy};
 use poller::{Poller, Schedule};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -158,31 +167,30 @@ pub enum WaitOutcome {
 #[derive(Debug)]
 pub enum Command<T> {
     /// Run a GTID wait for `key`, blocking at most `wait_s` seconds, on a wait connection.
-    Arm {
-        key: GtidKey,
-        wait_s: f64,
-    },
+    Arm { key: GtidKey, wait_s: f64 },
     /// Read the heartbeat row of `server_id` on the control connection.
-    Read {
-        server_id: i64,
-    },
+    Read { server_id: i64 },
     /// Ask whether the replication threads run (answered by `StatusReturned`).
     CheckStatus,
     /// Open a fresh control connection (answered by `Connected` or `ConnectFailed`).
     Connect,
     /// Drop every connection: the replica is unreachable.
     Disconnect,
+    /// Publish a record; its ticket, if any, completes when Kafka acknowledges it.
     Publish {
         record: ReplicaDelay,
-        ticket: T,
+        ticket: Option<T>,
     },
 }
 
-/// An announced heartbeat not reported yet.
+/// An announced heartbeat the replica has not shown yet.
 #[derive(Debug)]
-struct Pending<T> {
+struct Awaited<T> {
     event: Arc<HeartbeatSet>,
-    ticket: T,
+    /// The token that lets its offset move on, until the heartbeat is reported (measured, or
+    /// given up at its deadline). None once reported at the deadline: still watched ("owed")
+    /// for its real delay.
+    ticket: Option<T>,
     /// Its GTID when it is timed by waits (None: by reads).
     key: Option<GtidKey>,
     queries: i32,
@@ -196,7 +204,7 @@ struct Link {
     backoff: Backoff,
     /// Half the replica's fastest round trip: how long an answer takes to reach us.
     one_way_us: i64,
-    /// An expired heartbeat is waiting for the replica status.
+    /// Heartbeats past their deadline are waiting for the replica status.
     status_asked: bool,
 }
 
@@ -206,6 +214,9 @@ pub const SPARE_WAITS: usize = 2;
 /// How long one armed wait blocks at most before it is re-armed; bounds how long a server
 /// thread lingers after a reader stops or loses interest.
 const MAX_WAIT: Duration = Duration::from_secs(5);
+/// Heartbeats reported at their deadline and still watched, at most, per replica (5 min of
+/// 10 ms heartbeats): beyond it the newest are dropped, the oldest (a stall's peak) kept.
+const MAX_OWED: usize = 30_000;
 /// Sightings older than this with no announced heartbeat are forgotten.
 const SIGHTING_TTL_US: i64 = 120_000_000;
 /// Sightings are trimmed at most this often (a full pass is O(sightings)).
@@ -223,10 +234,14 @@ pub struct Tracker<T> {
     clock: ClockOffset,
     /// The time of the event being handled (local microseconds).
     now: i64,
-    pending: BTreeMap<i64, Pending<T>>,
+    /// Announced heartbeats not shown yet, by seq: unreported ones and owed ones.
+    awaited: BTreeMap<i64, Awaited<T>>,
+    /// The seqs in `awaited` that still hold their ticket (oldest deadline first).
+    unreported: BTreeSet<i64>,
     waits: Waits,
     schedule: Schedule,
     poll: Poller,
+    lag: lag::LagClock,
     /// seq -> when row reads saw it appear (primary clock), kept until its event arrives.
     sightings: BTreeMap<i64, Observation>,
     /// Catching up after a stall (see the module doc): when the reads last saw progress.
@@ -246,9 +261,11 @@ impl<T> Tracker<T> {
             who,
             clock: ClockOffset::default(),
             now,
-            pending: BTreeMap::new(),
+            awaited: BTreeMap::new(),
+            unreported: BTreeSet::new(),
             waits: Waits::default(),
             schedule: Schedule::default(),
+            lag: lag::LagClock::default(),
             sightings: BTreeMap::new(),
             catch_up_progress: None,
             link: Link {
@@ -274,10 +291,10 @@ impl<T> Tracker<T> {
         self.clock = clock;
     }
 
-    /// Heartbeats waiting to be shown.
+    /// Heartbeats not shown yet (reported at their deadline or not).
     #[cfg(test)]
-    pub fn pending(&self) -> usize {
-        self.pending.len()
+    pub fn awaited(&self) -> usize {
+        self.awaited.len()
     }
 
     /// Handle one event at local time `now`; returns what to do.
@@ -314,19 +331,26 @@ impl<T> Tracker<T> {
     /// When the tracker next needs a [`Event::Tick`] (local microseconds).
     pub fn next_wake(&self) -> Option<i64> {
         let deadline = self
-            .pending
-            .values()
-            .next()
-            .map(|p| self.deadline(&p.event));
-        [self.link.reconnect_at, self.poll.next_poll, deadline]
-            .into_iter()
-            .flatten()
-            .min()
+            .unreported
+            .first()
+            .and_then(|s| self.awaited.get(s))
+            .map(|a| self.deadline(&a.event));
+        [
+            self.link.reconnect_at,
+            self.poll.next_poll,
+            deadline,
+            self.next_lag_tick(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// The local moment heartbeat `e` times out.
+    /// The local moment heartbeat `e` is reported if still not shown.
     fn deadline(&self, e: &HeartbeatSet) -> i64 {
-        self.clock.to_local(e.committed_at_us) + us(self.settings.timeout)
+        self.clock
+            .to_local(e.committed_at_us)
+            .saturating_add(us(self.settings.timeout))
     }
 
     fn primary_now(&self) -> i64 {
@@ -345,25 +369,34 @@ impl<T> Tracker<T> {
             .and_then(GtidKey::parse)
             .filter(|_| !self.poll_mode());
         let seq = e.seq;
-        let p = Pending {
+        let mut a = Awaited {
             event: e,
-            ticket,
+            ticket: Some(ticket),
             key: key.clone(),
             queries: 0,
         };
         if !self.link.reachable {
-            self.report_pending(p, MeasureStatus::ReplicaUnreachable);
+            self.report_awaited(&mut a, MeasureStatus::ReplicaUnreachable);
             return;
         }
-        if self.pending.len() >= self.settings.max_in_flight {
+        if self.unreported.len() >= self.settings.max_in_flight {
             // Supersede the oldest rather than queue without bound.
-            if let Some((_, old)) = self.pending.pop_first() {
-                self.report_pending(old, MeasureStatus::Skipped);
+            if let Some(mut old) = self
+                .unreported
+                .pop_first()
+                .and_then(|s| self.awaited.remove(&s))
+            {
+                self.report_awaited(&mut old, MeasureStatus::Skipped);
             }
         }
         let poll_mode = self.poll_mode();
-        self.schedule.on_event(&p.event, self.now, poll_mode);
-        self.pending.insert(seq, p);
+        self.schedule.on_event(&a.event, self.now, poll_mode);
+        self.start_lag_clock();
+        if let Some(mut old) = self.awaited.insert(seq, a) {
+            // Announced twice (a replayed heartbeat-set record): the first one's offset moves on.
+            self.report_awaited(&mut old, MeasureStatus::Skipped);
+        }
+        self.unreported.insert(seq);
         match key {
             Some(key) => {
                 self.waits.note_announced(&key, seq);
@@ -377,8 +410,8 @@ impl<T> Tracker<T> {
                 }
                 if !self.waits.is_armed(&key) {
                     self.arm(key.clone());
-                    if let Some(p) = self.pending.get_mut(&seq) {
-                        p.queries += 1;
+                    if let Some(a) = self.awaited.get_mut(&seq) {
+                        a.queries += 1;
                     }
                 }
                 self.top_up(&key.sequence);
@@ -400,26 +433,33 @@ impl<T> Tracker<T> {
             self.start_read();
         }
         self.expire();
+        self.on_lag_tick();
     }
 
     /// Ask for the replication status when heartbeats are past their deadline; they are
     /// reported when it answers.
     fn expire(&mut self) {
-        if self.link.status_asked {
-            return;
-        }
-        let now = self.now;
-        if self
-            .pending
-            .values()
-            .any(|p| self.deadline(&p.event) <= now)
-        {
+        if !self.link.status_asked && !self.expired().is_empty() {
             self.link.status_asked = true;
             self.out.push(Command::CheckStatus);
         }
     }
 
-    /// Report every heartbeat past its deadline as `timeout` or `replication_stopped`.
+    /// Unreported heartbeats past their deadline, oldest first.
+    fn expired(&self) -> Vec<i64> {
+        self.unreported
+            .iter()
+            .take_while(|s| {
+                self.awaited
+                    .get(s)
+                    .is_some_and(|a| self.deadline(&a.event) <= self.now)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Report every heartbeat past its deadline as `timeout` or `replication_stopped`, and
+    /// keep watching it (while fewer than `MAX_OWED` are owed).
     fn on_status(&mut self, replication_stopped: bool) {
         self.link.status_asked = false;
         let status = if replication_stopped {
@@ -427,16 +467,16 @@ impl<T> Tracker<T> {
         } else {
             MeasureStatus::Timeout
         };
-        let now = self.now;
-        let expired: Vec<i64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| self.deadline(&p.event) <= now)
-            .map(|(s, _)| *s)
-            .collect();
-        for seq in expired {
-            if let Some(p) = self.pending.remove(&seq) {
-                self.report_pending(p, status);
+        for seq in self.expired() {
+            self.unreported.remove(&seq);
+            let owed = self.awaited.len() - self.unreported.len();
+            let keep = owed <= MAX_OWED;
+            let Some(mut a) = self.awaited.remove(&seq) else {
+                continue;
+            };
+            self.report_awaited(&mut a, status);
+            if keep {
+                self.awaited.insert(seq, a);
             }
         }
     }
@@ -444,8 +484,14 @@ impl<T> Tracker<T> {
     /// The primary stopped listing this replica (its replication disconnected): what it still
     /// owed is reported as such, so those heartbeats' offsets can be stored.
     fn on_removed(&mut self) {
-        for (_, p) in std::mem::take(&mut self.pending) {
-            self.report_pending(p, MeasureStatus::ReplicationStopped);
+        self.give_up_all(MeasureStatus::ReplicationStopped);
+    }
+
+    /// Report every unreported heartbeat with `status` and stop watching them all.
+    fn give_up_all(&mut self, status: MeasureStatus) {
+        self.unreported.clear();
+        for (_, mut a) in std::mem::take(&mut self.awaited) {
+            self.report_awaited(&mut a, status);
         }
     }
 
@@ -471,9 +517,9 @@ impl<T> Tracker<T> {
             self.top_up(&s);
         }
         let unarmed: Vec<GtidKey> = self
-            .pending
+            .awaited
             .values()
-            .filter_map(|p| p.key.clone())
+            .filter_map(|a| a.key.clone())
             .filter(|k| !self.waits.is_armed(k))
             .collect();
         for k in unarmed {
@@ -496,11 +542,10 @@ impl<T> Tracker<T> {
         }
         self.link.reachable = false;
         self.link.status_asked = false;
+        self.catch_up_progress = None;
         self.waits.disarm_all();
         self.out.push(Command::Disconnect);
-        for (_, p) in std::mem::take(&mut self.pending) {
-            self.report_pending(p, MeasureStatus::ReplicaUnreachable);
-        }
+        self.give_up_all(MeasureStatus::ReplicaUnreachable);
         self.link.reconnect_at = Some(self.now + us(self.link.backoff.next_delay()));
     }
 

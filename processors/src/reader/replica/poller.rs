@@ -180,7 +180,7 @@ impl<T> Tracker<T> {
         self.poll.last_read = Some(read);
         let catch_up = self.catch_up_progress.is_some();
         let ready: Vec<i64> = self
-            .pending
+            .awaited
             .iter()
             .filter(|(s, p)| (catch_up || p.key.is_none()) && **s <= seen_seq)
             .map(|(s, _)| *s)
@@ -196,7 +196,7 @@ impl<T> Tracker<T> {
             }
             let stagnant_for = STAGNANT_FOR_US.max(2 * self.schedule.interval_us.max(0));
             let behind = self
-                .pending
+                .awaited
                 .iter()
                 .any(|(s, p)| p.key.is_some() && *s > seen_seq);
             if behind && self.now - progress_at < stagnant_for {
@@ -233,7 +233,7 @@ impl<T> Tracker<T> {
         if self.catch_up_progress.is_some() {
             self.end_catch_up();
         }
-        if self.pending.values().any(|p| p.key.is_none()) {
+        if self.awaited.values().any(|p| p.key.is_none()) {
             self.poll.next_poll = Some(retry_at);
         }
     }
@@ -246,7 +246,7 @@ impl<T> Tracker<T> {
     /// so the bracket around the moment it shows stays a small fraction of the delay.
     fn schedule_overdue_poll(&mut self, seen_seq: i64) {
         let oldest_waiting = self
-            .pending
+            .awaited
             .values()
             .filter(|p| p.key.is_none())
             .map(|p| p.event.committed_at_us)

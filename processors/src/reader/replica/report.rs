@@ -1,10 +1,10 @@
 //! The records a tracker publishes: a measured delay, or why a heartbeat could not be measured.
 
-use super::{Command, Pending, Tracker, TIGHT_US};
+use super::{Awaited, Command, Tracker, TIGHT_US};
 use crate::reader::timing::{self, Observation};
-use millilag_core::events::{HeartbeatSet, MeasureMethod, MeasureStatus, ReplicaDelay};
+use millilag_core::events::{MeasureMethod, MeasureStatus, ReplicaDelay};
 
-impl<T> Pending<T> {
+impl<T> Awaited<T> {
     /// One rule: a heartbeat timed through its GTID was measured by waits, any other by reads.
     pub(super) fn method(&self) -> MeasureMethod {
         if self.key.is_some() {
@@ -16,7 +16,7 @@ impl<T> Pending<T> {
 }
 
 impl<T> Tracker<T> {
-    pub(super) fn report_measured(&mut self, p: Pending<T>, obs: Observation) {
+    pub(super) fn report_measured(&mut self, p: Awaited<T>, obs: Observation) {
         let m = timing::measure(
             p.event.committed_at_us,
             obs,
@@ -45,15 +45,12 @@ impl<T> Tracker<T> {
         });
     }
 
-    /// A heartbeat that could not be measured: its delay is how long it has been waiting.
-    pub(super) fn report(
-        &mut self,
-        e: &HeartbeatSet,
-        method: MeasureMethod,
-        ticket: T,
-        status: MeasureStatus,
-        queries: i32,
-    ) {
+    /// A heartbeat that could not be measured (yet): its delay is how long it has been
+    /// waiting. Takes its ticket: its offset may move on once this record is acknowledged.
+    pub(super) fn report_awaited(&mut self, a: &mut Awaited<T>, status: MeasureStatus) {
+        let method = a.method();
+        let ticket = a.ticket.take();
+        let e = &a.event;
         let now = self.primary_now();
         let record = ReplicaDelay {
             cluster: self.who.cluster.clone(),
@@ -68,14 +65,8 @@ impl<T> Tracker<T> {
             upper_bound: false,
             observed_at_us: now,
             reader_id: self.who.reader_id.clone(),
-            queries,
+            queries: a.queries,
         };
         self.out.push(Command::Publish { record, ticket });
-    }
-
-    /// Report a pending heartbeat as not measured.
-    pub(super) fn report_pending(&mut self, p: Pending<T>, status: MeasureStatus) {
-        let method = p.method();
-        self.report(&p.event, method, p.ticket, status, p.queries);
     }
 }

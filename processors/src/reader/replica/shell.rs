@@ -137,6 +137,7 @@ impl ReplicaWorker {
                 }
             }
         }
+        self.metrics.set_lag(self.tracker.lag_us());
     }
 
     async fn connect(&mut self) -> Event<Arc<Ticket>> {

@@ -59,7 +59,8 @@ fn local(primary_us: i64) -> i64 {
 /// A tracker fed events one at a time, keeping what it published.
 struct Harness {
     t: Tracker<i64>,
-    published: Vec<ReplicaDelay>,
+    /// Every record, with whether it carried its heartbeat's ticket.
+    published: Vec<(ReplicaDelay, bool)>,
 }
 
 impl Harness {
@@ -97,8 +98,10 @@ impl Harness {
         for c in self.t.handle(local(at), e) {
             match c {
                 Command::Publish { record, ticket } => {
-                    assert_eq!(record.seq, ticket, "a record travels with its own ticket");
-                    self.published.push(record);
+                    if let Some(t) = ticket {
+                        assert_eq!(record.seq, t, "a record travels with its own ticket");
+                    }
+                    self.published.push((record, ticket.is_some()));
                 }
                 other => rest.push(other),
             }
@@ -155,11 +158,78 @@ impl Harness {
         self.t.next_wake().map(|l| l + OFFSET)
     }
 
+    /// The next read, on the primary's clock.
+    fn next_read(&self) -> Option<i64> {
+        self.t.poll.next_poll.map(|l| l + OFFSET)
+    }
+
+    /// Wake the tracker whenever it asks, up to `until` (primary clock), as the shell would:
+    /// reads answer `row_seq` 300 us later, status checks answer `stopped`. Returns when each
+    /// read was sent, and the other commands.
+    fn run_until(
+        &mut self,
+        until: i64,
+        row_seq: i64,
+        stopped: bool,
+    ) -> (Vec<i64>, Vec<Command<i64>>) {
+        let (mut read_times, mut others) = (Vec::new(), Vec::new());
+        while let Some(at) = self.wake().filter(|w| *w <= until) {
+            let mut queue: Vec<(i64, Event<i64>)> = vec![(at, Event::Tick)];
+            while let Some((t, e)) = queue.pop() {
+                for c in self.feed(t, e) {
+                    match c {
+                        Command::Read { .. } => {
+                            read_times.push(t);
+                            queue.push((
+                                t + 300,
+                                Event::ReadReturned {
+                                    sent_at: local(t),
+                                    returned_at: local(t + 300),
+                                    seq: row_seq,
+                                },
+                            ));
+                        }
+                        Command::CheckStatus => queue.push((
+                            t,
+                            Event::StatusReturned {
+                                replication_stopped: stopped,
+                            },
+                        )),
+                        other => others.push(other),
+                    }
+                }
+            }
+        }
+        (read_times, others)
+    }
+
+    /// The record that carried heartbeat `seq`'s ticket.
     fn record(&self, seq: i64) -> &ReplicaDelay {
         self.published
             .iter()
-            .find(|r| r.seq == seq)
+            .find(|(r, ticket)| r.seq == seq && *ticket)
+            .map(|(r, _)| r)
             .unwrap_or_else(|| panic!("no record for seq {seq}: {:?}", self.published))
+    }
+
+    /// Records without a ticket other than lag samples: real delays of owed heartbeats.
+    fn late_ok(&self, seq: i64) -> Option<&ReplicaDelay> {
+        self.published
+            .iter()
+            .find(|(r, ticket)| r.seq == seq && !*ticket && r.status == MeasureStatus::Ok)
+            .map(|(r, _)| r)
+    }
+
+    fn samples(&self) -> Vec<&ReplicaDelay> {
+        self.published
+            .iter()
+            .filter(|(r, _)| r.status == MeasureStatus::Pending)
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    fn tickets(&self) -> usize {
+        self.published.iter().filter(|(_, t)| *t).count()
     }
 }
 
@@ -230,7 +300,7 @@ fn steady_state_arms_ahead_and_times_each_heartbeat_by_its_own_wait() {
         "wake-up minus the answer's way back"
     );
     assert_eq!(r.queries, 1);
-    assert_eq!(h.t.pending(), 0);
+    assert_eq!(h.t.awaited(), 0);
     // Heartbeats 1 and 2 were waited for only after their commits and answered at once:
     // upper bounds (the first look already saw them).
     assert!(h.record(1).upper_bound && h.record(2).upper_bound);
@@ -255,18 +325,18 @@ fn a_burst_after_a_stall_is_caught_up_by_reads_then_waits_take_over() {
         during.extend(armed(&h.announce(commit(seq) + 5 * MS, seq, true)));
     }
     assert_eq!(during, vec![5, 6]);
-    assert_eq!(h.t.pending(), 8);
+    assert_eq!(h.t.awaited(), 8);
     // The stall ends 200 ms after heartbeat 3's commit: its wait returns, the backlog with it.
     let end = commit(3) + 200 * MS;
     let c = h.wait_returned(3, commit(2), end, WaitOutcome::Reached);
     assert!(armed(&c).is_empty(), "catch-up reads time the backlog");
     assert_eq!(h.record(3).delay_us, 200 * MS - ONE_WAY);
-    assert_eq!(h.wake(), Some(end), "catch-up: read at once");
+    assert_eq!(h.next_read(), Some(end), "catch-up: read at once");
     let c = h.tick(end);
     assert_eq!(reads(&c), 1);
     // One read sees the replica at 10: 4..=10 appeared between the wait's return and the read.
     let c = h.read(end + 100, end + 400, 10);
-    assert_eq!(h.t.pending(), 0);
+    assert_eq!(h.t.awaited(), 0);
     for seq in 4..=10 {
         let r = h.record(seq);
         assert!(!r.upper_bound, "{r:?}");
@@ -289,7 +359,7 @@ fn a_burst_after_a_stall_is_caught_up_by_reads_then_waits_take_over() {
         )));
     }
     assert_eq!(next, vec![11, 12]);
-    assert_eq!(h.published.len(), 10, "one record per heartbeat");
+    assert_eq!(h.tickets(), 10, "one record per heartbeat");
 }
 
 #[test]
@@ -306,7 +376,7 @@ fn a_heartbeat_already_visible_at_the_first_look_is_an_upper_bound() {
 }
 
 #[test]
-fn a_stall_longer_than_the_timeout_reports_the_stopped_replication_at_the_deadline() {
+fn a_stall_longer_than_the_timeout_is_reported_at_the_deadline_and_measured_when_it_ends() {
     let mut h = Harness::new(ReaderMethod::GtidWait);
     let c = h.announce(commit(1) + 5 * MS, 1, true);
     let wait_s = match &c[0] {
@@ -314,24 +384,45 @@ fn a_stall_longer_than_the_timeout_reports_the_stopped_replication_at_the_deadli
         other => panic!("{other:?}"),
     };
     assert_eq!(wait_s, 2.0, "a wait blocks at most reader.timeout");
+    // Replication stopped: the heartbeat's wait gives up at its own timeout and is armed again.
     let deadline = commit(1) + 2 * S;
-    assert_eq!(h.wake(), Some(deadline));
-    // The wait gives up at its own timeout and is armed again while the heartbeat is wanted.
-    let c = h.wait_returned(1, commit(1) + 5 * MS, deadline - MS, WaitOutcome::TimedOut);
-    assert_eq!(armed(&c), vec![1]);
-    let c = h.tick(deadline);
-    assert!(matches!(c.as_slice(), [Command::CheckStatus]), "{c:?}");
-    assert!(h.tick(deadline + 10).is_empty(), "asked once");
-    h.feed(
-        deadline + MS,
-        Event::StatusReturned {
-            replication_stopped: true,
-        },
+    let (reads, c) = h.run_until(deadline - 2 * MS, 0, true);
+    assert!(
+        reads.is_empty() && armed(&c).is_empty(),
+        "waiting costs no query: {c:?}"
     );
+    let c = h.wait_returned(1, commit(1) + 5 * MS, deadline - MS, WaitOutcome::TimedOut);
+    assert_eq!(armed(&c), vec![1], "still watched");
+    let (_, c) = h.run_until(deadline + MS, 0, true);
+    assert!(armed(&c).is_empty());
     let r = h.record(1);
     assert_eq!(r.status, MeasureStatus::ReplicationStopped);
-    assert_eq!(r.delay_us, 2 * S + MS);
-    assert_eq!(h.t.pending(), 0);
+    assert_eq!(r.delay_us, 2 * S);
+    assert_eq!(
+        h.t.awaited(),
+        1,
+        "reported, so its offset moves on, and still watched"
+    );
+    // The live lag was published while it grew: every 250 ms from 100 ms on.
+    let samples: Vec<i64> = h.samples().iter().map(|r| r.delay_us).collect();
+    assert!(samples.len() >= 7 && samples[0] >= 100 * MS, "{samples:?}");
+    assert!(
+        samples.windows(2).all(|w| w[1] - w[0] >= 250 * MS),
+        "{samples:?}"
+    );
+    assert!(h
+        .samples()
+        .iter()
+        .all(|r| r.seq == 1 && r.committed_at_us == commit(1)));
+    assert!((h.t.lag_us() - 2 * S).abs() < 2 * MS, "lag = its age now");
+    // 8 s into the stall replication resumes: the re-armed wait returns.
+    let end = commit(1) + 8 * S;
+    h.wait_returned(1, deadline - MS + 200, end, WaitOutcome::Reached);
+    let ok = h.late_ok(1).expect("its real delay, once shown");
+    assert!(!ok.upper_bound, "{ok:?}");
+    assert_eq!(ok.delay_us, 8 * S - ONE_WAY);
+    assert_eq!(h.t.awaited(), 0);
+    assert_eq!(h.t.lag_us(), 0);
 }
 
 #[test]
@@ -343,43 +434,34 @@ fn poll_mode_reads_an_overdue_heartbeat_less_often_the_later_it_is() {
         0,
         "a read is scheduled, not made inside the event"
     );
-    assert_eq!(h.wake(), Some(commit(1) + 5 * MS));
-    // The replica is stalled at seq 0: read whenever the tracker asks, 300 us per read.
-    let mut at = commit(1) + 5 * MS;
-    let mut gaps = Vec::new();
-    let mut queries = 0;
-    while at < commit(1) + 1_900 * MS {
-        assert_eq!(reads(&h.tick(at)), 1);
-        queries += 1;
-        h.read(at, at + 300, 0);
-        let next = h.wake().unwrap();
-        gaps.push((at + 300 - commit(1), next - (at + 300)));
-        at = next;
-    }
-    // The gap is 2% of the lateness, between poll_interval (1 ms) and poll_max_interval
-    // (50 ms). Late since the writer's tick (0.5 ms before the commit) while the writer is
-    // announcing; once its last event is 1 s old, since the waiting heartbeat's commit.
-    for &(late, gap) in &gaps {
+    assert_eq!(h.next_read(), Some(commit(1) + 5 * MS));
+    // The replica is stalled at seq 0 for 1.9 s.
+    let (times, _) = h.run_until(commit(1) + 1_900 * MS, 0, false);
+    // The gap after each read is 2% of the lateness, between poll_interval (1 ms) and
+    // poll_max_interval (50 ms). Late since the writer's tick (0.5 ms before the commit) while
+    // the writer is announcing; once its last event is 1 s old, since the heartbeat's commit.
+    for w in times.windows(2) {
+        let (answered, gap) = (w[0] + 300, w[1] - (w[0] + 300));
+        let late = answered - commit(1);
         let announcing = late - 5 * MS < S;
         let since_tick = if announcing { late + 500 } else { late };
         let want = (since_tick / 50).clamp(MS, 50 * MS);
         assert_eq!(gap, want, "{late} us late");
     }
     // Gaps growing by 2% make the reads logarithmic in the stall: ~230, not 1,900.
-    assert!(queries < 300, "{queries} reads for a 1.9 s stall");
+    assert!(times.len() < 300, "{} reads for a 1.9 s stall", times.len());
     // It shows: bracketed by the last two reads.
-    assert_eq!(reads(&h.tick(at)), 1);
-    h.read(at, at + 300, 1);
+    let last = *times.last().unwrap();
+    let (more, _) = h.run_until(h.next_read().unwrap(), 1, false);
     let r = h.record(1);
     assert_eq!(r.method, MeasureMethod::Poll);
     assert!(!r.upper_bound);
-    let (prev_read, this_read) = (at - gaps.last().unwrap().1, at + 300);
     assert!(
-        r.delay_us > prev_read - commit(1) && r.delay_us < this_read - commit(1),
+        r.delay_us > last - commit(1) && r.delay_us < more[0] + 300 - commit(1),
         "{r:?}"
     );
     assert!(r.uncertainty_us < 20 * MS, "{r:?}");
-    assert_eq!(r.queries, queries + 1, "every read counts");
+    assert_eq!(r.queries as usize, times.len() + 1, "every read counts");
 }
 
 #[test]
@@ -399,7 +481,7 @@ fn a_replica_without_the_heartbeat_table_gets_no_new_connection_and_no_hot_loop(
         c.is_empty(),
         "the connection works: no reconnect, no new session: {c:?}"
     );
-    let next = h.wake().unwrap();
+    let next = h.next_read().unwrap();
     assert!(
         next - (at + MS) >= 200 * MS,
         "backed off, not read again at poll_interval"
@@ -469,7 +551,7 @@ fn more_heartbeats_than_max_in_flight_supersede_the_oldest() {
     for seq in 1..=5 {
         h.announce(commit(seq) + 5 * MS, seq, true);
     }
-    assert_eq!(h.t.pending(), 3);
+    assert_eq!(h.t.awaited(), 3);
     assert_eq!(h.record(1).status, MeasureStatus::Skipped);
     assert_eq!(h.record(2).status, MeasureStatus::Skipped);
     assert_eq!(h.record(1).method, MeasureMethod::GtidWait);
@@ -487,4 +569,48 @@ fn waits_never_exceed_the_wait_connections() {
         h.t.wait_slots(),
         "armed until every wait connection is busy"
     );
+}
+
+#[test]
+fn a_reader_started_late_reports_the_backlog_as_upper_bounds_not_as_lag() {
+    let mut h = Harness::new(ReaderMethod::GtidWait);
+    // Heartbeats 1..=5 were committed and applied long ago; the reader starts 1 s later and
+    // gets them in one batch.
+    let start = commit(5) + S;
+    for seq in 1..=5 {
+        h.announce(start, seq, true);
+    }
+    // The first wait answers at once: the replica is far past it.
+    h.wait_returned(1, start, start + 200, WaitOutcome::Reached);
+    // Whatever the tracker reads next shows the replica at 5 (nothing new since).
+    let (_, _) = h.run_until(start + 50 * MS, 5, false);
+    for n in 2..=4 {
+        h.wait_returned(n, start, start + 50 * MS, WaitOutcome::Reached);
+    }
+    assert_eq!(h.tickets(), 5);
+    for seq in 1..=5 {
+        let r = h.record(seq);
+        assert!(
+            r.upper_bound,
+            "seq {seq} was already visible at the first look: only an upper bound, never ~1 s of lag: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn a_wait_rearmed_after_its_timeout_still_brackets_the_moment_the_replica_shows_it() {
+    let mut h = Harness::new(ReaderMethod::GtidWait);
+    h.announce(commit(1) + 5 * MS, 1, true);
+    // The wait gives up at 2 s; the replica applies the heartbeat just before the re-armed
+    // wait reaches the server, so the new wait answers at once.
+    let gave_up = commit(1) + 2 * S;
+    h.wait_returned(1, commit(1) + 5 * MS, gave_up, WaitOutcome::TimedOut);
+    h.wait_returned(1, gave_up + 100, gave_up + 400, WaitOutcome::Reached);
+    let r = h.record(1);
+    assert!(
+        !r.upper_bound,
+        "not shown when the first wait gave up: {r:?}"
+    );
+    assert!((r.delay_us - 2 * S).abs() < MS, "{r:?}");
+    assert!(r.uncertainty_us < MS, "{r:?}");
 }

@@ -10,7 +10,6 @@
 use super::{Command, Tracker, WaitOutcome, MAX_WAIT};
 use crate::reader::gtid::GtidKey;
 use crate::reader::timing::{self, Observation};
-use millilag_core::events::HeartbeatSet;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tracing::warn;
 
@@ -33,6 +32,9 @@ pub(super) struct Frontier {
 pub(super) struct Reached {
     pub armed_at: i64,
     pub returned_at: i64,
+    /// When an earlier wait for the same number gave up (server time, local clock): the
+    /// replica did not show it then.
+    pub not_reached_at: Option<i64>,
 }
 
 /// The highest number seen reached, and when (local clock).
@@ -49,6 +51,9 @@ pub(super) struct Waits {
     /// Numbers seen reached by a wait of their own.
     reached: HashMap<String, BTreeMap<u64, Reached>>,
     position: HashMap<String, Position>,
+    /// Numbers a wait gave up on (its timeout passed first), and when (server time, local
+    /// clock): evidence that the replica did not show them yet, kept for their next wait.
+    not_reached: HashMap<GtidKey, i64>,
 }
 
 impl Waits {
@@ -96,12 +101,14 @@ impl Waits {
     pub fn forget_positions(&mut self) {
         self.position.clear();
         self.reached.clear();
+        self.not_reached.clear();
     }
 
     pub fn forget_reached_before(&mut self, cutoff: i64) {
         for m in self.reached.values_mut() {
             m.retain(|_, r| r.returned_at > cutoff);
         }
+        self.not_reached.retain(|_, at| *at > cutoff);
     }
 
     pub fn reached(&self, key: &GtidKey) -> Option<Reached> {
@@ -223,7 +230,10 @@ impl<T> Tracker<T> {
             WaitOutcome::TimedOut => {
                 // Nothing reached yet. Deadlines report the heartbeats; keep watching while the
                 // number is still wanted.
-                let wanted = self.pending.values().any(|p| p.key.as_ref() == Some(&key));
+                self.waits
+                    .not_reached
+                    .insert(key.clone(), returned_at - self.link.one_way_us);
+                let wanted = self.awaited.values().any(|p| p.key.as_ref() == Some(&key));
                 if wanted {
                     self.arm(key);
                 } else {
@@ -235,7 +245,7 @@ impl<T> Tracker<T> {
                     warn!(replica = %self.who.replica, "GTID wait returned NULL; measuring this replica by polling.");
                 }
                 self.gtid_unsupported = true;
-                for p in self.pending.values_mut() {
+                for p in self.awaited.values_mut() {
                     p.key = None;
                 }
                 self.poll.next_poll = Some(self.now);
@@ -246,30 +256,36 @@ impl<T> Tracker<T> {
 
     fn on_reached(&mut self, key: GtidKey, armed_at: i64, returned_at: i64) {
         let sequence = key.sequence.clone();
+        let reached = Reached {
+            armed_at,
+            returned_at,
+            not_reached_at: self.waits.not_reached.remove(&key),
+        };
+        let commit = self
+            .awaited
+            .values()
+            .find(|a| a.key.as_ref() == Some(&key))
+            .map(|a| a.event.committed_at_us);
+        let blocked = self.wait_blocked(commit, reached);
         self.waits
             .reached
             .entry(sequence.clone())
             .or_default()
-            .insert(
-                key.n,
-                Reached {
-                    armed_at,
-                    returned_at,
-                },
-            );
+            .insert(key.n, reached);
         self.waits.advance(&sequence, key.n, returned_at);
         let resolved_seq = self.waits.seq_of(&key);
         self.resolve_reached(&sequence);
-        let behind = self.pending.values().any(|p| {
+        let behind = self.awaited.values().any(|p| {
             p.key
                 .as_ref()
                 .is_some_and(|k| k.sequence == sequence && k.n > key.n)
         });
         if behind && self.catch_up_progress.is_none() {
             self.catch_up_progress = Some(self.now);
-            // The wait's return is a read: just then the replica had reached this heartbeat
-            // (within the wake-up latency), not yet the ones after it.
-            if let Some(s) = resolved_seq {
+            // A wait that blocked is a read at its return: just then the replica had reached
+            // this heartbeat (within the wake-up latency), not yet the ones after it. One that
+            // answered at once says nothing about when the replica got there.
+            if let Some(s) = resolved_seq.filter(|_| blocked) {
                 let at = self.clock.to_primary(returned_at - self.link.one_way_us);
                 self.poll.note_wait_as_read(at, s);
             }
@@ -284,7 +300,7 @@ impl<T> Tracker<T> {
             return;
         };
         let ready: Vec<i64> = self
-            .pending
+            .awaited
             .iter()
             .filter(|(_, p)| {
                 p.key
@@ -298,13 +314,33 @@ impl<T> Tracker<T> {
         }
     }
 
-    /// What a wait that returned tells about heartbeat `e`.
-    pub(super) fn wait_observation(&self, e: &HeartbeatSet, r: Reached) -> Observation {
-        timing::gtid_wait_observation(
-            e.committed_at_us,
+    /// What a wait that returned tells about the heartbeat committed at `committed_at_us`.
+    pub(super) fn wait_observation(&self, committed_at_us: i64, r: Reached) -> Observation {
+        let mut obs = timing::gtid_wait_observation(
+            committed_at_us,
             self.clock.to_primary(r.armed_at),
             self.clock.to_primary(r.returned_at),
             self.link.one_way_us,
-        )
+        );
+        if let Some(not_reached) = r.not_reached_at {
+            let at = self.clock.to_primary(not_reached);
+            obs.not_yet_at_us = Some(obs.not_yet_at_us.map_or(at, |t| t.max(at)));
+        }
+        obs
+    }
+
+    /// Whether the replica was seen not to have the number before this wait returned: it
+    /// blocked (armed before the commit, or took clearly longer than an immediate answer), or
+    /// an earlier wait for it gave up.
+    fn wait_blocked(&self, committed_at_us: Option<i64>, r: Reached) -> bool {
+        if r.not_reached_at.is_some() {
+            return true;
+        }
+        match committed_at_us {
+            Some(c) => self.wait_observation(c, r).not_yet_at_us.is_some(),
+            None => {
+                r.returned_at - r.armed_at > 4 * self.link.one_way_us + timing::IMMEDIATE_SLACK_US
+            }
+        }
     }
 }

@@ -1,12 +1,16 @@
 //! Helpers shared by the end-to-end tests.
 
+use millilag_core::events::ReplicaDelay;
+use millilag_core::shutdown::{shutdown_pair, ShutdownTrigger};
 use millilag_core::Config;
 use millilag_harness::{free_port, Broker, Cluster};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::task::JoinHandle;
 
 /// A name no other test (or earlier run against the same broker) uses.
 pub fn unique(prefix: &str) -> String {
@@ -169,4 +173,78 @@ pub fn metric(text: &str, prefix: &str) -> Option<f64> {
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Writer and reader running in this process against `env`.
+#[allow(dead_code)]
+pub struct Pipeline {
+    stop: ShutdownTrigger,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Pipeline {
+    pub fn start(config: &millilag_core::Config, writer: bool, reader: bool) -> Pipeline {
+        let (stop, token) = shutdown_pair();
+        let mut tasks = Vec::new();
+        if writer {
+            tasks.push(tokio::spawn(millilag_producers::writer::run(
+                config.clone(),
+                token.clone(),
+            )));
+        }
+        if reader {
+            tasks.push(tokio::spawn(millilag_processors::reader::run(
+                config.clone(),
+                token,
+            )));
+        }
+        Pipeline { stop, tasks }
+    }
+
+    pub async fn stop(self) {
+        self.stop.trigger();
+        for t in self.tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Every replica-delay record, collected in the background.
+#[allow(dead_code)]
+#[derive(Clone, Default)]
+pub struct Collected(Arc<Mutex<Vec<ReplicaDelay>>>);
+
+impl Collected {
+    pub fn start(env: &Env) -> (Collected, JoinHandle<()>) {
+        let c = Collected::default();
+        let consumer = env.consumer("replica-delay");
+        let sink = c.clone();
+        let h = tokio::spawn(async move {
+            while let Some((r, _)) =
+                next_record::<ReplicaDelay>(&consumer, Duration::from_secs(3600)).await
+            {
+                sink.0.lock().unwrap().push(r);
+            }
+        });
+        (c, h)
+    }
+
+    pub fn snapshot(&self) -> Vec<ReplicaDelay> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Wait until `pred` holds for the records so far (a deadline, not a pause).
+    pub async fn until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[ReplicaDelay]) -> bool,
+    ) -> Vec<ReplicaDelay> {
+        millilag_harness::wait_for(what, timeout, || async {
+            let s = self.snapshot();
+            pred(&s).then_some(s)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
 }

@@ -9,6 +9,7 @@ mod compose;
 mod demo;
 mod ha;
 mod harness;
+mod loud;
 mod processor;
 mod reader;
 mod writer;

@@ -1,87 +1,12 @@
 //! The reader against real replication: steady state, accuracy against the replicas' own apply
 //! times under injected stalls (both methods), DB load, failures and poison records.
 
-use crate::common::{create_topics, next_record, Env};
+use crate::common::{create_topics, next_record, Collected, Env, Pipeline};
 use millilag_core::events::{DeadLetter, MeasureMethod, MeasureStatus, ReplicaDelay};
-use millilag_core::shutdown::{shutdown_pair, ShutdownTrigger};
 use mysql_async::prelude::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::task::JoinHandle;
-
-/// Writer and reader running in this process against `env`.
-struct Pipeline {
-    stop: ShutdownTrigger,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Pipeline {
-    fn start(config: &millilag_core::Config, writer: bool, reader: bool) -> Pipeline {
-        let (stop, token) = shutdown_pair();
-        let mut tasks = Vec::new();
-        if writer {
-            tasks.push(tokio::spawn(millilag_producers::writer::run(
-                config.clone(),
-                token.clone(),
-            )));
-        }
-        if reader {
-            tasks.push(tokio::spawn(millilag_processors::reader::run(
-                config.clone(),
-                token,
-            )));
-        }
-        Pipeline { stop, tasks }
-    }
-
-    async fn stop(self) {
-        self.stop.trigger();
-        for t in self.tasks {
-            t.await.unwrap().unwrap();
-        }
-    }
-}
-
-/// Every replica-delay record, collected in the background.
-#[derive(Clone, Default)]
-struct Collected(Arc<Mutex<Vec<ReplicaDelay>>>);
-
-impl Collected {
-    fn start(env: &Env) -> (Collected, JoinHandle<()>) {
-        let c = Collected::default();
-        let consumer = env.consumer("replica-delay");
-        let sink = c.clone();
-        let h = tokio::spawn(async move {
-            while let Some((r, _)) =
-                next_record::<ReplicaDelay>(&consumer, Duration::from_secs(3600)).await
-            {
-                sink.0.lock().unwrap().push(r);
-            }
-        });
-        (c, h)
-    }
-
-    fn snapshot(&self) -> Vec<ReplicaDelay> {
-        self.0.lock().unwrap().clone()
-    }
-
-    /// Wait until `pred` holds for the records so far (a deadline, not a pause).
-    async fn until(
-        &self,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&[ReplicaDelay]) -> bool,
-    ) -> Vec<ReplicaDelay> {
-        millilag_harness::wait_for(what, timeout, || async {
-            let s = self.snapshot();
-            pred(&s).then_some(s)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-    }
-}
 
 fn for_replica<'a>(
     rs: &'a [ReplicaDelay],

@@ -19,15 +19,27 @@ impl<T> Tracker<T> {
             return Some(*obs);
         }
         if let Some(key) = &p.key {
+            if self.waits.is_armed(key) {
+                // Its own wait is armed and answers within a wake-up of the replica getting
+                // there: better evidence than the position a neighbour's wait or a read saw.
+                return None;
+            }
             if let Some(pos) = self.waits.position(&key.sequence) {
                 if pos.n >= key.n {
-                    // Seen past it by a later wait or read; the last read that did not show it
-                    // still bounds it from below.
+                    // Seen past it by a later wait or read; the last read that did not show it,
+                    // or the last wait for it that gave up, still bounds it from below.
                     let not_yet = self
                         .poll
                         .last_read
                         .filter(|r| r.seq < seq)
-                        .map(|r| r.earliest_us);
+                        .map(|r| r.earliest_us)
+                        .into_iter()
+                        .chain(
+                            self.waits
+                                .not_reached(key)
+                                .map(|at| self.clock.to_primary(at)),
+                        )
+                        .max();
                     return Some(timing::read_observation(
                         not_yet,
                         self.clock.to_primary(pos.at - self.link.one_way_us),

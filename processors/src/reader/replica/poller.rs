@@ -7,10 +7,11 @@
 //! heartbeat that appeared since the previous read.
 
 use super::{us, Command, Tracker};
+use crate::reader::gtid::GtidKey;
 use crate::reader::timing;
 use millilag_core::events::HeartbeatSet;
 use millilag_core::retry::{Backoff, RetryPolicy};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use tracing::warn;
 
 /// Most seqs one read may record as newly seen (a read after a long gap says little anyway).
@@ -215,6 +216,24 @@ impl<T> Tracker<T> {
         self.catch_up_progress = None;
         for s in self.waits.sequences() {
             self.top_up(&s);
+        }
+        // Stalled again with heartbeats still awaited: the next one the replica applies is the
+        // oldest of them, and its own wait times the resumption (reads would bracket it only
+        // as tightly as they are frequent). Its return starts the next catch-up.
+        let mut oldest: BTreeMap<&str, &GtidKey> = BTreeMap::new();
+        for k in self.awaited.values().filter_map(|a| a.key.as_ref()) {
+            let e = oldest.entry(k.sequence.as_str()).or_insert(k);
+            if k.n < e.n {
+                *e = k;
+            }
+        }
+        let unarmed: Vec<GtidKey> = oldest
+            .into_values()
+            .filter(|k| !self.waits.is_armed(k))
+            .cloned()
+            .collect();
+        for k in unarmed {
+            self.arm(k);
         }
     }
 

@@ -580,13 +580,15 @@ fn a_reader_started_late_reports_the_backlog_as_upper_bounds_not_as_lag() {
     for seq in 1..=5 {
         h.announce(start, seq, true);
     }
-    // The first wait answers at once: the replica is far past it.
+    // The first wait answers at once: the replica is far past it. The tracker catches up by
+    // reading: the row shows 5 (nothing new since).
     h.wait_returned(1, start, start + 200, WaitOutcome::Reached);
-    // Whatever the tracker reads next shows the replica at 5 (nothing new since).
-    let (_, _) = h.run_until(start + 50 * MS, 5, false);
+    h.run_until(start + 300, 5, false);
+    // The other waits answered at once too.
     for n in 2..=4 {
-        h.wait_returned(n, start, start + 50 * MS, WaitOutcome::Reached);
+        h.wait_returned(n, start, start + 300 + n as i64 * 10, WaitOutcome::Reached);
     }
+    h.run_until(start + 50 * MS, 5, false);
     assert_eq!(h.tickets(), 5);
     for seq in 1..=5 {
         let r = h.record(seq);
@@ -613,4 +615,29 @@ fn a_wait_rearmed_after_its_timeout_still_brackets_the_moment_the_replica_shows_
     );
     assert!((r.delay_us - 2 * S).abs() < MS, "{r:?}");
     assert!(r.uncertainty_us < MS, "{r:?}");
+}
+
+#[test]
+fn a_heartbeat_waits_for_its_own_wait_rather_than_a_neighbours() {
+    let mut h = Harness::new(ReaderMethod::GtidWait);
+    h.announce(commit(1) + 5 * MS, 1, true);
+    h.announce(commit(2) + 5 * MS, 2, true);
+    // Stalled: both waits give up and are armed again.
+    let gave_up = commit(2) + 2 * S;
+    for n in 1..=2 {
+        h.wait_returned(n, commit(n as i64), gave_up, WaitOutcome::TimedOut);
+    }
+    // Replication resumes; the wait for 2 happens to answer a few microseconds before 1's.
+    let end = commit(1) + 3 * S;
+    h.wait_returned(2, gave_up + 100, end + 20, WaitOutcome::Reached);
+    assert!(
+        h.published
+            .iter()
+            .all(|(r, _)| r.seq != 1 || r.status == MeasureStatus::Pending),
+        "1 is left to its own wait"
+    );
+    h.wait_returned(1, gave_up + 100, end, WaitOutcome::Reached);
+    let r = h.record(1);
+    assert!(!r.upper_bound, "{r:?}");
+    assert_eq!(r.delay_us, 3 * S - ONE_WAY);
 }

@@ -111,6 +111,11 @@ impl Waits {
         self.not_reached.retain(|_, at| *at > cutoff);
     }
 
+    /// When a wait for `key` last gave up (server time, local clock).
+    pub fn not_reached(&self, key: &GtidKey) -> Option<i64> {
+        self.not_reached.get(key).copied()
+    }
+
     pub fn reached(&self, key: &GtidKey) -> Option<Reached> {
         self.reached.get(&key.sequence)?.get(&key.n).copied()
     }

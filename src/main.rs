@@ -1,10 +1,9 @@
-//! `millilag`: one binary, one subcommand per service.
-
-mod demo;
+//! `millilag`: one binary, one subcommand per service. The demo is a binary of its own
+//! (`demo/`), so that the harness it starts services with never ships in this one.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use millilag_core::config::{Config, ConfigError};
+use millilag_core::config::Config;
 use millilag_core::shutdown::{shutdown_signal, Shutdown};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,12 +36,6 @@ enum Command {
     Processor(ConfigArg),
     /// Writer, reader and processor in one process (a single box).
     All(ConfigArg),
-    /// Start local MariaDB, broker and metrics store, run the pipeline and show live delays.
-    Demo {
-        /// Stop after this long (e.g. "30s"); default: until Ctrl-C.
-        #[arg(long = "for")]
-        run_for: Option<millilag_core::duration::HumanDuration>,
-    },
     /// Validate a config, print it resolved (secrets masked) and exit.
     CheckConfig {
         /// The TOML config file.
@@ -53,15 +46,11 @@ enum Command {
 /// Exit code for a config the user must fix (distinct from runtime failures).
 const EXIT_CONFIG: u8 = 2;
 
-fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-    Config::load(path)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (config_path, run): (Option<PathBuf>, _) = match cli.command {
+    let (config_path, run) = match cli.command {
         Command::CheckConfig { file } => {
-            return match load(&file) {
+            return match Config::load(&file) {
                 Ok(c) => {
                     print!("{}", c.to_masked_toml());
                     ExitCode::SUCCESS
@@ -72,25 +61,19 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Demo { run_for } => (None, Service::Demo(run_for.map(|d| d.0))),
-        Command::Writer(a) => (Some(a.config), Service::Writer),
-        Command::Reader(a) => (Some(a.config), Service::Reader),
-        Command::Processor(a) => (Some(a.config), Service::Processor),
-        Command::All(a) => (Some(a.config), Service::All),
+        Command::Writer(a) => (a.config, Service::Writer),
+        Command::Reader(a) => (a.config, Service::Reader),
+        Command::Processor(a) => (a.config, Service::Processor),
+        Command::All(a) => (a.config, Service::All),
     };
-    let config = match config_path.as_deref().map(load).transpose() {
-        Ok(c) => c.unwrap_or_default(),
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let mut log = config.log.clone();
-    if matches!(run, Service::Demo(_)) {
-        // The demo's terminal is the display: services only speak up when something is wrong.
-        log.level = "warn".into();
-    }
-    millilag_core::telemetry::init_logging(&log);
+    millilag_core::telemetry::init_logging(&config.log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -117,13 +100,11 @@ enum Service {
     Reader,
     Processor,
     All,
-    Demo(Option<std::time::Duration>),
 }
 
 async fn run_service(service: Service, config: Config) -> anyhow::Result<()> {
     let shutdown = Shutdown::from_future(shutdown_signal());
     match service {
-        Service::Demo(run_for) => demo::run(shutdown, run_for).await,
         Service::Writer => millilag_producers::writer::run(config, shutdown).await,
         Service::Reader => millilag_processors::reader::run(config, shutdown).await,
         Service::Processor => millilag_processors::aggregator::run(config, shutdown).await,

@@ -65,8 +65,12 @@ impl Error {
             Error::Decode(_) => ErrorDomain::Data,
             Error::Kafka(_) => ErrorDomain::External,
             Error::Database { source, .. } => match source {
-                // The server answered with an error: usually privileges or schema, the user's to fix.
-                mysql_async::Error::Server(_) => ErrorDomain::User,
+                // The server answered with an error: usually privileges or schema, the user's to
+                // fix; the transient ones (shutting down, read-only in a failover, lock waits)
+                // are the server's state, not a mistake.
+                mysql_async::Error::Server(e) if !is_transient_server_error(e.code) => {
+                    ErrorDomain::User
+                }
                 _ => ErrorDomain::External,
             },
             Error::Encode { .. } | Error::Internal(_) => ErrorDomain::Internal,
@@ -105,3 +109,32 @@ impl fmt::Display for ErrorDomain {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(code: u16) -> Error {
+        let e = mysql_async::ServerError {
+            code,
+            message: "m".into(),
+            state: "HY000".into(),
+        };
+        Error::database("db1:3306", mysql_async::Error::Server(e))
+    }
+
+    #[test]
+    fn a_refusal_is_the_users_and_a_shutdown_is_the_servers() {
+        // 1142: INSERT command denied; 1053: server shutdown in progress.
+        let denied = server_error(1142);
+        assert_eq!(
+            (denied.domain(), denied.retry_hint()),
+            (ErrorDomain::User, RetryHint::NoRetry)
+        );
+        let shutdown = server_error(1053);
+        assert_eq!(
+            (shutdown.domain(), shutdown.retry_hint()),
+            (ErrorDomain::External, RetryHint::Retry)
+        );
+    }
+}

@@ -1,7 +1,11 @@
 //! Secrets (passwords, tokens, HMAC keys) that must never reach a log line or a printed config.
 
 use serde::{Serialize, Serializer};
+use std::collections::BTreeMap;
 use std::fmt;
+
+/// How every secret prints.
+pub const MASK: &str = "***";
 
 /// A secret value. `Debug`, `Display` and `Serialize` all print `***`; only [`Sensitive::expose`]
 /// gives the value, so every use of it is greppable.
@@ -22,45 +26,57 @@ impl Sensitive {
 
 impl fmt::Debug for Sensitive {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
+        f.write_str(MASK)
     }
 }
 
 impl fmt::Display for Sensitive {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
+        f.write_str(MASK)
     }
 }
 
 impl Serialize for Sensitive {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("***")
+        s.serialize_str(MASK)
     }
 }
 
-/// Where a secret comes from: an environment variable or a file (Kubernetes secret mounts).
-/// Resolved once at start; a named source that is missing is a config error.
+/// What a secret named by an environment variable that is not set means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvUnset {
+    /// Nothing: the secret is optional (a database that needs no password).
+    Optional,
+    /// A config problem; the text says how to fix it, e.g. "export it or use token_file".
+    Problem(&'static str),
+}
+
+/// Resolves one secret from a file (Kubernetes secret mounts; wins when both are set) or an
+/// environment variable, once at start. `key` is the config key of the secret
+/// (`sink.influxdb[0].token`): an unreadable file is a problem on `<key>`, an unset variable one
+/// on `<key>_env`, each saying how to fix it.
 pub fn resolve_secret(
     key: &str,
     env_name: Option<&str>,
     file: Option<&std::path::Path>,
+    env: &BTreeMap<String, String>,
+    if_unset: EnvUnset,
 ) -> Result<Option<Sensitive>, String> {
-    if let Some(name) = env_name {
-        if let Ok(v) = std::env::var(name) {
-            return Ok(Some(Sensitive::new(v)));
-        }
-        if file.is_none() {
-            return Err(format!(
-                "{key}: environment variable {name} is not set; export it or set {key}_file"
-            ));
-        }
-    }
     if let Some(path) = file {
         return std::fs::read_to_string(path)
             .map(|s| Some(Sensitive::new(s.trim_end_matches(['\n', '\r']))))
             .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()));
     }
-    Ok(None)
+    let Some(name) = env_name else {
+        return Ok(None);
+    };
+    match (env.get(name), if_unset) {
+        (Some(v), _) => Ok(Some(Sensitive::new(v.as_str()))),
+        (None, EnvUnset::Optional) => Ok(None),
+        (None, EnvUnset::Problem(fix)) => Err(format!(
+            "{key}_env: environment variable {name} is not set; {fix}"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -80,9 +96,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pw");
         std::fs::write(&p, "s3cret\n").unwrap();
-        let got = resolve_secret("x", None, Some(&p)).unwrap().unwrap();
+        let none = BTreeMap::new();
+        let got = resolve_secret("x", None, Some(&p), &none, EnvUnset::Optional)
+            .unwrap()
+            .unwrap();
         assert_eq!(got.expose(), "s3cret");
-        let err = resolve_secret("token", Some("MILLILAG_TEST_SURELY_UNSET"), None).unwrap_err();
+        let fix = EnvUnset::Problem("export it");
+        let err = resolve_secret(
+            "token",
+            Some("MILLILAG_TEST_SURELY_UNSET"),
+            None,
+            &none,
+            fix,
+        )
+        .unwrap_err();
         assert!(err.contains("MILLILAG_TEST_SURELY_UNSET"), "{err}");
+    }
+
+    #[test]
+    fn a_file_wins_and_an_optional_env_may_be_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tok");
+        std::fs::write(&p, "from-file").unwrap();
+        let env = BTreeMap::from([("TOK".to_string(), "from-env".to_string())]);
+        let fix = EnvUnset::Problem("export it");
+        let got = resolve_secret("t", Some("TOK"), Some(&p), &env, fix).unwrap();
+        assert_eq!(got.unwrap().expose(), "from-file");
+        let got = resolve_secret("t", Some("TOK"), None, &env, fix).unwrap();
+        assert_eq!(got.unwrap().expose(), "from-env");
+        let got = resolve_secret("t", Some("UNSET"), None, &env, EnvUnset::Optional).unwrap();
+        assert!(got.is_none());
+        let err = resolve_secret("t", None, Some(&dir.path().join("nope")), &env, fix).unwrap_err();
+        assert!(err.starts_with("t: cannot read"), "{err}");
     }
 }

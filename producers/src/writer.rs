@@ -14,12 +14,15 @@
 //!
 //! Publishing never blocks the schedule: records go through a bounded queue to a publisher task
 //! (idempotent producer, acks=all); when the queue is full the record is dropped and counted.
+//! Each cluster's metric handles are resolved once at start and travel with its records, so a
+//! heartbeat never builds a label set.
 
 use anyhow::{bail, Context};
 use futures::stream::{FuturesUnordered, StreamExt};
 use millilag_core::clock::now_us;
 use millilag_core::config::{ClusterConfig, Config};
 use millilag_core::db::{self, Dialect};
+use millilag_core::error::{Error, ErrorDomain};
 use millilag_core::events::{HeartbeatSet, Record};
 use millilag_core::http::{bind_and_serve, Health};
 use millilag_core::kafka::{self, topics};
@@ -41,9 +44,10 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, info_span, warn, Instrument};
 
-use millilag_core::metrics::Labels;
+use millilag_core::metrics::{labels, Labels};
 
-/// The writer's metrics, labelled by cluster.
+/// The writer's metric families, labelled by cluster; [`WriterMetrics::for_cluster`] gives one
+/// cluster's series.
 #[derive(Clone)]
 pub struct WriterMetrics {
     heartbeats: Family<Labels, Counter>,
@@ -116,10 +120,44 @@ impl WriterMetrics {
         );
         m
     }
+
+    /// One cluster's series, resolved once: counting a heartbeat is then an atomic add.
+    pub fn for_cluster(&self, cluster: &str) -> ClusterMetrics {
+        let l = labels(&[("cluster", cluster)]);
+        // One get_or_create per statement: its read guard on the family must be gone before
+        // the next one may need the write lock.
+        let counter = |f: &Family<Labels, Counter>| -> Counter { f.get_or_create(&l).clone() };
+        let leader = self.leader.get_or_create(&l).clone();
+        let commit_latency = self.commit_latency.get_or_create(&l).clone();
+        ClusterMetrics {
+            heartbeats: counter(&self.heartbeats),
+            skipped_ticks: counter(&self.skipped_ticks),
+            publish_failures: counter(&self.publish_failures),
+            publish_dropped: counter(&self.publish_dropped),
+            published: counter(&self.published),
+            db_errors: counter(&self.db_errors),
+            leader,
+            commit_latency,
+        }
+    }
 }
 
-fn cluster_label(c: &str) -> Labels {
-    vec![("cluster", c.to_string())]
+/// One cluster's handles into [`WriterMetrics`].
+pub struct ClusterMetrics {
+    heartbeats: Counter,
+    skipped_ticks: Counter,
+    publish_failures: Counter,
+    publish_dropped: Counter,
+    published: Counter,
+    db_errors: Counter,
+    leader: Gauge,
+    commit_latency: Histogram,
+}
+
+/// A heartbeat on its way to Kafka, with the metrics of its cluster.
+struct Announcement {
+    record: HeartbeatSet,
+    metrics: Arc<ClusterMetrics>,
 }
 
 /// Run until `shutdown`: one task per cluster, one publisher, the metrics endpoint.
@@ -151,7 +189,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let producer = kafka::producer(&config.kafka, 0).context("creating the Kafka producer")?;
     let (tx, rx) = mpsc::channel(config.writer.publish_queue);
     let topic = config.topic(topics::HEARTBEAT_SET);
-    let publisher = tokio::spawn(publish(producer, topic, rx, metrics.clone()));
+    let publisher = tokio::spawn(publish(producer, topic, rx));
 
     let mut tasks = Vec::new();
     for c in &config.clusters {
@@ -163,7 +201,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             gtid_domain_id: config.writer.gtid_domain_id,
             writer_id: writer_id.clone(),
             tx: tx.clone(),
-            metrics: metrics.clone(),
+            metrics: Arc::new(metrics.for_cluster(&c.name)),
         };
         let span = info_span!("writer", cluster = %c.name);
         tasks.push(tokio::spawn(ctx.run(shutdown.clone()).instrument(span)));
@@ -192,36 +230,26 @@ async fn preflight(c: &ClusterConfig) -> anyhow::Result<()> {
 }
 
 /// Hands heartbeats to Kafka without ever blocking the schedule.
-async fn publish(
-    producer: FutureProducer,
-    topic: String,
-    mut rx: mpsc::Receiver<HeartbeatSet>,
-    metrics: WriterMetrics,
-) {
-    type Delivery =
-        std::pin::Pin<Box<dyn std::future::Future<Output = (String, Result<(), String>)> + Send>>;
+async fn publish(producer: FutureProducer, topic: String, mut rx: mpsc::Receiver<Announcement>) {
+    /// A delivery's outcome: the cluster (for the log line), its metrics, the result.
+    type Settled = (String, Arc<ClusterMetrics>, Result<(), String>);
+    type Delivery = std::pin::Pin<Box<dyn std::future::Future<Output = Settled> + Send>>;
     let mut inflight: FuturesUnordered<Delivery> = FuturesUnordered::new();
-    let settle = |cluster: &str, res: Result<(), String>| match res {
+    let settle = |(cluster, metrics, res): Settled| match res {
         Ok(()) => {
-            metrics
-                .published
-                .get_or_create(&cluster_label(cluster))
-                .inc();
+            metrics.published.inc();
         }
         Err(e) => {
-            metrics
-                .publish_failures
-                .get_or_create(&cluster_label(cluster))
-                .inc();
+            metrics.publish_failures.inc();
             warn!(cluster = %cluster, error = %e, "Heartbeat not acknowledged by Kafka.");
         }
     };
     loop {
         tokio::select! {
             biased;
-            Some((cluster, res)) = inflight.next(), if !inflight.is_empty() => settle(&cluster, res),
+            Some(settled) = inflight.next(), if !inflight.is_empty() => settle(settled),
             msg = rx.recv() => {
-                let Some(h) = msg else { break };
+                let Some(Announcement { record: h, metrics }) = msg else { break };
                 let payload = match h.encode() {
                     Ok(p) => p,
                     Err(e) => {
@@ -242,19 +270,19 @@ async fn publish(
                                 Ok(Err((e, _))) => Err(e.to_string()),
                                 Err(_) => Err("producer dropped the delivery".to_string()),
                             };
-                            (cluster, res)
+                            (cluster, metrics, res)
                         }));
                     }
                     Err((e, _)) => {
-                        metrics.publish_dropped.get_or_create(&cluster_label(&h.cluster)).inc();
+                        metrics.publish_dropped.inc();
                         warn!(cluster = %h.cluster, error = %e, "Kafka producer queue refused a heartbeat; dropped.");
                     }
                 }
             }
         }
     }
-    while let Some((cluster, res)) = inflight.next().await {
-        settle(&cluster, res);
+    while let Some(settled) = inflight.next().await {
+        settle(settled);
     }
     let _ = tokio::task::spawn_blocking(move || {
         use rdkafka::producer::Producer;
@@ -272,13 +300,15 @@ struct ClusterWriter {
     create_table: bool,
     gtid_domain_id: u32,
     writer_id: String,
-    tx: mpsc::Sender<HeartbeatSet>,
-    metrics: WriterMetrics,
+    tx: mpsc::Sender<Announcement>,
+    metrics: Arc<ClusterMetrics>,
 }
 
 /// A session on the primary, ready to write heartbeats.
 struct Session {
     conn: Conn,
+    /// The primary's host:port, naming it in records and errors.
+    primary: String,
     dialect: Dialect,
     server_id: i64,
     upsert: String,
@@ -296,10 +326,6 @@ enum Ended {
 const MYSQL_GTID_TAG: &str = "millilag";
 
 impl ClusterWriter {
-    fn labels(&self) -> Labels {
-        cluster_label(&self.cluster.name)
-    }
-
     async fn run(self, mut shutdown: Shutdown) {
         let addr = self.cluster.primary.address();
         let mut backoff = RetryPolicy::RECONNECT.backoff();
@@ -315,10 +341,15 @@ impl ClusterWriter {
             let mut session = match session {
                 Ok(s) => s,
                 Err(e) => {
-                    self.metrics.db_errors.get_or_create(&self.labels()).inc();
+                    self.metrics.db_errors.inc();
                     // One line per outage, not one per attempt.
                     if outage_since.is_none() {
-                        warn!(primary = %addr, error = format!("{e:#}"), "Primary unreachable; retrying with backoff.");
+                        let fault = fault(&e);
+                        if fault == ErrorDomain::User {
+                            warn!(primary = %addr, %fault, error = format!("{e:#}"), "Primary refused the heartbeat session; check the user's privileges and the heartbeat table. Retrying with backoff.");
+                        } else {
+                            warn!(primary = %addr, %fault, error = format!("{e:#}"), "Primary unreachable; retrying with backoff.");
+                        }
                         outage_since = Some(Instant::now());
                     }
                     tokio::select! {
@@ -339,13 +370,18 @@ impl ClusterWriter {
                         .exec_drop("SELECT RELEASE_LOCK(?)", (&session.lock_name,))
                         .await;
                     let _ = session.conn.disconnect().await;
-                    self.metrics.leader.get_or_create(&self.labels()).set(0);
+                    self.metrics.leader.set(0);
                     return;
                 }
                 Ended::Lost(e) => {
-                    self.metrics.leader.get_or_create(&self.labels()).set(0);
-                    self.metrics.db_errors.get_or_create(&self.labels()).inc();
-                    warn!(primary = %addr, error = format!("{e:#}"), "Lost the primary session; reconnecting.");
+                    self.metrics.leader.set(0);
+                    self.metrics.db_errors.inc();
+                    let fault = fault(&e);
+                    if fault == ErrorDomain::User {
+                        warn!(primary = %addr, %fault, error = format!("{e:#}"), "Primary refused a heartbeat statement; check the user's privileges and the heartbeat table. Reconnecting.");
+                    } else {
+                        warn!(primary = %addr, %fault, error = format!("{e:#}"), "Lost the primary session; reconnecting.");
+                    }
                     outage_since = Some(Instant::now());
                 }
             }
@@ -361,6 +397,7 @@ impl ClusterWriter {
             for stmt in db::heartbeat_ddl(&c.database, &c.table)? {
                 conn.query_drop(stmt)
                     .await
+                    .map_err(db_error(&addr))
                     .context("creating the heartbeat table (needs CREATE on the database, or create_table = false)")?;
             }
         }
@@ -372,7 +409,8 @@ impl ClusterWriter {
         }
         let server_id: i64 = conn
             .query_first("SELECT @@server_id")
-            .await?
+            .await
+            .map_err(db_error(&addr))?
             .context("@@server_id returned nothing")?;
         let table = db::qualified_table(&c.database, &c.table)?;
         // pt-heartbeat's ts format (UTC, microseconds), computed by the server: one clock.
@@ -383,6 +421,7 @@ impl ClusterWriter {
         );
         Ok(Session {
             conn,
+            primary: addr,
             after_commit: dialect.after_commit_sql().to_string(),
             dialect,
             server_id,
@@ -409,7 +448,7 @@ impl ClusterWriter {
                         standby_logged = true;
                     }
                 }
-                Err(e) => return Ended::Lost(e.into()),
+                Err(e) => return Ended::Lost(Error::database(&s.primary, e).into()),
             }
             tokio::select! {
                 _ = retry.tick() => {}
@@ -432,18 +471,20 @@ impl ClusterWriter {
                 "SELECT CAST(seq AS SIGNED) FROM {table} WHERE server_id = {}",
                 s.server_id
             ))
-            .await?;
+            .await
+            .map_err(db_error(&s.primary))?;
         let now: Option<String> = s
             .conn
             .query_first("SELECT UNIX_TIMESTAMP(SYSDATE(6))")
-            .await?;
+            .await
+            .map_err(db_error(&s.primary))?;
         let epoch = now
             .as_deref()
             .and_then(db::unix_text_to_us)
             .unwrap_or_else(now_us);
         let mine = self.last_written.load(std::sync::atomic::Ordering::Relaxed);
         let next = last.unwrap_or(0).max(mine) + 1;
-        self.metrics.leader.get_or_create(&self.labels()).set(1);
+        self.metrics.leader.set(1);
         info!(
             next_seq = next,
             writer_epoch = epoch,
@@ -463,9 +504,7 @@ impl ClusterWriter {
         let mut ticker = tokio::time::interval_at(start, self.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut last_index: Option<u64> = None;
-        let labels = self.labels();
         let interval_us = self.interval.as_micros() as i64;
-        let primary = self.cluster.primary.address();
         loop {
             let due = tokio::select! {
                 biased;
@@ -478,10 +517,7 @@ impl ClusterWriter {
             if let Some(prev) = last_index {
                 let skipped = index.saturating_sub(prev + 1);
                 if skipped > 0 {
-                    self.metrics
-                        .skipped_ticks
-                        .get_or_create(&labels)
-                        .inc_by(skipped);
+                    self.metrics.skipped_ticks.inc_by(skipped);
                 }
             }
             last_index = Some(index);
@@ -495,14 +531,11 @@ impl ClusterWriter {
             };
             self.last_written
                 .store(seq, std::sync::atomic::Ordering::Relaxed);
-            self.metrics.heartbeats.get_or_create(&labels).inc();
-            self.metrics
-                .commit_latency
-                .get_or_create(&labels)
-                .observe(rtt.as_secs_f64());
+            self.metrics.heartbeats.inc();
+            self.metrics.commit_latency.observe(rtt.as_secs_f64());
             let record = HeartbeatSet {
                 cluster: self.cluster.name.clone(),
-                primary: primary.clone(),
+                primary: s.primary.clone(),
                 server_id: s.server_id,
                 writer_id: self.writer_id.clone(),
                 writer_epoch: epoch,
@@ -514,8 +547,12 @@ impl ClusterWriter {
                 interval_us,
                 commit_rtt_us: rtt.as_micros() as i64,
             };
-            if self.tx.try_send(record).is_err() {
-                self.metrics.publish_dropped.get_or_create(&labels).inc();
+            let announcement = Announcement {
+                record,
+                metrics: self.metrics.clone(),
+            };
+            if self.tx.try_send(announcement).is_err() {
+                self.metrics.publish_dropped.inc();
             }
             seq += 1;
         }
@@ -533,11 +570,12 @@ impl ClusterWriter {
             ),
             s.after_commit
         );
-        let mut result = s.conn.query_iter(sql).await?;
+        let db_err = db_error(&s.primary);
+        let mut result = s.conn.query_iter(sql).await.map_err(db_err)?;
         // First result set: the upsert's OK packet (no rows); then the SELECT.
-        let _: Vec<mysql_async::Row> = result.collect().await?;
-        let rows: Vec<mysql_async::Row> = result.collect().await?;
-        result.drop_result().await?;
+        let _: Vec<mysql_async::Row> = result.collect().await.map_err(db_err)?;
+        let rows: Vec<mysql_async::Row> = result.collect().await.map_err(db_err)?;
+        result.drop_result().await.map_err(db_err)?;
         let row = rows
             .into_iter()
             .next()
@@ -559,23 +597,56 @@ impl ClusterWriter {
     }
 }
 
+/// Wraps a driver error with the server it came from, so that [`fault`] can tell a refusal
+/// (the user's to fix) from a server that went away.
+fn db_error(primary: &str) -> impl Fn(mysql_async::Error) -> Error + Copy + '_ {
+    move |e| Error::database(primary, e)
+}
+
+/// Whose fault a failed session is, for the log line: a server that answers with an error
+/// (privileges, schema) will not be fixed by reconnecting, unlike one that is away.
+fn fault(e: &anyhow::Error) -> ErrorDomain {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<Error>())
+        .map_or(ErrorDomain::External, Error::domain)
+}
+
 /// A SQL string literal for values we generate ourselves (the writer id): quotes and
 /// backslashes escaped, so even a strange hostname cannot break the statement.
 fn sql_string(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
+/// GET_LOCK's limit on a lock name, in characters.
+const MAX_LOCK_NAME: usize = 64;
+/// How much of a long cluster name stays readable in its lock name, in bytes: with the prefix,
+/// a dot and 16 hex digits of hash that is at most 57 bytes, so within the limit whatever the
+/// characters.
+const LOCK_NAME_CLUSTER_PREFIX: usize = 24;
+
 /// `millilag.writer.<cluster>`, shortened with a hash when longer than GET_LOCK's 64 characters.
 pub fn lock_name(cluster: &str) -> String {
     let name = format!("millilag.writer.{cluster}");
-    if name.len() <= 64 {
+    if name.len() <= MAX_LOCK_NAME {
         return name;
     }
+    // FNV-1a: stable across builds and platforms, unlike std's hasher, so every writer of a
+    // cluster agrees on the name.
     let mut h: u64 = 0xcbf29ce484222325;
     for b in cluster.bytes() {
         h = (h ^ b as u64).wrapping_mul(0x100000001b3);
     }
-    format!("millilag.writer.{}.{h:016x}", &cluster[..24])
+    let prefix = prefix_within(cluster, LOCK_NAME_CLUSTER_PREFIX);
+    format!("millilag.writer.{prefix}.{h:016x}")
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn prefix_within(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 #[cfg(test)]
@@ -589,6 +660,28 @@ mod tests {
         let n = lock_name(&long);
         assert!(n.len() <= 64, "{n}");
         assert_ne!(n, lock_name(&"c".repeat(101)));
+    }
+
+    #[test]
+    fn long_multibyte_cluster_names_are_cut_on_a_character_boundary() {
+        // Byte 24 falls inside a character for each of these.
+        for long in [
+            format!("a{}", "日".repeat(30)),
+            format!("ab{}", "🦀".repeat(20)),
+            format!("{}é", "x".repeat(23)).repeat(3),
+        ] {
+            let n = lock_name(&long);
+            assert!(n.chars().count() <= MAX_LOCK_NAME, "{n}");
+            let kept = n
+                .strip_prefix("millilag.writer.")
+                .and_then(|r| r.rsplit_once('.'))
+                .map(|(kept, _hash)| kept)
+                .unwrap();
+            assert!(!kept.is_empty() && long.starts_with(kept), "{n}");
+            assert_ne!(n, lock_name(&format!("{long}x")));
+        }
+        assert_eq!(prefix_within("aé", 2), "a");
+        assert_eq!(prefix_within("ab", 24), "ab");
     }
 
     #[test]

@@ -6,7 +6,6 @@
 mod cli;
 mod common;
 mod compose;
-mod demo;
 mod ha;
 mod harness;
 mod loud;

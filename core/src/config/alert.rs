@@ -1,10 +1,83 @@
-//! Alert conditions as written in the config: `p99 > 500ms`, `missing > 0`,
-//! `status = replica_unreachable`. Parsed at load, so a typo fails at start, not at 3 a.m.
+//! `[[alert]]` rules, and their conditions as written in the config: `p99 > 500ms`,
+//! `missing > 0`, `status = replica_unreachable`. Parsed at load, so a typo fails at start, not
+//! at 3 a.m.
 
-use crate::duration::HumanDuration;
-use crate::events::{DelayWindow, MeasureStatus};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::ProcessorConfig;
+use crate::duration::HumanDuration;
+use crate::events::{DelayWindow, MeasureStatus};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRuleConfig {
+    /// Rule name (the alertname label).
+    pub name: String,
+    /// Condition on a closed window: `p99 > 500ms`, `max >= 2s`, `missing > 0`,
+    /// `status = replica_unreachable`.
+    pub when: String,
+    /// Which window length the rule reads (one of processor.windows).
+    #[serde(default = "default_alert_window")]
+    pub window: HumanDuration,
+    /// How long the condition must hold before the alert fires.
+    #[serde(default, rename = "for")]
+    pub for_: HumanDuration,
+    /// How long the condition must be false (with hysteresis) before the alert resolves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve_for: Option<HumanDuration>,
+    /// Fraction below the threshold a value must fall to count as recovered (0.1 = 10%), so
+    /// a value hovering at the threshold does not flap.
+    #[serde(default)]
+    pub hysteresis: f64,
+    /// Severity label.
+    #[serde(default = "default_severity")]
+    pub severity: String,
+    /// Only this cluster (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Extra labels on the alert.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_alert_window() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_severity() -> String {
+    "warning".into()
+}
+
+impl AlertRuleConfig {
+    /// A rule reads windows the processor computes, so the processor's part comes in too.
+    pub(super) fn validate(&self, i: usize, processor: &ProcessorConfig, p: &mut Vec<String>) {
+        let key = format!("alert[{i}] ({})", self.name);
+        if let Err(e) = self.when.parse::<AlertCondition>() {
+            p.push(format!("{key}.when: {e}"));
+        }
+        if !processor.windows.contains(&self.window) {
+            p.push(format!(
+                "{key}.window ({}) is not one of processor.windows ({}); add it there or pick one",
+                self.window,
+                processor
+                    .windows
+                    .iter()
+                    .map(|w| w.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if !(0.0..1.0).contains(&self.hysteresis) {
+            p.push(format!(
+                "{key}.hysteresis ({}) must be in [0, 1)",
+                self.hysteresis
+            ));
+        }
+    }
+}
 
 /// What a condition reads from a closed window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! `millilag demo`: the whole pipeline on local services, with live per-replica delays.
+//! The demo itself: the whole pipeline on local services, with live per-replica delays.
 //!
 //! Starts a MariaDB primary and two replicas (GTID replication), Tansu (the Kafka-protocol
 //! broker) and VictoriaMetrics on free 127.0.0.1 ports, runs the writer, reader and processor

@@ -1,11 +1,13 @@
-//! The README's demo command: live delays in the terminal, and Ctrl-C leaves nothing behind.
+//! The README's demo command (`scripts/demo` runs this binary): live delays in the terminal, and
+//! Ctrl-C leaves nothing behind. Beside the demo rather than in tests/e2e/: cargo builds a
+//! package's binary, and names it in `CARGO_BIN_EXE_*`, only for that package's own tests.
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_millilag");
+const BIN: &str = env!("CARGO_BIN_EXE_millilag-demo");
 
 /// The demo must not outlive a failed test (it would keep its services running).
 struct KillOnDrop(std::process::Child);
@@ -21,7 +23,6 @@ impl Drop for KillOnDrop {
 fn demo_shows_a_stalled_replica_lagging_and_ctrl_c_stops_everything() {
     let mut child = KillOnDrop(
         Command::new(BIN)
-            .arg("demo")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,0 +1,79 @@
+//! `[writer]`: the heartbeat schedule and what the writer does around it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::HumanDuration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterConfig {
+    /// Heartbeat interval (1ms..60s). pt-heartbeat's default is 1s; millipede's was 10ms.
+    #[serde(default = "default_interval")]
+    pub interval: HumanDuration,
+    /// CREATE TABLE IF NOT EXISTS the heartbeat table (needs CREATE once).
+    #[serde(default = "super::default_true")]
+    pub create_table: bool,
+    /// Address of /metrics, /healthz, /readyz.
+    #[serde(default = "default_writer_listen")]
+    pub listen: SocketAddr,
+    /// This instance's id in events and in the row's writer_id (default: hostname-pid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer_id: Option<String>,
+    /// GTID domain for the heartbeat session (MariaDB; needs BINLOG REPLAY or SUPER), so
+    /// heartbeat GTIDs are consecutive and readers can wait for the next one before it exists.
+    /// 0 keeps the server's domain.
+    #[serde(default = "default_gtid_domain")]
+    pub gtid_domain_id: u32,
+    /// Heartbeats that may wait for Kafka; beyond it new ones are dropped and counted, so a
+    /// broker outage never delays the heartbeat schedule.
+    #[serde(default = "default_publish_queue")]
+    pub publish_queue: usize,
+}
+
+/// The accepted range of `interval`.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
+const MAX_INTERVAL: Duration = Duration::from_secs(60);
+
+// millipede's interval.
+fn default_interval() -> HumanDuration {
+    HumanDuration::from_millis(10)
+}
+fn default_writer_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9101))
+}
+const fn default_gtid_domain() -> u32 {
+    77
+}
+const fn default_publish_queue() -> usize {
+    10_000
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            interval: default_interval(),
+            create_table: true,
+            listen: default_writer_listen(),
+            writer_id: None,
+            gtid_domain_id: default_gtid_domain(),
+            publish_queue: default_publish_queue(),
+        }
+    }
+}
+
+impl WriterConfig {
+    pub(super) fn validate(&self, p: &mut Vec<String>) {
+        if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&self.interval.0) {
+            p.push(format!(
+                "writer.interval ({}) must be between 1ms and 60s",
+                self.interval
+            ));
+        }
+        if self.publish_queue == 0 {
+            p.push("writer.publish_queue must be at least 1".into());
+        }
+    }
+}

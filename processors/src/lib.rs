@@ -1,5 +1,5 @@
-//! processors/: the reader (times when each replica shows each heartbeat) and the aggregator
+//! processors/: the reader (times when each replica shows each heartbeat) and the processor
 //! (`millilag processor`: windows, sinks, alerts).
 
-pub mod aggregator;
+pub mod processor;
 pub mod reader;

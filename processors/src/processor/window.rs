@@ -157,7 +157,7 @@ impl Spec {
 
 /// The windows of every (cluster, replica), for every configured length.
 #[derive(Debug)]
-pub struct Aggregator {
+pub struct Windows {
     specs: Vec<Spec>,
     lateness_us: i64,
     index: HashMap<Box<str>, HashMap<Box<str>, u32>>,
@@ -169,12 +169,12 @@ pub struct Aggregator {
     now_us: i64,
 }
 
-impl Aggregator {
+impl Windows {
     /// `specs` are kept shortest first (and unique).
-    pub fn new(mut specs: Vec<Spec>, lateness: std::time::Duration) -> Aggregator {
+    pub fn new(mut specs: Vec<Spec>, lateness: std::time::Duration) -> Windows {
         specs.sort_by_key(|s| s.len_us);
         specs.dedup_by_key(|s| s.len_us);
-        Aggregator {
+        Windows {
             specs,
             lateness_us: i64::try_from(lateness.as_micros()).unwrap_or(i64::MAX),
             index: HashMap::new(),
@@ -516,9 +516,9 @@ mod tests {
         view("r1", seq, t, delay, MeasureStatus::Ok)
     }
 
-    fn agg(windows: &[u64], lateness_ms: u64) -> Aggregator {
-        Aggregator::new(
-            windows
+    fn windows(lengths_ms: &[u64], lateness_ms: u64) -> Windows {
+        Windows::new(
+            lengths_ms
                 .iter()
                 .map(|ms| Spec::new(Duration::from_millis(*ms)))
                 .collect(),
@@ -540,7 +540,7 @@ mod tests {
 
     #[test]
     fn one_second_of_heartbeats_gives_exact_quantiles() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         // 100 heartbeats 10 ms apart, delays 1..=100 ms in shuffled order.
         for i in 0..100i64 {
@@ -569,7 +569,7 @@ mod tests {
 
     #[test]
     fn statuses_gaps_and_duplicates_are_counted() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         a.apply(&ok(1, T0, 100), 0, 0, &mut out);
         a.apply(&ok(2, T0 + 10_000, 300), 0, 1, &mut out);
@@ -608,7 +608,7 @@ mod tests {
 
     #[test]
     fn a_window_of_upper_bounds_only_reports_them() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         for (seq, delay) in [(1, 400), (2, 200), (3, 300)] {
             let mut ub = ok(seq, T0 + seq * 10_000, delay);
@@ -626,7 +626,7 @@ mod tests {
 
     #[test]
     fn gap_across_adjacent_windows_counts_in_the_later_one() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         a.apply(&ok(10, T0 + 990_000, 1), 0, 0, &mut out);
         a.apply(&ok(13, T0 + S + 20_000, 1), 0, 1, &mut out);
@@ -638,7 +638,7 @@ mod tests {
 
     #[test]
     fn lateness_keeps_windows_open_then_late_records_are_counted() {
-        let mut a = agg(&[1000], 500);
+        let mut a = windows(&[1000], 500);
         let mut out = Vec::new();
         a.apply(&ok(1, T0 + 100_000, 10), 0, 0, &mut out);
         // Into the next window, but within lateness of the first: it stays open.
@@ -661,7 +661,7 @@ mod tests {
 
     #[test]
     fn every_length_gets_the_record_and_closes_on_its_own_boundary() {
-        let mut a = agg(&[1000, 10_000], 0);
+        let mut a = windows(&[1000, 10_000], 0);
         let mut out = Vec::new();
         for i in 0..1000i64 {
             a.apply(&ok(i, T0 + i * 10_000, i), 0, i, &mut out);
@@ -684,7 +684,7 @@ mod tests {
 
     #[test]
     fn replicas_are_windowed_separately() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         a.apply(&view("r1", 1, T0, 5, MeasureStatus::Ok), 0, 0, &mut out);
         a.apply(&view("r2", 1, T0, 7, MeasureStatus::Ok), 1, 0, &mut out);
@@ -697,7 +697,7 @@ mod tests {
 
     #[test]
     fn silent_replica_closes_by_wall_clock() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         a.set_now(T0 + 10);
         a.apply(&ok(1, T0, 5), 0, 0, &mut out);
@@ -712,7 +712,7 @@ mod tests {
 
     #[test]
     fn a_lost_partition_drops_its_windows_and_resets_its_keys() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         a.apply(&view("r1", 1, T0, 5, MeasureStatus::Ok), 0, 0, &mut out);
         a.apply(&view("r1", 2, T0 + S, 5, MeasureStatus::Ok), 0, 1, &mut out);
@@ -728,7 +728,7 @@ mod tests {
 
     #[test]
     fn a_backlog_being_replayed_is_not_idle() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         // An hour after these heartbeats, the processor catches up on them.
         let now = T0 + 3_600 * S;
@@ -747,7 +747,7 @@ mod tests {
 
     #[test]
     fn flushed_windows_are_skipped_on_replay() {
-        let mut a = agg(&[1000, 10_000], 0);
+        let mut a = windows(&[1000, 10_000], 0);
         a.restore_flushed("main", "r1", S, T0 + S, Some(200));
         let mut out = Vec::new();
         let r = a.apply(&ok(150, T0 + 1_500_000, 5), 0, 0, &mut out);

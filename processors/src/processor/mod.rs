@@ -4,7 +4,7 @@
 //! Data flow, one run loop (this file) and a task per sink / webhook / state writer:
 //!
 //! ```text
-//! replica-delay ─► decode (input.rs, borrowed) ─► Aggregator (window.rs) ─► closed windows
+//! replica-delay ─► decode (input.rs, borrowed) ─► Windows (window.rs) ─► closed windows
 //!     │ poison ─► dead-letter                                   │
 //!     │                            alerts.rs ◄──────────────────┤──► batch ─► every sink task (sinks/)
 //!     │                 alert, alert-state ◄─┘ └► webhooks        │           │ ack
@@ -48,7 +48,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tracing::{error, info, warn};
-use window::{Aggregator, Closed, Hold, Spec};
+use window::{Closed, Hold, Spec, Windows};
 
 /// Closed windows are handed to the sinks at least this often...
 const DISPATCH_EVERY: Duration = Duration::from_millis(20);
@@ -108,9 +108,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         .iter()
         .map(|w| Spec::new(w.0))
         .collect();
-    let mut agg = Aggregator::new(specs, config.processor.allowed_lateness.0);
+    let mut windows = Windows::new(specs, config.processor.allowed_lateness.0);
     for f in &flushed {
-        agg.restore_flushed(
+        windows.restore_flushed(
             &f.cluster,
             &f.replica,
             f.window_us,
@@ -165,10 +165,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         "Processor started."
     );
 
-    let mut p = Processor {
+    let mut p = RunLoop {
         config: &config,
         metrics,
-        agg,
+        windows,
         engine,
         tracker: OffsetTracker::default(),
         closed: Vec::new(),
@@ -197,7 +197,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             Some(id) = ack_rx.recv() => p.sink_acked(id),
             Some(id) = state_ack_rx.recv() => p.tracker.state_acked(id),
             _ = tick.tick() => {
-                p.agg.close_idle(now_us(), idle_us, &mut p.closed);
+                p.windows.close_idle(now_us(), idle_us, &mut p.closed);
                 p.dispatch();
                 p.store_offsets(&consumer);
                 p.backpressure(&consumer);
@@ -329,10 +329,10 @@ fn assigned(consumer: &StreamConsumer, topic: &str) -> BTreeSet<i32> {
 }
 
 /// The run loop's state.
-struct Processor<'a> {
+struct RunLoop<'a> {
     config: &'a Config,
     metrics: Metrics,
-    agg: Aggregator,
+    windows: Windows,
     engine: alerts::AlertEngine,
     tracker: OffsetTracker,
     /// Windows closed since the last dispatch.
@@ -348,7 +348,7 @@ struct Processor<'a> {
     known: BTreeSet<i32>,
 }
 
-impl Processor<'_> {
+impl RunLoop<'_> {
     /// One record. Returns false if shutdown interrupted a dead-letter write (the record is
     /// then neither applied nor stored, so it is read again after the restart).
     async fn handle(
@@ -373,7 +373,9 @@ impl Processor<'_> {
         };
         match decoded {
             Ok(view) => {
-                let r = self.agg.apply(&view, partition, offset, &mut self.closed);
+                let r = self
+                    .windows
+                    .apply(&view, partition, offset, &mut self.closed);
                 if r.duplicate > 0 {
                     self.metrics.duplicates.inc();
                 }
@@ -381,7 +383,7 @@ impl Processor<'_> {
                     self.metrics.replayed.inc();
                 }
                 if r.late > 0 {
-                    for (i, spec) in self.agg.specs().iter().enumerate() {
+                    for (i, spec) in self.windows.specs().iter().enumerate() {
                         if r.late_mask & (1 << i.min(31)) != 0 {
                             self.metrics
                                 .late
@@ -501,7 +503,7 @@ impl Processor<'_> {
     fn update_gauges(&self) {
         self.metrics
             .open_windows
-            .set(self.agg.open_windows() as i64);
+            .set(self.windows.open_windows() as i64);
         self.metrics
             .pending_windows
             .set(self.tracker.pending_windows() as i64);
@@ -512,7 +514,7 @@ impl Processor<'_> {
         match state::load_flushed(self.config, self.config.topic(topics::PROCESSOR_STATE)).await {
             Ok(marks) => {
                 for f in marks {
-                    self.agg.restore_flushed(
+                    self.windows.restore_flushed(
                         &f.cluster,
                         &f.replica,
                         f.window_us,
@@ -536,7 +538,7 @@ impl Processor<'_> {
         if lost.is_empty() {
             return;
         }
-        let dropped = self.agg.forget_partitions(&lost);
+        let dropped = self.windows.forget_partitions(&lost);
         for p in &lost {
             self.tracker.forget_partition(*p);
             self.known.remove(p);
@@ -551,7 +553,7 @@ impl Processor<'_> {
     }
 
     fn store_offsets(&mut self, consumer: &StreamConsumer) {
-        let moved = self.tracker.advance(self.agg.holds());
+        let moved = self.tracker.advance(self.windows.holds());
         if moved.is_empty() {
             return;
         }

@@ -6,61 +6,30 @@
 //! `allowed_lateness`; a window closes when the watermark reaches its end, or by the wall clock
 //! `idle_close` after its end when no newer record comes (a replica that went silent).
 //!
-//! Inside a window: ok delays are kept (exact nearest-rank quantiles at close: 1 s of 10 ms
-//! heartbeats is 100 values). Upper bounds (the replica already had the heartbeat at the first
-//! look) are kept apart: min/quantiles/max come from the exact delays whenever the window has
-//! any, because an upper bound says how late the reader looked, not how late the replica was
-//! (a reader catching up on a backlog reports seconds for a replica that is in step). A window
-//! of upper bounds only reports them, and `upper_bounds` = `count` tells consumers so. Seqs are kept sorted to drop duplicates (two reader groups
-//! active-active report the same heartbeat; same commit time, so the same window) and to find
-//! gaps. `missing` = non-ok statuses + seqs absent between the window's lowest and highest seq
-//! + the gap since the previous adjacent window's highest seq.
+//! Inside a window (`open.rs`): exact quantiles over the ok delays, upper bounds kept apart,
+//! duplicates dropped and gaps counted by seq.
 //!
 //! A record whose window already closed is late: counted, not applied. One whose window was
 //! flushed before a restart (the processor-state topic says so) is a replay: skipped, so a
 //! window rebuilt from part of its records never overwrites the complete point.
 //!
-//! Each open window remembers the lowest Kafka offset per partition it holds, so the run loop
+//! Each open window remembers the lowest Kafka offset per partition it holds ([`Hold`]), so the run loop
 //! never stores an offset past a record whose window is not yet in every sink.
 //!
 //! Hot path: no allocation per record. (cluster, replica) is interned to a `u32` through two
 //! borrowed-`&str` hash lookups; window vectors are recycled.
 
+mod hold;
+mod open;
+
+pub use hold::Hold;
+pub use open::nearest_rank;
+
 use super::input::DelayView;
-use millilag_core::events::{DelayWindow, MeasureStatus};
+use millilag_core::events::DelayWindow;
+use open::OpenWindow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-
-/// Lowest Kafka offset per partition a window holds. Almost always one partition (the key
-/// decides it), so the first lives inline.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Hold {
-    first: Option<(i32, i64)>,
-    more: Vec<(i32, i64)>,
-}
-
-impl Hold {
-    pub fn add(&mut self, partition: i32, offset: i64) {
-        match &mut self.first {
-            None => self.first = Some((partition, offset)),
-            Some((p, o)) if *p == partition => *o = (*o).min(offset),
-            Some(_) => match self.more.iter_mut().find(|(p, _)| *p == partition) {
-                Some((_, o)) => *o = (*o).min(offset),
-                None => self.more.push((partition, offset)),
-            },
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
-        self.first.iter().copied().chain(self.more.iter().copied())
-    }
-
-    pub fn merge(&mut self, other: &Hold) {
-        for (p, o) in other.iter() {
-            self.add(p, o);
-        }
-    }
-}
 
 /// A window that closed, with what it holds.
 #[derive(Debug, Clone)]
@@ -86,29 +55,6 @@ pub struct Applied {
     pub late_mask: u32,
     /// Lengths where its window was flushed before a restart.
     pub replayed: u8,
-}
-
-#[derive(Debug)]
-struct OpenWindow {
-    start: i64,
-    seqs: Vec<i64>,
-    delays: Vec<i64>,
-    /// Ok delays that were upper bounds.
-    bounds: Vec<i64>,
-    by_status: [i64; 5],
-    upper_bounds: i64,
-    duplicates: i64,
-    hold: Hold,
-}
-
-fn status_index(s: MeasureStatus) -> usize {
-    match s {
-        MeasureStatus::Ok => 0,
-        MeasureStatus::Timeout => 1,
-        MeasureStatus::ReplicaUnreachable => 2,
-        MeasureStatus::ReplicationStopped => 3,
-        MeasureStatus::Skipped => 4,
-    }
 }
 
 #[derive(Debug, Default)]
@@ -247,7 +193,6 @@ impl Windows {
     ) -> Applied {
         let k = self.intern(r.cluster, r.replica);
         let t = r.event_time_us();
-        let status = status_index(r.status);
         let mut result = Applied::default();
         let key = &mut self.keys[k];
         key.last_arrival_us = self.now_us;
@@ -272,49 +217,15 @@ impl Windows {
                 Some(p) if lane.open[p].start == start => &mut lane.open[p],
                 _ => {
                     let at = pos.map_or(0, |p| p + 1);
-                    let seqs = self.spare.pop().unwrap_or_default();
-                    let delays = self.spare.pop().unwrap_or_default();
-                    let bounds = self.spare.pop().unwrap_or_default();
-                    lane.open.insert(
-                        at,
-                        OpenWindow {
-                            start,
-                            seqs,
-                            delays,
-                            bounds,
-                            by_status: [0; 5],
-                            upper_bounds: 0,
-                            duplicates: 0,
-                            hold: Hold::default(),
-                        },
-                    );
+                    lane.open
+                        .insert(at, OpenWindow::new(start, &mut self.spare));
                     self.open_count += 1;
                     &mut lane.open[at]
                 }
             };
-            // Seqs sorted: in-order arrival is one comparison.
-            match w.seqs.last() {
-                Some(&last) if r.seq <= last => match w.seqs.binary_search(&r.seq) {
-                    Ok(_) => {
-                        w.duplicates += 1;
-                        result.duplicate += 1;
-                        continue;
-                    }
-                    Err(at) => w.seqs.insert(at, r.seq),
-                },
-                _ => w.seqs.push(r.seq),
-            }
-            w.by_status[status] += 1;
-            if status == 0 {
-                if r.upper_bound {
-                    w.bounds.push(r.delay_us);
-                    w.upper_bounds += 1;
-                } else {
-                    w.delays.push(r.delay_us);
-                }
-            }
-            if partition >= 0 {
-                w.hold.add(partition, offset);
+            if !w.add(r, partition, offset) {
+                result.duplicate += 1;
+                continue;
             }
             result.applied += 1;
         }
@@ -371,7 +282,7 @@ impl Windows {
                     _ => None,
                 };
                 let (window, last_seq) =
-                    summarize(&key.cluster, &key.replica, spec.len_us, &mut w, prev_last);
+                    w.summarize(&key.cluster, &key.replica, spec.len_us, prev_last);
                 lane.closed_until = lane.closed_until.max(end);
                 lane.last_closed = Some((w.start, last_seq));
                 out.push(Closed {
@@ -380,12 +291,7 @@ impl Windows {
                     last_seq,
                     label: spec.label.clone(),
                 });
-                w.seqs.clear();
-                w.delays.clear();
-                w.bounds.clear();
-                self.spare.push(std::mem::take(&mut w.seqs));
-                self.spare.push(std::mem::take(&mut w.delays));
-                self.spare.push(std::mem::take(&mut w.bounds));
+                w.recycle(&mut self.spare);
             }
         }
     }
@@ -407,14 +313,9 @@ impl Windows {
                 continue;
             }
             for lane in &mut key.lanes {
-                for mut w in lane.open.drain(..) {
+                for w in lane.open.drain(..) {
                     dropped += 1;
-                    w.seqs.clear();
-                    w.delays.clear();
-                    w.bounds.clear();
-                    self.spare.push(std::mem::take(&mut w.seqs));
-                    self.spare.push(std::mem::take(&mut w.delays));
-                    self.spare.push(std::mem::take(&mut w.bounds));
+                    w.recycle(&mut self.spare);
                 }
                 *lane = Lane::default();
             }
@@ -434,66 +335,10 @@ impl Windows {
     }
 }
 
-/// Nearest-rank quantile of sorted values: the smallest value with at least q of them at or
-/// below it.
-pub fn nearest_rank(sorted: &[i64], q: f64) -> Option<i64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
-}
-
-fn summarize(
-    cluster: &str,
-    replica: &str,
-    len_us: i64,
-    w: &mut OpenWindow,
-    prev_last_seq: Option<i64>,
-) -> (DelayWindow, Option<i64>) {
-    let ok_count = (w.delays.len() + w.bounds.len()) as i64;
-    let d = if w.delays.is_empty() {
-        &mut w.bounds
-    } else {
-        &mut w.delays
-    };
-    d.sort_unstable();
-    let d = &*d;
-    let non_ok: i64 = w.by_status[1..].iter().sum();
-    let (first, last) = (w.seqs.first().copied(), w.seqs.last().copied());
-    let inner_gaps = match (first, last) {
-        (Some(f), Some(l)) => (l - f + 1) - w.seqs.len() as i64,
-        _ => 0,
-    };
-    let boundary_gap = match (prev_last_seq, first) {
-        (Some(p), Some(f)) if f > p + 1 => f - p - 1,
-        _ => 0,
-    };
-    let window = DelayWindow {
-        cluster: cluster.to_string(),
-        replica: replica.to_string(),
-        window_start_us: w.start,
-        window_us: len_us,
-        count: ok_count,
-        missing: non_ok + inner_gaps + boundary_gap,
-        min_us: d.first().copied(),
-        p50_us: nearest_rank(d, 0.50),
-        p90_us: nearest_rank(d, 0.90),
-        p99_us: nearest_rank(d, 0.99),
-        max_us: d.last().copied(),
-        timeouts: w.by_status[1],
-        unreachable: w.by_status[2],
-        replication_stopped: w.by_status[3],
-        skipped: w.by_status[4],
-        upper_bounds: w.upper_bounds,
-        duplicates: w.duplicates,
-    };
-    (window, last)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use millilag_core::events::MeasureStatus;
     use std::time::Duration;
 
     const S: i64 = 1_000_000;
@@ -524,18 +369,6 @@ mod tests {
                 .collect(),
             Duration::from_millis(lateness_ms),
         )
-    }
-
-    #[test]
-    fn nearest_rank_quantiles() {
-        let v: Vec<i64> = (1..=100).collect();
-        assert_eq!(nearest_rank(&v, 0.5), Some(50));
-        assert_eq!(nearest_rank(&v, 0.9), Some(90));
-        assert_eq!(nearest_rank(&v, 0.99), Some(99));
-        assert_eq!(nearest_rank(&[7], 0.99), Some(7));
-        assert_eq!(nearest_rank(&[1, 2, 3], 0.5), Some(2));
-        assert_eq!(nearest_rank(&[1, 2, 3, 4], 0.5), Some(2));
-        assert_eq!(nearest_rank(&[], 0.5), None);
     }
 
     #[test]

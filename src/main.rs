@@ -107,12 +107,12 @@ async fn run_service(service: Service, config: Config) -> anyhow::Result<()> {
     match service {
         Service::Writer => millilag_producers::writer::run(config, shutdown).await,
         Service::Reader => millilag_processors::reader::run(config, shutdown).await,
-        Service::Processor => millilag_processors::aggregator::run(config, shutdown).await,
+        Service::Processor => millilag_processors::processor::run(config, shutdown).await,
         Service::All => {
             let (w, r, p) = tokio::join!(
                 millilag_producers::writer::run(config.clone(), shutdown.clone()),
                 millilag_processors::reader::run(config.clone(), shutdown.clone()),
-                millilag_processors::aggregator::run(config, shutdown),
+                millilag_processors::processor::run(config, shutdown),
             );
             w.context("writer")?;
             r.context("reader")?;

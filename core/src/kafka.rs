@@ -11,7 +11,7 @@ use crate::events::{DeadLetter, Record};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{ConsumerContext, DefaultConsumerContext, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -86,6 +86,16 @@ pub fn producer(kafka: &KafkaConfig, linger_ms: u32) -> Result<FutureProducer> {
 /// A consumer in `group` that stores offsets only when told to. `fetch_wait_ms` is low for the
 /// reader (Tansu answers a fetch only when it expires).
 pub fn consumer(kafka: &KafkaConfig, group: &str, fetch_wait_ms: u32) -> Result<StreamConsumer> {
+    consumer_with_context(kafka, group, fetch_wait_ms, DefaultConsumerContext)
+}
+
+/// [`consumer`] with a [`ConsumerContext`] of the caller's, e.g. one that hears of rebalances.
+pub fn consumer_with_context<C: ConsumerContext + 'static>(
+    kafka: &KafkaConfig,
+    group: &str,
+    fetch_wait_ms: u32,
+    context: C,
+) -> Result<StreamConsumer<C>> {
     let wait = fetch_wait_ms.to_string();
     Ok(with_overrides(
         client_config(kafka),
@@ -102,7 +112,7 @@ pub fn consumer(kafka: &KafkaConfig, group: &str, fetch_wait_ms: u32) -> Result<
         ],
         kafka,
     )
-    .create()?)
+    .create_with_context(context)?)
 }
 
 /// Create the topics that do not exist yet. "Already exists" is success; anything else is an

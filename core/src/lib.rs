@@ -3,7 +3,7 @@
 //!
 //! Data flow: the writer (`producers/`) publishes [`events::HeartbeatSet`]; the reader
 //! (`processors/reader`) turns each into [`events::ReplicaDelay`] records; the processor
-//! (`processors/aggregator`) windows them into [`events::DelayWindow`]s, sinks and alerts.
+//! (`processors/processor`) windows them into [`events::DelayWindow`]s, sinks and alerts.
 
 pub mod clock;
 pub mod config;

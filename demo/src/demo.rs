@@ -78,7 +78,7 @@ pub async fn run(mut shutdown: Shutdown, run_for: Option<Duration>) -> anyhow::R
             config.clone(),
             services_shutdown.clone(),
         )),
-        tokio::spawn(millilag_processors::aggregator::run(
+        tokio::spawn(millilag_processors::processor::run(
             config.clone(),
             services_shutdown.clone(),
         )),

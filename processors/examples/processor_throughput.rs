@@ -9,8 +9,8 @@
 //! window length, collect closed windows). Reports records/s on one core (target: 500k).
 
 use millilag_core::events::{MeasureMethod, MeasureStatus, Record, ReplicaDelay};
-use millilag_processors::aggregator::input::decode;
-use millilag_processors::aggregator::window::{Aggregator, Spec};
+use millilag_processors::processor::input::decode;
+use millilag_processors::processor::window::{Spec, Windows};
 use std::time::{Duration, Instant};
 
 const REPLICAS: i64 = 10;
@@ -78,30 +78,30 @@ fn main() {
         .iter()
         .map(|s| Spec::new(Duration::from_secs(*s)))
         .collect();
-    let mut agg = Aggregator::new(specs, Duration::from_secs(2));
+    let mut windows = Windows::new(specs, Duration::from_secs(2));
     let mut closed = Vec::with_capacity(1024);
-    let (mut windows, mut duplicates, mut failures) = (0usize, 0usize, 0usize);
+    let (mut closed_windows, mut duplicates, mut failures) = (0usize, 0usize, 0usize);
     let started = Instant::now();
     for (offset, bytes) in records.iter().enumerate() {
         match decode(bytes) {
             Ok(view) => {
-                let r = agg.apply(&view, 0, offset as i64, &mut closed);
+                let r = windows.apply(&view, 0, offset as i64, &mut closed);
                 duplicates += usize::from(r.duplicate > 0);
             }
             Err(_) => failures += 1,
         }
         if closed.len() >= 1024 {
-            windows += closed.len();
+            closed_windows += closed.len();
             closed.clear();
         }
     }
     let elapsed = started.elapsed();
-    agg.close_all(&mut closed);
-    windows += closed.len();
+    windows.close_all(&mut closed);
+    closed_windows += closed.len();
     let rate = n as f64 / elapsed.as_secs_f64();
     println!(
         "decode + window: {n} records in {elapsed:?} = {:.0}k records/s on one core ({:.0} ns/record); \
-         {windows} windows closed, {duplicates} duplicates, {failures} decode failures",
+         {closed_windows} windows closed, {duplicates} duplicates, {failures} decode failures",
         rate / 1e3,
         elapsed.as_nanos() as f64 / n as f64
     );

@@ -1,5 +1,7 @@
-//! processors/: the reader (times when each replica shows each heartbeat) and the aggregator
-//! (`millilag processor`: windows, sinks, alerts).
+//! processors/: the reader (times when each replica shows each heartbeat) and the processor
+//! (`millilag processor`: windows, sinks, alerts). Both read Kafka through [`consumer`], the
+//! at-least-once input they share.
 
-pub mod aggregator;
+pub mod consumer;
+pub mod processor;
 pub mod reader;

@@ -277,7 +277,7 @@ async fn broker_outage_loses_no_heartbeat_and_the_services_carry_on() {
         config.clone(),
         token.clone(),
     ));
-    let processor = tokio::spawn(millilag_processors::aggregator::run(config.clone(), token));
+    let processor = tokio::spawn(millilag_processors::processor::run(config.clone(), token));
 
     let mut measured: BTreeMap<i64, ReplicaDelay> = BTreeMap::new();
     while measured.len() < 100 {

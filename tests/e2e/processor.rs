@@ -178,7 +178,7 @@ impl Running {
     fn start(config: Config) -> Running {
         let (trigger, shutdown) = shutdown_pair();
         let listen = config.processor.listen;
-        let task = tokio::spawn(millilag_processors::aggregator::run(config, shutdown));
+        let task = tokio::spawn(millilag_processors::processor::run(config, shutdown));
         Running {
             trigger,
             task,

@@ -163,6 +163,16 @@ pub enum AlertState {
     Resolved,
 }
 
+impl AlertState {
+    /// The name on the wire (the Avro enum symbol), also used as a metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }
+    }
+}
+
 /// An alert rule changed state for one replica.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {

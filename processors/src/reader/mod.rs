@@ -1,21 +1,22 @@
 //! The reader: consumes `heartbeat-set`, times when every replica of the cluster shows each
 //! heartbeat (see [`replica`]), and publishes one `replica-delay` record per (replica, seq).
 //!
-//! Flow: the consumer loop decodes each record (undecodable ones go to dead-letter with the
-//! reason) and hands it to every replica task of its cluster with a [`Ticket`]. A replica task
-//! publishes its record; when Kafka acknowledges it the ticket counts down, and when all
-//! replicas' records are acknowledged the heartbeat's offset may be stored — in partition order
-//! ([`offsets::OffsetTracker`]), so a crash replays from the oldest unfinished heartbeat.
+//! Flow: the consumer loop takes each record from a [`Source`] (undecodable ones go to
+//! dead-letter with the reason) and hands it to every replica task of its cluster with a
+//! [`Ticket`]. A replica task publishes its record; when Kafka acknowledges it the ticket counts
+//! down, and when all replicas' records are acknowledged the heartbeat is finished and the
+//! source stores offsets in partition order, so a crash replays from the oldest unfinished
+//! heartbeat.
 //!
 //! Per cluster, a clock task keeps the local-to-primary clock offset (NTP-style over
 //! `SELECT UNIX_TIMESTAMP(SYSDATE(6))`, lowest-RTT samples), and with `discover_replicas` a
 //! discovery task adds the replicas the primary reports, without a restart.
 
 mod gtid;
-mod offsets;
 mod replica;
 mod timing;
 
+use crate::consumer::{Decoded, KafkaConsumer, Source};
 use anyhow::{bail, Context};
 use millilag_core::clock::{sample_offset, OffsetEstimator};
 use millilag_core::config::{ClusterConfig, Config, DbUrl};
@@ -26,13 +27,12 @@ use millilag_core::kafka::{self, topics};
 use millilag_core::retry::RetryPolicy;
 use millilag_core::shutdown::Shutdown;
 use millilag_core::telemetry::instance_id;
-use offsets::OffsetTracker;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use replica::{ClusterCtx, Job, ReplicaWorker, Settings};
@@ -503,25 +503,21 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         clusters.insert(c.name.clone(), state);
     }
 
-    let consumer = kafka::consumer(
-        &config.kafka,
+    let source = Source::subscribe(
+        &config,
+        "reader",
         &rc.group,
+        topics::HEARTBEAT_SET,
         rc.fetch_wait.as_millis().max(1) as u32,
-    )
-    .context("creating the Kafka consumer")?;
-    let topic = config.topic(topics::HEARTBEAT_SET);
-    consumer
-        .subscribe(&[&topic])
-        .context("subscribing to heartbeat-set")?;
-    let consumer = Arc::new(consumer);
+        producer.clone(),
+    )?;
     background.push(tokio::spawn(report_lag(
-        consumer.clone(),
-        topic.clone(),
+        source.consumer().clone(),
+        source.topic().to_string(),
         metrics.clone(),
         shutdown.clone(),
     )));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let mut tracker = OffsetTracker::default();
     health.set_ready();
     info!(reader_id = %reader_id, group = %rc.group, method = ?rc.method, "Reader started.");
 
@@ -531,11 +527,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             biased;
             _ = stop.wait() => break,
             Some((p, o)) = done_rx.recv() => {
-                if let Some(next) = tracker.finish(p, o) {
-                    if let Err(e) = consumer.store_offset(&topic, p, next - 1) {
-                        warn!(error = %e, partition = p, "Cannot store offset.");
-                    }
-                }
+                // The reader keeps nothing per partition beyond what the source drops itself.
+                source.rebalanced();
+                source.finish(p, o);
             }
             Some(d) = disc_rx.recv() => match d {
                 Discovery::Add { cluster, url } => {
@@ -556,7 +550,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                     }
                 }
             },
-            msg = consumer.recv() => {
+            msg = source.recv() => {
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
@@ -564,45 +558,27 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                         continue;
                     }
                 };
+                // A partition revoked during this poll: its unfinished heartbeats no longer
+                // count (the source drops them; the new owner measures them again).
+                source.rebalanced();
                 let (p, o) = (msg.partition(), msg.offset());
-                tracker.begin(p, o);
                 metrics.events.inc();
-                let event = match msg.payload().map(HeartbeatSet::decode) {
-                    Some(Ok(e)) => e,
-                    other => {
-                        let reason = match other {
-                            Some(Err(e)) => e.to_string(),
-                            _ => "empty payload".to_string(),
-                        };
-                        warn!(partition = p, offset = o, reason = %reason, "Undecodable heartbeat-set record; sent to dead-letter.");
-                        let dl = kafka::dead_letter(&producer, &config, "reader", &topic, p, o, msg.key(), msg.payload(), &reason);
-                        // The dead letter must be kept before the offset moves past the record.
-                        let mut backoff = RetryPolicy::DELIVERY.backoff();
-                        let mut dl = Box::pin(dl);
-                        loop {
-                            match dl.await {
-                                Ok(()) => break,
-                                Err(e) => {
-                                    warn!(error = %e, "Dead-letter publish failed; retrying.");
-                                    tokio::time::sleep(backoff.next_delay()).await;
-                                    dl = Box::pin(kafka::dead_letter(&producer, &config, "reader", &topic, p, o, msg.key(), msg.payload(), &reason));
-                                }
-                            }
-                        }
+                let event = match source.decode(&msg, HeartbeatSet::decode, &shutdown).await {
+                    Decoded::Record(e) => e,
+                    Decoded::Poison => {
                         metrics.dead_letters.inc();
-                        if let Some(next) = tracker.finish(p, o) {
-                            let _ = consumer.store_offset(&topic, p, next - 1);
-                        }
+                        source.done(p, o);
                         continue;
                     }
+                    // Left unstored: the record is read again after the restart.
+                    Decoded::Interrupted => break,
                 };
                 let Some(state) = clusters.get(&event.cluster) else {
                     // Another deployment's cluster on a shared topic: not ours to measure.
-                    if let Some(next) = tracker.finish(p, o) {
-                        let _ = consumer.store_offset(&topic, p, next - 1);
-                    }
+                    source.done(p, o);
                     continue;
                 };
+                source.begin(p, o);
                 let event = Arc::new(event);
                 let ticket = Ticket::new(p, o, state.replicas.len(), done_tx.clone());
                 for (addr, tx) in &state.replicas {
@@ -624,19 +600,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     drop(clusters);
     // Let acknowledged work store its offsets for a moment, then commit what is stored.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tracker.in_flight() > 0 {
+    while source.in_flight() > 0 {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-            Ok(Some((p, o))) => {
-                if let Some(next) = tracker.finish(p, o) {
-                    let _ = consumer.store_offset(&topic, p, next - 1);
-                }
-            }
+            Ok(Some((p, o))) => source.finish(p, o),
             _ => break,
         }
     }
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        warn!(error = %e, "Final offset commit failed; the next reader replays from the last commit.");
-    }
+    source.commit();
     for b in background {
         b.abort();
     }
@@ -767,7 +737,7 @@ async fn list_replicas(c: &ClusterConfig) -> anyhow::Result<Vec<DbUrl>> {
 
 /// Consumer lag per partition, every 5 s (a blocking metadata call, off the hot path).
 async fn report_lag(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<KafkaConsumer>,
     topic: String,
     metrics: ReaderMetrics,
     mut shutdown: Shutdown,

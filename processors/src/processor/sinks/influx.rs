@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn line_protocol_has_tags_integer_fields_and_ms_timestamp() {
-        let mut w = crate::aggregator::sinks::tests::window(1_763_000_001_000_000);
+        let mut w = crate::processor::sinks::tests::window(1_763_000_001_000_000);
         w.replica = "db 2,x=1".into();
         w.p99_us = Some(4_000);
         let mut out = String::new();

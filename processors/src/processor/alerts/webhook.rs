@@ -14,7 +14,7 @@
 //! With `hmac_secret` set, every request carries `X-Millilag-Signature: sha256=<hex>`, the
 //! HMAC-SHA256 of the exact body bytes with that key.
 
-use super::metrics::{labels, Metrics};
+use crate::processor::metrics::{labels, Metrics};
 use hmac::{Hmac, Mac};
 use millilag_core::config::{WebhookConfig, WebhookFormat};
 use millilag_core::events::{Alert, AlertState};

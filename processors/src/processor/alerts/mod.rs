@@ -11,6 +11,14 @@
 //! fingerprint (stable hash of rule, cluster, replica). The latest per fingerprint is kept in
 //! the compacted `alert-state` topic and [`AlertEngine::restore`]d at start, so a restarted
 //! processor continues an incident instead of announcing it again.
+//!
+//! The engine is pure (windows in, transitions out); [`publisher`] carries transitions to
+//! Kafka and the [`webhook`]s.
+
+pub mod publisher;
+pub mod webhook;
+
+pub use publisher::AlertPublisher;
 
 use millilag_core::config::{AlertCondition, AlertMetric, AlertRuleConfig};
 use millilag_core::events::{Alert, AlertState, DelayWindow};

@@ -6,61 +6,30 @@
 //! `allowed_lateness`; a window closes when the watermark reaches its end, or by the wall clock
 //! `idle_close` after its end when no newer record comes (a replica that went silent).
 //!
-//! Inside a window: ok delays are kept (exact nearest-rank quantiles at close: 1 s of 10 ms
-//! heartbeats is 100 values). Upper bounds (the replica already had the heartbeat at the first
-//! look) are kept apart: min/quantiles/max come from the exact delays whenever the window has
-//! any, because an upper bound says how late the reader looked, not how late the replica was
-//! (a reader catching up on a backlog reports seconds for a replica that is in step). A window
-//! of upper bounds only reports them, and `upper_bounds` = `count` tells consumers so. Seqs are kept sorted to drop duplicates (two reader groups
-//! active-active report the same heartbeat; same commit time, so the same window) and to find
-//! gaps. `missing` = non-ok statuses + seqs absent between the window's lowest and highest seq
-//! + the gap since the previous adjacent window's highest seq.
+//! Inside a window (`open.rs`): exact quantiles over the ok delays, upper bounds kept apart,
+//! duplicates dropped and gaps counted by seq.
 //!
 //! A record whose window already closed is late: counted, not applied. One whose window was
 //! flushed before a restart (the processor-state topic says so) is a replay: skipped, so a
 //! window rebuilt from part of its records never overwrites the complete point.
 //!
-//! Each open window remembers the lowest Kafka offset per partition it holds, so the run loop
+//! Each open window remembers the lowest Kafka offset per partition it holds ([`Hold`]), so the run loop
 //! never stores an offset past a record whose window is not yet in every sink.
 //!
 //! Hot path: no allocation per record. (cluster, replica) is interned to a `u32` through two
 //! borrowed-`&str` hash lookups; window vectors are recycled.
 
+mod hold;
+mod open;
+
+pub use hold::Hold;
+pub use open::nearest_rank;
+
 use super::input::DelayView;
 use millilag_core::events::{DelayWindow, MeasureStatus};
+use open::OpenWindow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-
-/// Lowest Kafka offset per partition a window holds. Almost always one partition (the key
-/// decides it), so the first lives inline.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Hold {
-    first: Option<(i32, i64)>,
-    more: Vec<(i32, i64)>,
-}
-
-impl Hold {
-    pub fn add(&mut self, partition: i32, offset: i64) {
-        match &mut self.first {
-            None => self.first = Some((partition, offset)),
-            Some((p, o)) if *p == partition => *o = (*o).min(offset),
-            Some(_) => match self.more.iter_mut().find(|(p, _)| *p == partition) {
-                Some((_, o)) => *o = (*o).min(offset),
-                None => self.more.push((partition, offset)),
-            },
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
-        self.first.iter().copied().chain(self.more.iter().copied())
-    }
-
-    pub fn merge(&mut self, other: &Hold) {
-        for (p, o) in other.iter() {
-            self.add(p, o);
-        }
-    }
-}
 
 /// A window that closed, with what it holds.
 #[derive(Debug, Clone)]
@@ -86,31 +55,6 @@ pub struct Applied {
     pub late_mask: u32,
     /// Lengths where its window was flushed before a restart.
     pub replayed: u8,
-}
-
-#[derive(Debug)]
-struct OpenWindow {
-    start: i64,
-    seqs: Vec<i64>,
-    delays: Vec<i64>,
-    /// Ok delays that were upper bounds.
-    bounds: Vec<i64>,
-    by_status: [i64; 5],
-    upper_bounds: i64,
-    duplicates: i64,
-    hold: Hold,
-}
-
-fn status_index(s: MeasureStatus) -> usize {
-    match s {
-        MeasureStatus::Ok => 0,
-        MeasureStatus::Timeout => 1,
-        MeasureStatus::ReplicaUnreachable => 2,
-        MeasureStatus::ReplicationStopped => 3,
-        MeasureStatus::Skipped => 4,
-        // Never applied (see `apply`).
-        MeasureStatus::Pending => 0,
-    }
 }
 
 #[derive(Debug, Default)]
@@ -159,7 +103,7 @@ impl Spec {
 
 /// The windows of every (cluster, replica), for every configured length.
 #[derive(Debug)]
-pub struct Aggregator {
+pub struct Windows {
     specs: Vec<Spec>,
     lateness_us: i64,
     index: HashMap<Box<str>, HashMap<Box<str>, u32>>,
@@ -171,12 +115,12 @@ pub struct Aggregator {
     now_us: i64,
 }
 
-impl Aggregator {
+impl Windows {
     /// `specs` are kept shortest first (and unique).
-    pub fn new(mut specs: Vec<Spec>, lateness: std::time::Duration) -> Aggregator {
+    pub fn new(mut specs: Vec<Spec>, lateness: std::time::Duration) -> Windows {
         specs.sort_by_key(|s| s.len_us);
         specs.dedup_by_key(|s| s.len_us);
-        Aggregator {
+        Windows {
             specs,
             lateness_us: i64::try_from(lateness.as_micros()).unwrap_or(i64::MAX),
             index: HashMap::new(),
@@ -253,7 +197,6 @@ impl Aggregator {
         }
         let k = self.intern(r.cluster, r.replica);
         let t = r.event_time_us();
-        let status = status_index(r.status);
         let mut result = Applied::default();
         let key = &mut self.keys[k];
         key.last_arrival_us = self.now_us;
@@ -278,49 +221,15 @@ impl Aggregator {
                 Some(p) if lane.open[p].start == start => &mut lane.open[p],
                 _ => {
                     let at = pos.map_or(0, |p| p + 1);
-                    let seqs = self.spare.pop().unwrap_or_default();
-                    let delays = self.spare.pop().unwrap_or_default();
-                    let bounds = self.spare.pop().unwrap_or_default();
-                    lane.open.insert(
-                        at,
-                        OpenWindow {
-                            start,
-                            seqs,
-                            delays,
-                            bounds,
-                            by_status: [0; 5],
-                            upper_bounds: 0,
-                            duplicates: 0,
-                            hold: Hold::default(),
-                        },
-                    );
+                    lane.open
+                        .insert(at, OpenWindow::new(start, &mut self.spare));
                     self.open_count += 1;
                     &mut lane.open[at]
                 }
             };
-            // Seqs sorted: in-order arrival is one comparison.
-            match w.seqs.last() {
-                Some(&last) if r.seq <= last => match w.seqs.binary_search(&r.seq) {
-                    Ok(_) => {
-                        w.duplicates += 1;
-                        result.duplicate += 1;
-                        continue;
-                    }
-                    Err(at) => w.seqs.insert(at, r.seq),
-                },
-                _ => w.seqs.push(r.seq),
-            }
-            w.by_status[status] += 1;
-            if status == 0 {
-                if r.upper_bound {
-                    w.bounds.push(r.delay_us);
-                    w.upper_bounds += 1;
-                } else {
-                    w.delays.push(r.delay_us);
-                }
-            }
-            if partition >= 0 {
-                w.hold.add(partition, offset);
+            if !w.add(r, partition, offset) {
+                result.duplicate += 1;
+                continue;
             }
             result.applied += 1;
         }
@@ -377,7 +286,7 @@ impl Aggregator {
                     _ => None,
                 };
                 let (window, last_seq) =
-                    summarize(&key.cluster, &key.replica, spec.len_us, &mut w, prev_last);
+                    w.summarize(&key.cluster, &key.replica, spec.len_us, prev_last);
                 lane.closed_until = lane.closed_until.max(end);
                 lane.last_closed = Some((w.start, last_seq));
                 out.push(Closed {
@@ -386,12 +295,7 @@ impl Aggregator {
                     last_seq,
                     label: spec.label.clone(),
                 });
-                w.seqs.clear();
-                w.delays.clear();
-                w.bounds.clear();
-                self.spare.push(std::mem::take(&mut w.seqs));
-                self.spare.push(std::mem::take(&mut w.delays));
-                self.spare.push(std::mem::take(&mut w.bounds));
+                w.recycle(&mut self.spare);
             }
         }
     }
@@ -413,14 +317,9 @@ impl Aggregator {
                 continue;
             }
             for lane in &mut key.lanes {
-                for mut w in lane.open.drain(..) {
+                for w in lane.open.drain(..) {
                     dropped += 1;
-                    w.seqs.clear();
-                    w.delays.clear();
-                    w.bounds.clear();
-                    self.spare.push(std::mem::take(&mut w.seqs));
-                    self.spare.push(std::mem::take(&mut w.delays));
-                    self.spare.push(std::mem::take(&mut w.bounds));
+                    w.recycle(&mut self.spare);
                 }
                 *lane = Lane::default();
             }
@@ -440,66 +339,10 @@ impl Aggregator {
     }
 }
 
-/// Nearest-rank quantile of sorted values: the smallest value with at least q of them at or
-/// below it.
-pub fn nearest_rank(sorted: &[i64], q: f64) -> Option<i64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
-}
-
-fn summarize(
-    cluster: &str,
-    replica: &str,
-    len_us: i64,
-    w: &mut OpenWindow,
-    prev_last_seq: Option<i64>,
-) -> (DelayWindow, Option<i64>) {
-    let ok_count = (w.delays.len() + w.bounds.len()) as i64;
-    let d = if w.delays.is_empty() {
-        &mut w.bounds
-    } else {
-        &mut w.delays
-    };
-    d.sort_unstable();
-    let d = &*d;
-    let non_ok: i64 = w.by_status[1..].iter().sum();
-    let (first, last) = (w.seqs.first().copied(), w.seqs.last().copied());
-    let inner_gaps = match (first, last) {
-        (Some(f), Some(l)) => (l - f + 1) - w.seqs.len() as i64,
-        _ => 0,
-    };
-    let boundary_gap = match (prev_last_seq, first) {
-        (Some(p), Some(f)) if f > p + 1 => f - p - 1,
-        _ => 0,
-    };
-    let window = DelayWindow {
-        cluster: cluster.to_string(),
-        replica: replica.to_string(),
-        window_start_us: w.start,
-        window_us: len_us,
-        count: ok_count,
-        missing: non_ok + inner_gaps + boundary_gap,
-        min_us: d.first().copied(),
-        p50_us: nearest_rank(d, 0.50),
-        p90_us: nearest_rank(d, 0.90),
-        p99_us: nearest_rank(d, 0.99),
-        max_us: d.last().copied(),
-        timeouts: w.by_status[1],
-        unreachable: w.by_status[2],
-        replication_stopped: w.by_status[3],
-        skipped: w.by_status[4],
-        upper_bounds: w.upper_bounds,
-        duplicates: w.duplicates,
-    };
-    (window, last)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use millilag_core::events::MeasureStatus;
     use std::time::Duration;
 
     const S: i64 = 1_000_000;
@@ -522,9 +365,9 @@ mod tests {
         view("r1", seq, t, delay, MeasureStatus::Ok)
     }
 
-    fn agg(windows: &[u64], lateness_ms: u64) -> Aggregator {
-        Aggregator::new(
-            windows
+    fn windows(lengths_ms: &[u64], lateness_ms: u64) -> Windows {
+        Windows::new(
+            lengths_ms
                 .iter()
                 .map(|ms| Spec::new(Duration::from_millis(*ms)))
                 .collect(),
@@ -533,20 +376,8 @@ mod tests {
     }
 
     #[test]
-    fn nearest_rank_quantiles() {
-        let v: Vec<i64> = (1..=100).collect();
-        assert_eq!(nearest_rank(&v, 0.5), Some(50));
-        assert_eq!(nearest_rank(&v, 0.9), Some(90));
-        assert_eq!(nearest_rank(&v, 0.99), Some(99));
-        assert_eq!(nearest_rank(&[7], 0.99), Some(7));
-        assert_eq!(nearest_rank(&[1, 2, 3], 0.5), Some(2));
-        assert_eq!(nearest_rank(&[1, 2, 3, 4], 0.5), Some(2));
-        assert_eq!(nearest_rank(&[], 0.5), None);
-    }
-
-    #[test]
     fn one_second_of_heartbeats_gives_exact_quantiles() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         // 100 heartbeats 10 ms apart, delays 1..=100 ms in shuffled order.
         for i in 0..100i64 {
@@ -575,7 +406,7 @@ mod tests {
 
     #[test]
     fn statuses_gaps_and_duplicates_are_counted() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         a.apply(&ok(1, T0, 100), 0, 0, &mut out);
         a.apply(&ok(2, T0 + 10_000, 300), 0, 1, &mut out);
@@ -614,7 +445,7 @@ mod tests {
 
     #[test]
     fn a_window_of_upper_bounds_only_reports_them() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         for (seq, delay) in [(1, 400), (2, 200), (3, 300)] {
             let mut ub = ok(seq, T0 + seq * 10_000, delay);
@@ -632,7 +463,7 @@ mod tests {
 
     #[test]
     fn gap_across_adjacent_windows_counts_in_the_later_one() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         a.apply(&ok(10, T0 + 990_000, 1), 0, 0, &mut out);
         a.apply(&ok(13, T0 + S + 20_000, 1), 0, 1, &mut out);
@@ -644,7 +475,7 @@ mod tests {
 
     #[test]
     fn lateness_keeps_windows_open_then_late_records_are_counted() {
-        let mut a = agg(&[1000], 500);
+        let mut a = windows(&[1000], 500);
         let mut out = Vec::new();
         a.apply(&ok(1, T0 + 100_000, 10), 0, 0, &mut out);
         // Into the next window, but within lateness of the first: it stays open.
@@ -667,7 +498,7 @@ mod tests {
 
     #[test]
     fn every_length_gets_the_record_and_closes_on_its_own_boundary() {
-        let mut a = agg(&[1000, 10_000], 0);
+        let mut a = windows(&[1000, 10_000], 0);
         let mut out = Vec::new();
         for i in 0..1000i64 {
             a.apply(&ok(i, T0 + i * 10_000, i), 0, i, &mut out);
@@ -690,7 +521,7 @@ mod tests {
 
     #[test]
     fn replicas_are_windowed_separately() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         a.apply(&view("r1", 1, T0, 5, MeasureStatus::Ok), 0, 0, &mut out);
         a.apply(&view("r2", 1, T0, 7, MeasureStatus::Ok), 1, 0, &mut out);
@@ -703,7 +534,7 @@ mod tests {
 
     #[test]
     fn silent_replica_closes_by_wall_clock() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         a.set_now(T0 + 10);
         a.apply(&ok(1, T0, 5), 0, 0, &mut out);
@@ -718,7 +549,7 @@ mod tests {
 
     #[test]
     fn a_lost_partition_drops_its_windows_and_resets_its_keys() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         a.apply(&view("r1", 1, T0, 5, MeasureStatus::Ok), 0, 0, &mut out);
         a.apply(&view("r1", 2, T0 + S, 5, MeasureStatus::Ok), 0, 1, &mut out);
@@ -734,7 +565,7 @@ mod tests {
 
     #[test]
     fn a_backlog_being_replayed_is_not_idle() {
-        let mut a = agg(&[1000], 0);
+        let mut a = windows(&[1000], 0);
         let mut out = Vec::new();
         // An hour after these heartbeats, the processor catches up on them.
         let now = T0 + 3_600 * S;
@@ -753,7 +584,7 @@ mod tests {
 
     #[test]
     fn flushed_windows_are_skipped_on_replay() {
-        let mut a = agg(&[1000, 10_000], 0);
+        let mut a = windows(&[1000, 10_000], 0);
         a.restore_flushed("main", "r1", S, T0 + S, Some(200));
         let mut out = Vec::new();
         let r = a.apply(&ok(150, T0 + 1_500_000, 5), 0, 0, &mut out);

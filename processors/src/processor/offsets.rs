@@ -8,6 +8,9 @@
 //!
 //! Batches complete in order: every sink and the state writer handle batches first in, first
 //! out, so the oldest pending batch is always the first to finish.
+//!
+//! Positions are the next offset to read, like every position handed to
+//! [`Source::store`](crate::consumer::Source::store), which stores only those that moved.
 
 use super::state::Flushed;
 use super::window::Hold;
@@ -33,8 +36,6 @@ pub struct PendingBatch {
 pub struct OffsetTracker {
     /// Per partition: the offset after the last record consumed.
     consumed: BTreeMap<i32, i64>,
-    /// What was last stored, so only progress is stored.
-    stored: BTreeMap<i32, i64>,
     pending: VecDeque<PendingBatch>,
     next_id: u64,
     pending_windows: usize,
@@ -95,9 +96,9 @@ impl OffsetTracker {
         self.pending.len()
     }
 
-    /// The offsets to store now (only partitions that moved forward), given the holds of the
-    /// windows still open. Marks them stored.
-    pub fn advance(&mut self, open_holds: impl Iterator<Item = (i32, i64)>) -> Vec<(i32, i64)> {
+    /// Per partition the position that may be stored now, given the holds of the windows
+    /// still open.
+    pub fn positions(&self, open_holds: impl Iterator<Item = (i32, i64)>) -> BTreeMap<i32, i64> {
         let mut pos = self.consumed.clone();
         let held = open_holds.chain(self.pending.iter().flat_map(|b| b.hold.iter()));
         for (p, o) in held {
@@ -105,32 +106,28 @@ impl OffsetTracker {
                 *e = (*e).min(o);
             }
         }
-        let mut out = Vec::new();
-        for (p, o) in pos {
-            let prev = self.stored.get(&p).copied().unwrap_or(i64::MIN);
-            if o > prev {
-                self.stored.insert(p, o);
-                out.push((p, o));
-            }
-        }
-        out
-    }
-
-    /// What was stored last, per partition (for the final synchronous commit).
-    pub fn stored(&self) -> &BTreeMap<i32, i64> {
-        &self.stored
+        pos
     }
 
     /// Forget partitions this consumer no longer owns.
     pub fn forget_partition(&mut self, partition: i32) {
         self.consumed.remove(&partition);
-        self.stored.remove(&partition);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consumer::OffsetStore;
+
+    /// What the run loop stores on a tick: the positions that moved.
+    fn advance(
+        t: &OffsetTracker,
+        stored: &mut OffsetStore,
+        open: impl Iterator<Item = (i32, i64)>,
+    ) -> Vec<(i32, i64)> {
+        stored.advance(t.positions(open))
+    }
 
     fn hold(p: i32, o: i64) -> Hold {
         let mut h = Hold::default();
@@ -141,48 +138,57 @@ mod tests {
     #[test]
     fn offset_waits_for_every_sink_and_the_state_write() {
         let mut t = OffsetTracker::default();
+        let mut s = OffsetStore::default();
         for o in 0..10 {
             t.consumed(0, o);
         }
         // Window with records 0..5 closed and in flight; window from 5 still open.
         let id = t.push(1, Arc::from(Vec::new()), hold(0, 0), 2);
         let open = [(0, 5)];
-        assert_eq!(t.advance(open.iter().copied()), vec![(0, 0)]);
+        assert_eq!(advance(&t, &mut s, open.iter().copied()), vec![(0, 0)]);
         assert!(t.sink_acked(id).is_none(), "one of two sinks");
         assert!(t.sink_acked(id).is_some());
         assert!(
-            t.advance(open.iter().copied()).is_empty(),
+            advance(&t, &mut s, open.iter().copied()).is_empty(),
             "state not written"
         );
         t.state_acked(id);
-        assert_eq!(t.advance(open.iter().copied()), vec![(0, 5)]);
+        assert_eq!(advance(&t, &mut s, open.iter().copied()), vec![(0, 5)]);
         // Nothing open: everything consumed may be stored.
-        assert_eq!(t.advance(std::iter::empty()), vec![(0, 10)]);
-        assert!(t.advance(std::iter::empty()).is_empty(), "no repeat");
+        assert_eq!(advance(&t, &mut s, std::iter::empty()), vec![(0, 10)]);
+        assert!(
+            advance(&t, &mut s, std::iter::empty()).is_empty(),
+            "no repeat"
+        );
     }
 
     #[test]
     fn batches_finish_in_order() {
         let mut t = OffsetTracker::default();
+        let mut s = OffsetStore::default();
         t.consumed(0, 20);
         let a = t.push(1, Arc::from(Vec::new()), hold(0, 3), 1);
         let b = t.push(1, Arc::from(Vec::new()), hold(0, 8), 1);
         t.sink_acked(b);
         t.state_acked(b);
         assert_eq!(t.pending_batches(), 2, "b waits behind a");
-        assert_eq!(t.advance(std::iter::empty()), vec![(0, 3)]);
+        assert_eq!(advance(&t, &mut s, std::iter::empty()), vec![(0, 3)]);
         t.sink_acked(a);
         t.state_acked(a);
         assert_eq!(t.pending_batches(), 0);
-        assert_eq!(t.advance(std::iter::empty()), vec![(0, 21)]);
+        assert_eq!(advance(&t, &mut s, std::iter::empty()), vec![(0, 21)]);
     }
 
     #[test]
     fn partitions_are_independent() {
         let mut t = OffsetTracker::default();
+        let mut s = OffsetStore::default();
         t.consumed(0, 4);
         t.consumed(1, 9);
         let open = [(1, 2)];
-        assert_eq!(t.advance(open.iter().copied()), vec![(0, 5), (1, 2)]);
+        assert_eq!(
+            advance(&t, &mut s, open.iter().copied()),
+            vec![(0, 5), (1, 2)]
+        );
     }
 }

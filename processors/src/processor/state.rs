@@ -7,14 +7,15 @@
 //! - `<prefix>alert-state`, key fingerprint: the latest [`Alert`] transition, so a restarted
 //!   processor neither re-announces a firing incident nor forgets to resolve it.
 //!
-//! Writes go through tasks that retry with backoff: the state writer acknowledges a batch only
-//! after the broker did, and the run loop stores offsets only after that.
+//! Flush marks are written by a task that retries with backoff and acknowledges a batch only
+//! after the broker did; the run loop stores offsets only after that. Alert transitions are
+//! written by `alerts/publisher.rs`.
 
 use anyhow::{bail, Context};
 use futures::future::try_join_all;
 use millilag_core::config::Config;
 use millilag_core::events::{Alert, Record};
-use millilag_core::kafka::{client_config, send_bytes, send_record};
+use millilag_core::kafka::{client_config, send_bytes};
 use millilag_core::retry::RetryPolicy;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -197,47 +198,6 @@ pub fn spawn_state_writer(
                 return;
             }
         }
-    });
-    (tx, task)
-}
-
-/// How long an alert transition waits for Kafka before its webhooks are notified anyway.
-const ALERT_PUBLISH_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Publishes alert transitions to `alert` and `alert-state`, then hands them to the webhooks.
-pub fn spawn_alert_publisher(
-    producer: FutureProducer,
-    alert_topic: String,
-    state_topic: String,
-    webhooks: super::webhook::Webhooks,
-) -> (mpsc::Sender<Alert>, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Alert>(super::webhook::QUEUE);
-    let task = tokio::spawn(async move {
-        while let Some(a) = rx.recv().await {
-            let started = Instant::now();
-            let mut backoff = RetryPolicy::DELIVERY.backoff();
-            loop {
-                let r = futures::future::try_join(
-                    send_record(&producer, &alert_topic, &a.fingerprint, &a),
-                    send_record(&producer, &state_topic, &a.fingerprint, &a),
-                )
-                .await;
-                match r {
-                    Ok(_) => break,
-                    Err(e) if started.elapsed() < ALERT_PUBLISH_DEADLINE => {
-                        let d = backoff.next_delay();
-                        warn!(error = %e, rule = %a.rule, retry_in = ?d, "Publishing alert failed; retrying.");
-                        tokio::time::sleep(d).await;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, rule = %a.rule, "Alert not on Kafka; notifying webhooks anyway.");
-                        break;
-                    }
-                }
-            }
-            webhooks.notify(&a);
-        }
-        webhooks.close(Duration::from_secs(5)).await;
     });
     (tx, task)
 }

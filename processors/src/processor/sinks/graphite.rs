@@ -91,7 +91,7 @@ mod tests {
 
     #[test]
     fn paths_and_seconds() {
-        let mut w = crate::aggregator::sinks::tests::window(1_763_000_001_000_000);
+        let mut w = crate::processor::sinks::tests::window(1_763_000_001_000_000);
         w.replica = "127.0.0.1:3307".into();
         let mut out = String::new();
         lines(&mut out, "millilag", &w);

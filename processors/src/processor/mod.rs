@@ -1,0 +1,250 @@
+//! `millilag processor`: windows `replica-delay` records, writes every closed window to the
+//! sinks, evaluates alert rules and posts webhooks.
+//!
+//! Data flow: one run loop (`run_loop.rs`) and a task per sink, the state writer and the alert
+//! publisher.
+//!
+//! ```text
+//! replica-delay ─► Source (consumer/) ─► decode (input.rs, borrowed) ─► Windows (window/)
+//!                    │ poison ─► dead-letter                                │ closed windows
+//!                    │                                                      ▼
+//!                    │       alert, alert-state, webhooks ◄── alerts/ ◄── Dispatch (dispatch.rs)
+//!                    │                                                      │ one batch
+//!                    │                                 every sink (sinks/) ◄┘
+//!                    │                                        │ all acked
+//!                    │                          processor-state (state.rs) ─► ack
+//!                    └─ offsets.rs: store per partition the lowest offset still held by an
+//!                       open window or an unfinished batch; commit synchronously on shutdown
+//! ```
+//!
+//! Partitions revoked or assigned by the consumer group are handled in `rebalance.rs`; when
+//! the sinks fall behind, `backpressure.rs` pauses consumption. Nothing is dropped: a sink
+//! outage only delays.
+
+pub mod alerts;
+mod backpressure;
+mod dispatch;
+pub mod input;
+pub mod metrics;
+pub mod offsets;
+mod rebalance;
+mod run_loop;
+pub mod sinks;
+pub mod state;
+pub mod window;
+
+use crate::consumer::Source;
+use alerts::webhook::Webhooks;
+use alerts::{AlertEngine, AlertPublisher};
+use anyhow::Context;
+use backpressure::Backpressure;
+use dispatch::Dispatch;
+use metrics::{labels, Metrics};
+use millilag_core::http::{bind_and_serve, Health};
+use millilag_core::kafka::{self, topics};
+use millilag_core::shutdown::Shutdown;
+use millilag_core::Config;
+use offsets::OffsetTracker;
+use prometheus_client::registry::Registry;
+use rdkafka::producer::FutureProducer;
+use run_loop::RunLoop;
+use sinks::SinkHandle;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::info;
+use window::{Spec, Windows};
+
+/// librdkafka fetch.wait.max.ms: Tansu answers a fetch only when it expires, so keep it low
+/// enough for the end-to-end latency target; real Kafka answers as soon as records arrive.
+const FETCH_WAIT_MS: u32 = 10;
+
+/// Run until `shutdown`.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let mut registry = Registry::with_prefix("millilag");
+    let metrics = Metrics::new(&mut registry);
+    let health = Health::starting();
+    let server = bind_and_serve(
+        config.processor.listen,
+        Arc::new(registry),
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    let rules = config
+        .alerts
+        .iter()
+        .map(alerts::Rule::from_config)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+
+    kafka::ensure_topics(
+        &config,
+        &[
+            topics::REPLICA_DELAY,
+            topics::DELAY_WINDOW,
+            topics::ALERT,
+            topics::ALERT_STATE,
+            topics::PROCESSOR_STATE,
+            topics::DEAD_LETTER,
+        ],
+    )
+    .await
+    .context("creating the processor's topics")?;
+    let producer = kafka::producer(&config.kafka, 5).context("creating the Kafka producer")?;
+
+    // State first: what was flushed, which incidents are open.
+    health.set_not_ready("reading processor-state and alert-state");
+    let flushed = state::load_flushed(&config, config.topic(topics::PROCESSOR_STATE))
+        .await
+        .context("reading the processor-state topic")?;
+    let alert_state = state::load_alerts(&config, config.topic(topics::ALERT_STATE))
+        .await
+        .context("reading the alert-state topic")?;
+    let specs: Vec<Spec> = config
+        .processor
+        .windows
+        .iter()
+        .map(|w| Spec::new(w.0))
+        .collect();
+    let mut windows = Windows::new(specs, config.processor.allowed_lateness.0);
+    for f in &flushed {
+        windows.restore_flushed(
+            &f.cluster,
+            &f.replica,
+            f.window_us,
+            f.window_start_us,
+            f.last_seq,
+        );
+    }
+    let mut engine = AlertEngine::new(rules);
+    let firing = engine.restore(alert_state);
+    for a in &firing {
+        metrics
+            .alert_firing
+            .get_or_create(&labels(&[("rule", &a.rule)]))
+            .inc();
+    }
+
+    // Sinks, the state writer, alerts and webhooks.
+    let (ack_tx, sink_acks) = mpsc::unbounded_channel();
+    let mut sink_handles = build_sinks(&config, &producer, &ack_tx, &metrics)?;
+    drop(ack_tx);
+    let (state_ack_tx, state_acks) = mpsc::unbounded_channel();
+    let (state_tx, state_task) = state::spawn_state_writer(
+        producer.clone(),
+        config.topic(topics::PROCESSOR_STATE),
+        state_ack_tx,
+    );
+    let generator_url = format!("http://{}/metrics", config.processor.listen);
+    let webhooks = Webhooks::spawn(&config.webhooks, &firing, generator_url, metrics.clone())?;
+    let alerts = AlertPublisher::spawn(
+        producer.clone(),
+        config.topic(topics::ALERT),
+        config.topic(topics::ALERT_STATE),
+        webhooks,
+    );
+
+    let source = Source::subscribe(
+        &config,
+        "processor",
+        &config.processor.group,
+        topics::REPLICA_DELAY,
+        FETCH_WAIT_MS,
+        producer.clone(),
+    )?;
+    health.set_ready();
+    info!(
+        topic = %source.topic(),
+        group = %config.processor.group,
+        windows = ?config.processor.windows,
+        sinks = sink_handles.len(),
+        rules = engine.rules().len(),
+        restored_windows = flushed.len(),
+        restored_firing = firing.len(),
+        "Processor started."
+    );
+
+    let idle_us = i64::try_from(
+        config
+            .processor
+            .idle_close_or_default(&config.reader)
+            .as_micros(),
+    )
+    .unwrap_or(i64::MAX);
+    let mut run_loop = RunLoop {
+        config: &config,
+        source: &source,
+        metrics: metrics.clone(),
+        windows,
+        tracker: OffsetTracker::default(),
+        closed: Vec::new(),
+        dispatch: Dispatch {
+            engine,
+            sinks: &sink_handles,
+            state_tx: &state_tx,
+            alerts: &alerts,
+            metrics,
+        },
+        backpressure: Backpressure::default(),
+        sink_acks,
+        state_acks,
+        idle_us,
+    };
+    run_loop.run(&shutdown).await;
+    health.set_not_ready("shutting down");
+    run_loop.drain().await;
+    drop(run_loop);
+
+    for h in sink_handles.drain(..) {
+        let task = h.close();
+        task.abort();
+    }
+    drop(state_tx);
+    state_task.abort();
+    alerts.close(Duration::from_secs(10)).await;
+    let _ = server.await;
+    info!("Processor stopped.");
+    Ok(())
+}
+
+fn build_sinks(
+    config: &Config,
+    producer: &FutureProducer,
+    acks: &mpsc::UnboundedSender<u64>,
+    metrics: &Metrics,
+) -> anyhow::Result<Vec<SinkHandle>> {
+    let mut out = Vec::new();
+    for (i, c) in config.sink.influxdb.iter().enumerate() {
+        let name = format!("influxdb[{i}]");
+        let sink = sinks::influx::InfluxSink::new(c).with_context(|| format!("sink.{name}"))?;
+        out.push(sinks::spawn(
+            name.clone(),
+            sink,
+            acks.clone(),
+            metrics.sink(&name),
+        ));
+    }
+    for (i, c) in config.sink.graphite.iter().enumerate() {
+        let name = format!("graphite[{i}]");
+        let sink = sinks::graphite::GraphiteSink::new(c);
+        out.push(sinks::spawn(
+            name.clone(),
+            sink,
+            acks.clone(),
+            metrics.sink(&name),
+        ));
+    }
+    if config.sink.kafka.enabled {
+        let name = "kafka".to_string();
+        let sink =
+            sinks::kafka::KafkaSink::new(producer.clone(), config.topic(topics::DELAY_WINDOW));
+        out.push(sinks::spawn(
+            name.clone(),
+            sink,
+            acks.clone(),
+            metrics.sink(&name),
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,61 @@
+//! The processor's side of a rebalance (the [`Source`](crate::consumer::Source) hears of it
+//! through its consumer context and hands it over before the next record):
+//!
+//! - Revoked partitions: their open windows are dropped unflushed and their consumed positions
+//!   forgotten (the source forgets what it stored). The new owner rebuilds those windows from
+//!   the committed offset, which is at or before their first record.
+//! - Assigned partitions, after the first assignment: processor-state is read again before any
+//!   of their records is applied. Another processor may have flushed their windows since we
+//!   read it at start, and a window rebuilt from part of its records must not overwrite the
+//!   complete point.
+
+use super::run_loop::RunLoop;
+use super::state;
+use crate::consumer::Change;
+use millilag_core::kafka::topics;
+use tracing::{info, warn};
+
+impl RunLoop<'_> {
+    /// Apply the partition changes reported since the last look.
+    pub(super) async fn rebalanced(&mut self) {
+        for change in self.source.rebalanced() {
+            match change {
+                Change::Revoked(lost) => {
+                    let dropped = self.windows.forget_partitions(&lost);
+                    for p in &lost {
+                        self.tracker.forget_partition(*p);
+                    }
+                    if dropped > 0 {
+                        info!(partitions = ?lost, dropped_windows = dropped, "Partitions revoked; their open windows are left to the new owner.");
+                    }
+                }
+                // The state read at start is current for the first assignment.
+                Change::Assigned { first: true, .. } => {}
+                Change::Assigned {
+                    partitions,
+                    first: false,
+                } => self.reload_flushed(&partitions).await,
+            }
+        }
+    }
+
+    async fn reload_flushed(&mut self, partitions: &[i32]) {
+        let topic = self.config.topic(topics::PROCESSOR_STATE);
+        match state::load_flushed(self.config, topic).await {
+            Ok(marks) => {
+                for f in marks {
+                    self.windows.restore_flushed(
+                        &f.cluster,
+                        &f.replica,
+                        f.window_us,
+                        f.window_start_us,
+                        f.last_seq,
+                    );
+                }
+            }
+            Err(e) => {
+                warn!(error = format!("{e:#}"), partitions = ?partitions, "Re-reading processor-state after a rebalance failed; rebuilt windows may overwrite complete points.")
+            }
+        }
+    }
+}

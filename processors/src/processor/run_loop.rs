@@ -1,0 +1,185 @@
+//! The processor's run loop: one task, one `select!`, acknowledgements first.
+//!
+//! Each record is decoded (borrowed, `input.rs`) and applied to every window length; windows
+//! it closes collect in `closed` and leave in one batch ([`Dispatch`]) every
+//! [`DISPATCH_EVERY`] or once [`DISPATCH_BATCH`] wait. The tick also closes silent replicas'
+//! windows, stores the offsets nothing holds any more, and pauses or resumes consumption
+//! ([`Backpressure`]). Acknowledgements from the sinks and the state writer move batches
+//! along in the [`OffsetTracker`]. On shutdown [`RunLoop::drain`] flushes what closed, waits
+//! for the sinks within [`DRAIN_DEADLINE`], stores and commits.
+
+use super::backpressure::Backpressure;
+use super::dispatch::Dispatch;
+use super::input::{self, DelayView};
+use super::metrics::{labels, Metrics};
+use super::offsets::OffsetTracker;
+use super::window::{Closed, Windows};
+use crate::consumer::{Decoded, Source};
+use millilag_core::clock::now_us;
+use millilag_core::shutdown::Shutdown;
+use millilag_core::Config;
+use rdkafka::message::{BorrowedMessage, Message};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tracing::{info, warn};
+
+/// Closed windows are handed to the sinks at least this often...
+const DISPATCH_EVERY: Duration = Duration::from_millis(20);
+/// ...or as soon as this many are waiting.
+const DISPATCH_BATCH: usize = 1_000;
+/// On shutdown, how long closed windows may take to reach every sink.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
+
+/// The run loop's state.
+pub struct RunLoop<'a> {
+    pub config: &'a Config,
+    pub source: &'a Source,
+    pub metrics: Metrics,
+    pub windows: Windows,
+    pub tracker: OffsetTracker,
+    /// Windows closed since the last dispatch.
+    pub closed: Vec<Closed>,
+    pub dispatch: Dispatch<'a>,
+    pub backpressure: Backpressure,
+    /// Batch ids a sink accepted.
+    pub sink_acks: mpsc::UnboundedReceiver<u64>,
+    /// Batch ids whose flush the state writer recorded.
+    pub state_acks: mpsc::UnboundedReceiver<u64>,
+    /// A replica silent for this long (wall clock) has its windows closed.
+    pub idle_us: i64,
+}
+
+impl RunLoop<'_> {
+    /// Consume until `shutdown`, or until shutdown interrupts a dead-letter write.
+    pub async fn run(&mut self, shutdown: &Shutdown) {
+        let source = self.source;
+        let mut tick = tokio::time::interval(DISPATCH_EVERY);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut stop = std::pin::pin!(shutdown.clone().triggered());
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                Some(id) = self.sink_acks.recv() => self.dispatch.sink_acked(id, &mut self.tracker),
+                Some(id) = self.state_acks.recv() => self.tracker.state_acked(id),
+                _ = tick.tick() => self.on_tick().await,
+                m = source.recv() => match m {
+                    Ok(m) => {
+                        if !self.handle(&m, shutdown).await {
+                            break;
+                        }
+                        if self.closed.len() >= DISPATCH_BATCH {
+                            self.dispatch_closed();
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "Kafka consumer error."),
+                },
+            }
+        }
+    }
+
+    /// Shutdown: flush what closed, wait for the sinks, store and commit.
+    pub async fn drain(&mut self) {
+        info!(
+            pending = self.tracker.pending_windows(),
+            "Processor stopping: flushing closed windows."
+        );
+        self.dispatch_closed();
+        let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+        while self.tracker.pending_batches() > 0 {
+            tokio::select! {
+                Some(id) = self.sink_acks.recv() => self.dispatch.sink_acked(id, &mut self.tracker),
+                Some(id) = self.state_acks.recv() => self.tracker.state_acked(id),
+                _ = tokio::time::sleep_until(deadline) => {
+                    warn!(pending = self.tracker.pending_windows(), "Sinks did not drain before the deadline; those windows are replayed after a restart.");
+                    break;
+                }
+            }
+        }
+        self.store_offsets();
+        self.source.commit();
+    }
+
+    /// One record. Returns false if shutdown interrupted its dead-letter write (it is then
+    /// neither applied nor stored, so it is read again after the restart).
+    async fn handle(&mut self, m: &BorrowedMessage<'_>, shutdown: &Shutdown) -> bool {
+        // A rebalance reported by the poll that returned this record comes first.
+        self.rebalanced().await;
+        let (partition, offset) = (m.partition(), m.offset());
+        self.metrics.records.inc();
+        match self.source.decode(m, input::decode, shutdown).await {
+            Decoded::Record(view) => self.apply(&view, partition, offset),
+            Decoded::Poison => {
+                self.metrics.decode_failures.inc();
+            }
+            Decoded::Interrupted => {
+                self.metrics.decode_failures.inc();
+                return false;
+            }
+        }
+        self.tracker.consumed(partition, offset);
+        true
+    }
+
+    fn apply(&mut self, view: &DelayView<'_>, partition: i32, offset: i64) {
+        let r = self
+            .windows
+            .apply(view, partition, offset, &mut self.closed);
+        if r.duplicate > 0 {
+            self.metrics.duplicates.inc();
+        }
+        if r.replayed > 0 {
+            self.metrics.replayed.inc();
+        }
+        if r.late > 0 {
+            for (i, spec) in self.windows.specs().iter().enumerate() {
+                if r.late_mask & (1 << i.min(31)) != 0 {
+                    self.metrics
+                        .late
+                        .get_or_create(&labels(&[("window", &spec.label)]))
+                        .inc();
+                }
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        self.rebalanced().await;
+        self.windows
+            .close_idle(now_us(), self.idle_us, &mut self.closed);
+        self.dispatch_closed();
+        self.store_offsets();
+        self.backpressure.update(
+            self.source,
+            self.tracker.pending_windows(),
+            self.config.processor.max_pending_windows,
+            &self.metrics.paused,
+        );
+        self.update_gauges();
+    }
+
+    fn dispatch_closed(&mut self) {
+        if self.closed.is_empty() {
+            return;
+        }
+        self.dispatch.dispatch(&mut self.closed, &mut self.tracker);
+        self.update_gauges();
+    }
+
+    /// Store, per partition, the lowest offset still held by an open window or a batch in
+    /// flight (or the consumed position when nothing is held).
+    fn store_offsets(&mut self) {
+        self.source
+            .store(self.tracker.positions(self.windows.holds()));
+    }
+
+    fn update_gauges(&self) {
+        self.metrics
+            .open_windows
+            .set(self.windows.open_windows() as i64);
+        self.metrics
+            .pending_windows
+            .set(self.tracker.pending_windows() as i64);
+    }
+}

@@ -86,11 +86,38 @@ impl Dialect {
     }
 
     /// One blocking query that returns when the replica has applied `gtid` (or times out).
-    /// Parameters: the GTID (set) and the timeout in seconds.
+    /// Parameters: the GTID (set) and the timeout in seconds. The first column is the
+    /// replica's applied position read just before waiting (select expressions are evaluated
+    /// in order): whether the wait blocked is then the server's word (see
+    /// [`Dialect::gtid_included`]), not a guess from how long the answer took.
     pub fn gtid_wait_sql(&self) -> &'static str {
         match self {
-            Dialect::MariaDb { .. } => "SELECT MASTER_GTID_WAIT(?, ?)",
-            Dialect::MySql { .. } => "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)",
+            Dialect::MariaDb { .. } => "SELECT @@gtid_slave_pos, MASTER_GTID_WAIT(?, ?)",
+            Dialect::MySql { .. } => {
+                "SELECT @@global.gtid_executed, WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
+            }
+        }
+    }
+
+    /// Whether `position` (the first column of [`Dialect::gtid_wait_sql`]) already includes
+    /// `gtid`. None when it cannot be told: another server's GTIDs in the domain (a failover),
+    /// or MySQL (its GTID sets are not parsed here).
+    pub fn gtid_included(&self, position: &str, gtid: &str) -> Option<bool> {
+        match self {
+            Dialect::MariaDb { .. } => {
+                let (domain, server, n) = parse_mariadb_gtid(gtid)?;
+                for entry in position.split(',') {
+                    let Some((d, s, m)) = parse_mariadb_gtid(entry) else {
+                        continue;
+                    };
+                    if d == domain {
+                        return (s == server).then_some(m >= n);
+                    }
+                }
+                // Nothing applied in the domain yet.
+                Some(false)
+            }
+            Dialect::MySql { .. } => None,
         }
     }
 
@@ -378,7 +405,10 @@ mod tests {
             }
         );
         assert_eq!(maria.replica_status_sql(), "SHOW SLAVE STATUS");
-        assert_eq!(maria.gtid_wait_sql(), "SELECT MASTER_GTID_WAIT(?, ?)");
+        assert_eq!(
+            maria.gtid_wait_sql(),
+            "SELECT @@gtid_slave_pos, MASTER_GTID_WAIT(?, ?)"
+        );
         assert_eq!(
             maria.gtid_domain_sql(77, "x").unwrap(),
             "SET SESSION gtid_domain_id = 77"
@@ -391,7 +421,7 @@ mod tests {
         assert_eq!(my84.binlog_status_sql(), "SHOW BINARY LOG STATUS");
         assert_eq!(
             my84.gtid_wait_sql(),
-            "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
+            "SELECT @@global.gtid_executed, WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
         );
         assert_eq!(
             my84.gtid_domain_sql(77, "millilag").unwrap(),
@@ -414,6 +444,34 @@ mod tests {
         let mysql = Dialect::from_version("8.0.36");
         assert_eq!(mysql.gtid_wait_reached(Some(1)), Some(false));
         assert_eq!(mysql.gtid_wait_reached(None), None);
+    }
+
+    #[test]
+    fn whether_a_wait_blocked_is_read_from_the_position_before_it() {
+        let maria = Dialect::from_version("10.11.6-MariaDB");
+        assert_eq!(
+            maria.gtid_included("0-1-100,77-1-41", "77-1-42"),
+            Some(false)
+        );
+        assert_eq!(
+            maria.gtid_included("0-1-100,77-1-42", "77-1-42"),
+            Some(true)
+        );
+        assert_eq!(maria.gtid_included("77-1-900", "77-1-42"), Some(true));
+        assert_eq!(
+            maria.gtid_included("0-1-100", "77-1-42"),
+            Some(false),
+            "domain empty"
+        );
+        assert_eq!(maria.gtid_included("", "77-1-42"), Some(false));
+        assert_eq!(
+            maria.gtid_included("77-2-5", "77-1-42"),
+            None,
+            "another server's"
+        );
+        assert_eq!(maria.gtid_included("77-1-5", "not a gtid"), None);
+        let mysql = Dialect::from_version("8.4.3");
+        assert_eq!(mysql.gtid_included("uuid:1-5", "uuid:3"), None);
     }
 
     #[test]

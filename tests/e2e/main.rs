@@ -8,6 +8,7 @@ mod common;
 mod compose;
 mod ha;
 mod harness;
+mod incidents;
 mod loud;
 mod processor;
 mod reader;

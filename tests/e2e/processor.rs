@@ -27,20 +27,20 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-const S: i64 = 1_000_000;
-const MS: i64 = 1_000;
-const REPLICA: &str = "db2:3306";
+pub const S: i64 = 1_000_000;
+pub const MS: i64 = 1_000;
+pub const REPLICA: &str = "db2:3306";
 
 /// A broker, a topic prefix and a consumer group of our own.
-struct Env {
-    broker: Broker,
-    prefix: String,
-    group: String,
+pub struct Env {
+    pub broker: Broker,
+    pub prefix: String,
+    pub group: String,
     producer: FutureProducer,
 }
 
 impl Env {
-    async fn start() -> Env {
+    pub async fn start() -> Env {
         init_logging();
         let broker = Broker::start().await.expect("Tansu");
         let prefix = format!("{}.", unique("p"));
@@ -59,7 +59,7 @@ impl Env {
 
     /// A processor config: 1 s windows plus `extra` (sinks, alerts, webhooks, [processor]
     /// keys must not be repeated: pass them in `processor`).
-    fn config(&self, processor: &str, extra: &str, env: &[(&str, &str)]) -> Config {
+    pub fn config(&self, processor: &str, extra: &str, env: &[(&str, &str)]) -> Config {
         let text = format!(
             r#"
 [kafka]
@@ -87,11 +87,11 @@ idle_close = "1h"
         Config::from_toml_with_env(&text, "test", env).expect("test config is valid")
     }
 
-    fn topic(&self, suffix: &str) -> String {
+    pub fn topic(&self, suffix: &str) -> String {
         format!("{}{}", self.prefix, suffix)
     }
 
-    async fn create_topics(&self, config: &Config) {
+    pub async fn create_topics(&self, config: &Config) {
         kafka::ensure_topics(
             config,
             &[
@@ -108,12 +108,12 @@ idle_close = "1h"
     }
 
     /// Produce a record; returns its offset.
-    async fn send(&self, r: &ReplicaDelay) -> i64 {
+    pub async fn send(&self, r: &ReplicaDelay) -> i64 {
         self.send_bytes(r.key().as_bytes(), &r.encode().unwrap())
             .await
     }
 
-    async fn send_bytes(&self, key: &[u8], payload: &[u8]) -> i64 {
+    pub async fn send_bytes(&self, key: &[u8], payload: &[u8]) -> i64 {
         let topic = self.topic(topics::REPLICA_DELAY);
         let delivery = self
             .producer
@@ -128,7 +128,7 @@ idle_close = "1h"
     }
 
     /// What the processor's group committed on partition 0 (None before the first commit).
-    async fn committed(&self) -> Option<i64> {
+    pub async fn committed(&self) -> Option<i64> {
         let (brokers, group, topic) = (
             self.broker.brokers(),
             self.group.clone(),
@@ -153,7 +153,7 @@ idle_close = "1h"
     }
 
     /// A consumer of `suffix` from the beginning.
-    fn consumer(&self, suffix: &str) -> StreamConsumer {
+    pub fn consumer(&self, suffix: &str) -> StreamConsumer {
         let c: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.broker.brokers())
             .set("group.id", unique("observer"))
@@ -168,14 +168,14 @@ idle_close = "1h"
 }
 
 /// The processor running in this test's runtime.
-struct Running {
+pub struct Running {
     trigger: ShutdownTrigger,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     listen: std::net::SocketAddr,
 }
 
 impl Running {
-    fn start(config: Config) -> Running {
+    pub fn start(config: Config) -> Running {
         let (trigger, shutdown) = shutdown_pair();
         let listen = config.processor.listen;
         let task = tokio::spawn(millilag_processors::processor::run(config, shutdown));
@@ -187,7 +187,7 @@ impl Running {
     }
 
     /// SIGTERM, in-process: stop, flush, commit.
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.trigger.trigger();
         self.task
             .await
@@ -195,7 +195,7 @@ impl Running {
             .expect("processor ran cleanly");
     }
 
-    async fn metrics(&self) -> String {
+    pub async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.listen);
         match reqwest::get(url).await {
             Ok(r) => r.text().await.unwrap_or_default(),
@@ -204,7 +204,7 @@ impl Running {
     }
 
     /// The value of one sample line of /metrics (`name{labels}` exactly), 0 when absent.
-    async fn metric(&self, series: &str) -> f64 {
+    pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;
         text.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
@@ -214,11 +214,11 @@ impl Running {
 
 /// A whole second two minutes back: inside every store's retention; the tests set
 /// `idle_close = "1h"` so only event time closes these windows.
-fn base_second() -> i64 {
+pub fn base_second() -> i64 {
     (now_us() / S) * S - 120 * S
 }
 
-fn delay(seq: i64, t: i64, delay_us: i64) -> ReplicaDelay {
+pub fn delay(seq: i64, t: i64, delay_us: i64) -> ReplicaDelay {
     ReplicaDelay {
         cluster: "main".into(),
         replica: REPLICA.into(),
@@ -236,7 +236,7 @@ fn delay(seq: i64, t: i64, delay_us: i64) -> ReplicaDelay {
     }
 }
 
-fn with_status(mut r: ReplicaDelay, s: MeasureStatus) -> ReplicaDelay {
+pub fn with_status(mut r: ReplicaDelay, s: MeasureStatus) -> ReplicaDelay {
     r.status = s;
     r
 }

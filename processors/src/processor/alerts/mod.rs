@@ -181,6 +181,11 @@ impl AlertEngine {
             {
                 continue;
             }
+            if rule.is_delay() && w.count > 0 && w.upper_bounds == w.count {
+                // Only upper bounds (a reader that looked late, after its start or a restart):
+                // they say how late the reader was, not the replica. No evidence either way.
+                continue;
+            }
             let fp = fingerprint(&rule.name, &w.cluster, &w.replica);
             let track = self.tracks.entry(fp.clone()).or_insert(Track {
                 phase: Phase::Inactive,
@@ -370,6 +375,27 @@ mod tests {
             (r.state, r.since_us),
             (AlertState::Resolved, fired.since_us)
         );
+    }
+
+    #[test]
+    fn a_window_of_upper_bounds_only_raises_no_delay_alert_and_clears_none() {
+        let mut e = AlertEngine::new(vec![
+            rule("max > 300ms", 1, 0, None, 0.0),
+            rule("count < 50", 1, 0, None, 0.0),
+        ]);
+        let mut bounds = w(0, 1, 1_500);
+        bounds.upper_bounds = bounds.count;
+        let fired = e.on_window(&bounds);
+        assert_eq!(fired.len(), 1, "only the count rule reads it");
+        assert!(fired[0].expression.starts_with("count"));
+        // While a delay alert fires, a window of bounds does not resolve it either.
+        let mut e = AlertEngine::new(vec![rule("max > 300ms", 1, 0, None, 0.0)]);
+        assert_eq!(e.on_window(&w(0, 1, 900)).len(), 1);
+        let mut low_bounds = w(1, 1, 1);
+        low_bounds.upper_bounds = low_bounds.count;
+        assert!(e.on_window(&low_bounds).is_empty());
+        let r = e.on_window(&w(2, 1, 1)).pop().unwrap();
+        assert_eq!(r.state, AlertState::Resolved);
     }
 
     #[test]

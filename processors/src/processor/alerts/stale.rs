@@ -125,9 +125,11 @@ impl StaleRules {
         if self.measurements_after_us > 0 {
             for r in replicas {
                 let silent = now - r.last_record_us;
+                // A cluster whose heartbeats this processor knows nothing of (not configured,
+                // none seen) cannot tell a dead writer from dead readers: no alert.
                 let heartbeats_fresh = last_heartbeat
                     .get(r.cluster)
-                    .is_none_or(|t| now - t <= self.heartbeats_after_us.max(1));
+                    .is_some_and(|t| now - t <= self.heartbeats_after_us.max(1));
                 let fp = fingerprint(MEASUREMENTS_STALE, r.cluster, r.replica);
                 let firing = self.firing.contains_key(&fp);
                 // Fires only while heartbeats come (silence without heartbeats is the writer's,
@@ -332,6 +334,14 @@ mod tests {
             vec![(HEARTBEATS_STALE, "", AlertState::Resolved)]
         );
         assert_eq!(resolved[0].since_us, T0);
+    }
+
+    #[test]
+    fn a_cluster_without_known_heartbeats_never_fires_measurements_stale() {
+        let mut r = rules();
+        assert!(r
+            .evaluate(T0 + 60 * S, &[], true, [seen(T0)].into_iter())
+            .is_empty());
     }
 
     #[test]

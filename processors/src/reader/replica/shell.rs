@@ -185,14 +185,18 @@ impl ReplicaWorker {
         tokio::spawn(async move {
             let mut conn = conn;
             let armed_at = now_us();
-            let result: Result<Option<Option<i64>>, _> = conn
-                .exec_first(dialect.gtid_wait_sql(), (key.to_string(), wait_s))
+            let gtid = key.to_string();
+            let result: Result<Option<(Option<String>, Option<i64>)>, _> = conn
+                .exec_first(dialect.gtid_wait_sql(), (gtid.as_str(), wait_s))
                 .await;
             let returned_at = now_us();
             let (outcome, conn) = match result {
-                Ok(r) => {
-                    let outcome = match dialect.gtid_wait_reached(r.flatten()) {
-                        Some(true) => WaitOutcome::Reached,
+                Ok(row) => {
+                    let (position, reached) = row.unwrap_or((None, None));
+                    let outcome = match dialect.gtid_wait_reached(reached) {
+                        Some(true) => WaitOutcome::Reached {
+                            already: position.and_then(|p| dialect.gtid_included(&p, &gtid)),
+                        },
                         Some(false) => WaitOutcome::TimedOut,
                         None => WaitOutcome::Unsupported,
                     };

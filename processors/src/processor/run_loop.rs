@@ -13,6 +13,7 @@ use super::dispatch::Dispatch;
 use super::input::{self, DelayView};
 use super::metrics::{labels, Metrics};
 use super::offsets::OffsetTracker;
+use super::sinks::statsd::timings::Timings;
 use super::window::{Closed, Windows};
 use crate::consumer::{Decoded, Source};
 use millilag_core::clock::now_us;
@@ -48,6 +49,8 @@ pub struct RunLoop<'a> {
     pub state_acks: mpsc::UnboundedReceiver<u64>,
     /// A replica silent for this long (wall clock) has its windows closed.
     pub idle_us: i64,
+    /// statsd timers: each measurement the windows applied, as it is decoded.
+    pub timings: Timings,
 }
 
 impl RunLoop<'_> {
@@ -85,6 +88,7 @@ impl RunLoop<'_> {
             pending = self.tracker.pending_windows(),
             "Processor stopping: flushing closed windows."
         );
+        self.timings.flush();
         self.dispatch_closed();
         let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
         while self.tracker.pending_batches() > 0 {
@@ -126,6 +130,9 @@ impl RunLoop<'_> {
         let r = self
             .windows
             .apply(view, partition, offset, &mut self.closed);
+        if r.applied > 0 {
+            self.timings.record(view);
+        }
         if r.duplicate > 0 {
             self.metrics.duplicates.inc();
         }
@@ -148,6 +155,7 @@ impl RunLoop<'_> {
         self.rebalanced().await;
         self.windows
             .close_idle(now_us(), self.idle_us, &mut self.closed);
+        self.timings.flush();
         self.dispatch_closed();
         self.store_offsets();
         self.backpressure.update(

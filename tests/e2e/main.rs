@@ -11,4 +11,5 @@ mod harness;
 mod loud;
 mod processor;
 mod reader;
+mod statsd;
 mod writer;

@@ -43,7 +43,8 @@ pub struct TimingTap {
 }
 
 impl TimingTap {
-    pub(super) fn new(
+    /// A tap feeding `tx` (the sink's task reads the other end; see [`super::spawn`]).
+    pub fn new(
         namer: Namer,
         sample_rate: f64,
         tx: mpsc::Sender<Vec<Timing>>,

@@ -105,7 +105,7 @@ fn main() {
             Ok(view) => {
                 let r = windows.apply(&view, 0, offset as i64, &mut closed);
                 duplicates += usize::from(r.duplicate > 0);
-                if r.applied > 0 {
+                if r.replayed == 0 {
                     timings.record(&view);
                 }
             }

@@ -12,12 +12,14 @@ use std::time::Duration;
 
 /// Window A = [t, t+1s) of `expected_a` and nothing else closed: seqs 1..=10 (seq 1 an upper
 /// bound of 900 ms, the others 2..=10 ms), a duplicate of seq 5 from a second reader group, a
-/// timeout (seq 11), seq 13 (20 ms); seq 16 at t+3s closes A and opens C, which stays open; then
-/// seq 12 arrives late for A. Returns the offset of seq 16 (C's first record, where the
-/// committed offset must stop).
+/// timeout (seq 11), seq 13 (20 ms); seq 16 at t+1.6s (watermark t+1.1s) closes A and opens B,
+/// which stays open, so A is the only window statsd ever gets (a gauge holds the last value
+/// sent); then seq 12 arrives late for A. Returns the offset of seq 16 (B's first record,
+/// where the committed offset must stop).
 ///
-/// Exact measurements the windows count: 2..=10 ms, 20 ms (A) and 1 ms (C) — 11 timers, sum
-/// 75 ms, min 1, max 20. Not timers: the upper bound, the duplicate, the timeout, the late one.
+/// Exact measurements, once each: 2..=10 ms, 20 ms (A), 1 ms (B) and the late 90 ms (a real
+/// delay, though its window had closed) — 12 timers, sum 165 ms, min 1, max 90. Not timers: the
+/// upper bound, the second group's copy of seq 5, the timeout.
 async fn produce(env: &Env, t: i64) -> i64 {
     for seq in 1..=10 {
         let mut r = delay(seq, t + seq * 50 * MS, seq * MS);
@@ -36,9 +38,9 @@ async fn produce(env: &Env, t: i64) -> i64 {
     ))
     .await;
     env.send(&delay(13, t + 700 * MS, 20 * MS)).await;
-    let c = env.send(&delay(16, t + 3_000 * MS, MS)).await;
+    let b = env.send(&delay(16, t + 1_600 * MS, MS)).await;
     env.send(&delay(12, t + 650 * MS, 90 * MS)).await;
-    c
+    b
 }
 
 /// Window A (the same as the other sinks' tests expect) as the statsd sink names its gauges:
@@ -182,16 +184,16 @@ timings = true
     );
 
     // Timers: statsd computes them per flush from the exact measurements, as millipede's
-    // users had it. Across however many flushes they fell into: 11 timings, 75 ms, 1..20 ms.
-    let want = [11.0, 75.0, 1.0, 20.0];
-    let plain = timer_totals(&carbon, "millilag.main.db2_3306.delay", "", from, 11.0).await;
+    // users had it. Across however many flushes they fell into: 12 timings, 165 ms, 1..90 ms.
+    let want = [12.0, 165.0, 1.0, 90.0];
+    let plain = timer_totals(&carbon, "millilag.main.db2_3306.delay", "", from, 12.0).await;
     assert_eq!(plain, want, "[count, sum, lower, upper]");
     let dd = timer_totals(
         &carbon,
         "dd.delay",
         ";cluster=main;replica=db2_3306",
         from,
-        11.0,
+        12.0,
     )
     .await;
     assert_eq!(dd, want, "[count, sum, lower, upper] (dogstatsd)");
@@ -206,8 +208,8 @@ timings = true
             "{sink}"
         );
         assert_eq!(
-            metric_reaches(&p, &sent("timings"), 11.0).await,
-            11.0,
+            metric_reaches(&p, &sent("timings"), 12.0).await,
+            12.0,
             "{sink}"
         );
     }
@@ -253,7 +255,7 @@ timeout = "1s"
     env.create_topics(&config).await;
     let p = Running::start(config);
     let t = base_second();
-    let c = produce(&env, t).await;
+    let b = produce(&env, t).await;
 
     // A reaches Graphite with its values...
     let path = "millilag.main.db2_3306.1s";
@@ -265,28 +267,28 @@ timeout = "1s"
     .await
     .unwrap();
     assert_eq!(count, 11.0);
-    // ...and the offsets move up to the open window C: statsd held nothing back.
+    // ...and the offsets move up to the open window B: statsd held nothing back.
     let committed = wait_for(
-        "offset committed up to C",
+        "offset committed up to B",
         Duration::from_secs(30),
-        || async { env.committed().await.filter(|o| *o == c) },
+        || async { env.committed().await.filter(|o| *o == b) },
     )
     .await;
-    assert_eq!(committed.ok(), Some(c));
+    assert_eq!(committed.ok(), Some(b));
     assert_eq!(p.metric("millilag_processor_paused").await, 0.0);
 
     // Best effort, counted: sent into the void, or dropped because the name never resolved.
     let m = |s: &str| format!("millilag_processor_statsd_{s}");
     for (series, want) in [
         (m(r#"sent_total{sink="statsd[0]",kind="windows"}"#), 1.0),
-        (m(r#"sent_total{sink="statsd[0]",kind="timings"}"#), 11.0),
+        (m(r#"sent_total{sink="statsd[0]",kind="timings"}"#), 12.0),
         (
             m(r#"dropped_total{sink="statsd[1]",kind="windows",reason="unresolved"}"#),
             1.0,
         ),
         (
             m(r#"dropped_total{sink="statsd[1]",kind="timings",reason="unresolved"}"#),
-            11.0,
+            12.0,
         ),
     ] {
         assert_eq!(metric_reaches(&p, &series, want).await, want, "{series}");

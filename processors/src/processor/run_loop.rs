@@ -62,7 +62,7 @@ pub struct RunLoop<'a> {
     pub owned: std::collections::BTreeSet<i32>,
     pub heartbeats: HeartbeatWatch,
     pub next_stale_at: i64,
-    /// statsd timers: each measurement the windows applied, as it is decoded.
+    /// statsd timers: each exact measurement, once, as it is decoded.
     pub timings: Timings,
 }
 
@@ -164,7 +164,7 @@ impl RunLoop<'_> {
         if r.lag_sample {
             self.metrics.lag_samples.inc();
         }
-        if r.applied > 0 {
+        if r.replayed == 0 {
             self.timings.record(view);
         }
         if r.duplicate > 0 {

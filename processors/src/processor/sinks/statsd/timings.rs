@@ -1,15 +1,19 @@
-//! The run loop's hook for statsd timers: every exact measurement the windows counted, as it
-//! is decoded.
+//! The run loop's hook for statsd timers: every exact measurement, once, as it is decoded.
 //!
 //! Why a hook and not the windows: sinks see closed windows, i.e. summaries, and the exact
 //! delays behind them stay inside `window/`. Sending them at close would also stamp them a
 //! window length (plus lateness) late and in bursts, while statsd buckets a timer by the flush
 //! in which it arrives — as millipede's users had it, each measurement should arrive when it
-//! is made. So the run loop hands each record the windows applied (not a duplicate, not late,
-//! not already flushed before a restart) to [`Timings::record`]; a [`TimingTap`] per sink keeps
-//! the exact ones (status ok, not an upper bound) that its sample keeps, and
-//! [`Timings::flush`] (every run-loop tick) passes them to the sink's task through a bounded
-//! queue. A full queue drops the chunk and counts it: the run loop never waits for statsd.
+//! is made. And the windows do not see every measurement: at the end of a stall the replica's
+//! real delays arrive after their windows closed (those counted them at their delay so far),
+//! yet they are exactly what a statsd timer must show.
+//!
+//! So the run loop hands every decoded record not already flushed before a restart to
+//! [`Timings::record`]; a [`TimingTap`] per sink keeps the exact ones (status ok, not an upper
+//! bound) that its sample keeps, skips a heartbeat it already timed (a second reader group's
+//! copy: a ring of the last [`DEDUP_SEQS`] seqs per replica), and [`Timings::flush`] (every
+//! run-loop tick) passes them to the sink's task through a bounded queue. A full queue drops
+//! the chunk and counts it: the run loop never waits for statsd.
 //!
 //! Sampling is by heartbeat: a seq is kept when a hash of it falls under the rate, so every
 //! replica keeps the same heartbeats (comparable) and two processors keep the same ones.
@@ -26,6 +30,9 @@ use tokio::sync::mpsc;
 /// Measurements held before the next tick hands them over; beyond this (a backlog being
 /// read), a chunk leaves at once.
 const CHUNK: usize = 4_096;
+/// Seqs remembered per replica to skip a heartbeat's second copy: the other reader group's
+/// copy arrives within seconds, and 4096 heartbeats are 41 s at 10 ms (32 KiB per replica).
+pub const DEDUP_SEQS: usize = 4_096;
 
 /// One measurement for the sink's task.
 pub type Timing = (Arc<TimerName>, i64);
@@ -35,8 +42,8 @@ pub struct TimingTap {
     namer: Namer,
     /// A seq is kept when `splitmix64(seq) <= threshold`.
     threshold: u64,
-    /// cluster -> replica -> timer name, built once per replica.
-    names: HashMap<String, HashMap<String, Arc<TimerName>>>,
+    /// cluster -> replica -> its timer, built once per replica.
+    series: HashMap<String, HashMap<String, Series>>,
     buffer: Vec<Timing>,
     tx: mpsc::Sender<Vec<Timing>>,
     dropped: Counter,
@@ -54,7 +61,7 @@ impl TimingTap {
         TimingTap {
             namer,
             threshold: threshold(sample_rate),
-            names: HashMap::new(),
+            series: HashMap::new(),
             buffer: Vec::new(),
             tx,
             dropped: metrics.dropped(sink, "timings", "queue_full"),
@@ -65,18 +72,23 @@ impl TimingTap {
         if v.status != MeasureStatus::Ok || v.upper_bound || !sampled(v.seq, self.threshold) {
             return;
         }
-        let name = match self.names.get(v.cluster).and_then(|m| m.get(v.replica)) {
-            Some(n) => n.clone(),
-            None => {
-                let n = Arc::new(self.namer.timer(v.cluster, v.replica));
-                self.names
-                    .entry(v.cluster.to_string())
-                    .or_default()
-                    .insert(v.replica.to_string(), n.clone());
-                n
-            }
+        let series = match self
+            .series
+            .get_mut(v.cluster)
+            .and_then(|m| m.get_mut(v.replica))
+        {
+            Some(s) => s,
+            None => self
+                .series
+                .entry(v.cluster.to_string())
+                .or_default()
+                .entry(v.replica.to_string())
+                .or_insert_with(|| Series::new(self.namer.timer(v.cluster, v.replica))),
         };
-        self.buffer.push((name, v.delay_us));
+        if !series.first_time(v.seq) {
+            return;
+        }
+        self.buffer.push((series.name.clone(), v.delay_us));
         if self.buffer.len() >= CHUNK {
             self.flush();
         }
@@ -98,12 +110,38 @@ impl TimingTap {
     }
 }
 
+/// One replica's timer name and the seqs it timed lately.
+struct Series {
+    name: Arc<TimerName>,
+    /// `seen[seq % DEDUP_SEQS] == seq` once `seq` was timed.
+    seen: Box<[i64]>,
+}
+
+impl Series {
+    fn new(name: TimerName) -> Series {
+        Series {
+            name: Arc::new(name),
+            seen: vec![i64::MIN; DEDUP_SEQS].into_boxed_slice(),
+        }
+    }
+
+    /// True the first time `seq` comes (within the last [`DEDUP_SEQS`] heartbeats).
+    fn first_time(&mut self, seq: i64) -> bool {
+        let slot = &mut self.seen[seq.rem_euclid(DEDUP_SEQS as i64) as usize];
+        if *slot == seq {
+            return false;
+        }
+        *slot = seq;
+        true
+    }
+}
+
 /// Every statsd sink's tap; empty (and free) when no sink sends timings.
 #[derive(Default)]
 pub struct Timings(pub Vec<TimingTap>);
 
 impl Timings {
-    /// A record the windows applied.
+    /// A decoded record (not one replayed into windows flushed before a restart).
     #[inline]
     pub fn record(&mut self, v: &DelayView<'_>) {
         for t in &mut self.0 {
@@ -191,6 +229,51 @@ mod tests {
         assert_eq!(lines, ["m.main.r2.delay:1|ms", "m.main.r1.delay:4|ms"]);
         timings.flush();
         assert!(rx.try_recv().is_err(), "nothing new, nothing sent");
+    }
+
+    #[test]
+    fn each_heartbeat_is_timed_once_per_replica() {
+        let (t, mut rx, _) = tap(1.0, 4);
+        let mut timings = Timings(vec![t]);
+        let mut second_group = view(4, MeasureStatus::Ok, false);
+        second_group.delay_us = 9_999;
+        let mut other_cluster = view(4, MeasureStatus::Ok, false);
+        other_cluster.cluster = "other";
+        for v in [
+            view(4, MeasureStatus::Ok, false),
+            second_group,
+            other_cluster,
+            // A timeout, then the real delay: the real one is a measurement.
+            view(6, MeasureStatus::Timeout, false),
+            view(6, MeasureStatus::Ok, false),
+            // An upper bound, then an exact reading from the other group.
+            view(8, MeasureStatus::Ok, true),
+            view(8, MeasureStatus::Ok, false),
+            // Far enough on to reuse seq 4's slot, then seq 4 again: remembered no more.
+            view(4 + DEDUP_SEQS as i64, MeasureStatus::Ok, false),
+            view(4 + 2 * DEDUP_SEQS as i64, MeasureStatus::Ok, false),
+        ] {
+            timings.record(&v);
+        }
+        timings.flush();
+        let got: Vec<(String, i64)> = rx
+            .try_recv()
+            .unwrap()
+            .into_iter()
+            .map(|(n, us)| (n.head.clone(), us))
+            .collect();
+        let r1 = "m.main.r1.delay:".to_string();
+        assert_eq!(
+            got,
+            [
+                (r1.clone(), 4_000),
+                ("m.other.r1.delay:".to_string(), 4_000),
+                (r1.clone(), 6_000),
+                (r1.clone(), 8_000),
+                (r1.clone(), (4 + DEDUP_SEQS as i64) * 1_000),
+                (r1, (4 + 2 * DEDUP_SEQS as i64) * 1_000),
+            ]
+        );
     }
 
     #[test]

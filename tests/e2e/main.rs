@@ -12,4 +12,5 @@ mod incidents;
 mod loud;
 mod processor;
 mod reader;
+mod statsd;
 mod writer;

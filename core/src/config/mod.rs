@@ -29,7 +29,10 @@ pub use kafka::{is_secret_property, KafkaConfig};
 pub use log::{LogConfig, LogFormat};
 pub use processor::{ProcessorConfig, StaleConfig};
 pub use reader::{ReaderConfig, ReaderMethod};
-pub use sink::{GraphiteSinkConfig, InfluxApi, InfluxSinkConfig, KafkaSinkConfig, SinkConfig};
+pub use sink::{
+    GraphiteSinkConfig, InfluxApi, InfluxSinkConfig, KafkaSinkConfig, SinkConfig, StatsdProtocol,
+    StatsdSinkConfig,
+};
 pub use webhook::{WebhookConfig, WebhookFormat};
 pub use writer::WriterConfig;
 

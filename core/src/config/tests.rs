@@ -188,3 +188,40 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.writer.gtid_domain_id, 77);
     assert!(c.clusters[0].password.is_none());
 }
+
+#[test]
+fn statsd_sink_defaults_and_every_bad_key_named() {
+    let c = load(EXAMPLE, example_env()).unwrap();
+    let s = &c.sink.statsd[0];
+    assert_eq!(s.protocol, StatsdProtocol::Statsd);
+    assert_eq!(s.mtu, 1432);
+    assert!(s.timings);
+    assert_eq!(s.sample_rate(), 0.1);
+    let text = "[[sink.statsd]]\naddress = \"statsd:8125\"\nprotocol = \"dogstatsd\"\n";
+    let c = load(text, vec![]).unwrap();
+    let s = &c.sink.statsd[0];
+    assert_eq!(
+        (s.prefix.as_str(), s.timings, s.sample_rate()),
+        ("millilag", false, 1.0)
+    );
+    assert_eq!(s.protocol, StatsdProtocol::Dogstatsd);
+
+    let text =
+        "[[sink.statsd]]\naddress = \"statsd\"\nprefix = \"a:b\"\nmtu = 20\nsample_rate = 0.5\n\
+                [[sink.statsd]]\naddress = \"statsd:8125\"\ntimings = true\nsample_rate = 0\n";
+    let e = problems(text, vec![]);
+    for needle in [
+        "sink.statsd[0].address (\"statsd\") must be host:port",
+        "sink.statsd[0].prefix (\"a:b\") must not contain ':'",
+        "sink.statsd[0].mtu (20) must be between 64 and 65507",
+        "sink.statsd[0].sample_rate (0.5) samples timings, which are off",
+        "sink.statsd[1].sample_rate (0) must be greater than 0",
+    ] {
+        assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
+    }
+    let e = problems(
+        "[[sink.statsd]]\naddress = \"statsd:8125\"\nprotocol = \"graphite\"\n",
+        vec![],
+    );
+    assert!(e.contains("sink.statsd") && e.contains("protocol"), "{e}");
+}

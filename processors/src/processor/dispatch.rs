@@ -3,6 +3,7 @@
 //! ```text
 //! closed windows ─► alert rules ─► transitions ─► AlertPublisher (alert, alert-state, webhooks)
 //!        ├────────► every sink task (the same Arc'd batch) ─► ack ─┐
+//!        ├────────► every statsd sink (best effort: no ack, never waits) │
 //!        └────────► flush marks, newest window per (cluster, replica, length)
 //!                        └─ all sinks acked ─► state writer (processor-state) ─► ack
 //! ```
@@ -13,6 +14,7 @@
 use super::alerts::{AlertEngine, AlertPublisher, StaleRules};
 use super::metrics::{labels, Metrics};
 use super::offsets::OffsetTracker;
+use super::sinks::statsd::StatsdHandle;
 use super::sinks::{Batch, SinkHandle};
 use super::state::{Flushed, MarksSender};
 use super::window::{Closed, Hold};
@@ -27,6 +29,8 @@ pub struct Dispatch<'a> {
     /// Built-in rules on silence (evaluated on the wall clock by the run loop).
     pub stale: StaleRules,
     pub sinks: &'a [SinkHandle],
+    /// Best-effort sinks: offered every batch, never waited for, never holding offsets.
+    pub statsd: &'a [StatsdHandle],
     pub state_tx: &'a MarksSender,
     pub alerts: &'a AlertPublisher,
     pub metrics: Metrics,
@@ -62,6 +66,9 @@ impl Dispatch<'_> {
             }) {
                 error!(sink = %s.name, "Sink task is gone.");
             }
+        }
+        for s in self.statsd {
+            s.send(&windows);
         }
         if self.sinks.is_empty() {
             let _ = self.state_tx.send((id, marks));

@@ -10,7 +10,8 @@
 //!                    │                                                      ▼
 //!                    │       alert, alert-state, webhooks ◄── alerts/ ◄── Dispatch (dispatch.rs)
 //!                    │                                                      │ one batch
-//!                    │                                 every sink (sinks/) ◄┘
+//!                    │                                 every sink (sinks/) ◄┤
+//!                    │   decoded records ─► statsd timers ─► statsd (best effort) ◄┘
 //!                    │                                        │ all acked
 //!                    │                          processor-state (state.rs) ─► ack
 //!                    └─ offsets.rs: store per partition the lowest offset still held by an
@@ -51,11 +52,12 @@ use offsets::OffsetTracker;
 use prometheus_client::registry::Registry;
 use rdkafka::producer::FutureProducer;
 use run_loop::RunLoop;
+use sinks::statsd::timings::Timings;
 use sinks::SinkHandle;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 use window::{Spec, Windows};
 
 /// librdkafka fetch.wait.max.ms: Tansu answers a fetch only when it expires, so keep it low
@@ -66,6 +68,7 @@ const FETCH_WAIT_MS: u32 = 10;
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut registry = Registry::with_prefix("millilag");
     let metrics = Metrics::new(&mut registry);
+    let statsd_metrics = sinks::statsd::StatsdMetrics::new(&mut registry);
     let health = Health::starting();
     let server = bind_and_serve(
         config.processor.listen,
@@ -130,6 +133,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let (ack_tx, sink_acks) = mpsc::unbounded_channel();
     let mut sink_handles = build_sinks(&config, &producer, &ack_tx, &metrics)?;
     drop(ack_tx);
+    let (statsd_handles, taps): (Vec<_>, Vec<_>) = config
+        .sink
+        .statsd
+        .iter()
+        .enumerate()
+        .map(|(i, c)| sinks::statsd::spawn(i, c, &statsd_metrics))
+        .unzip();
     let (state_ack_tx, state_acks) = mpsc::unbounded_channel();
     let (state_tx, state_task) = state::spawn_state_writer(
         producer.clone(),
@@ -159,6 +169,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         group = %config.processor.group,
         windows = ?config.processor.windows,
         sinks = sink_handles.len(),
+        statsd_sinks = config.sink.statsd.len(),
         rules = engine.rules().len(),
         restored_windows = flushed.len(),
         restored_firing,
@@ -180,6 +191,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             engine,
             stale: StaleRules::new(&config.processor.stale),
             sinks: &sink_handles,
+            statsd: &statsd_handles,
             state_tx: &state_tx,
             alerts: &alerts,
             metrics,
@@ -193,6 +205,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         owned: Default::default(),
         heartbeats,
         next_stale_at: 0,
+        timings: Timings(taps.into_iter().flatten().collect()),
     };
     run_loop.run(&shutdown).await;
     health.set_not_ready("shutting down");
@@ -202,6 +215,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     for h in sink_handles.drain(..) {
         let task = h.close();
         task.abort();
+    }
+    // Best effort, but the last windows and timings are worth a moment.
+    for h in statsd_handles {
+        let name = h.name.clone();
+        if !h.close(Duration::from_secs(2)).await {
+            warn!(sink = %name, "statsd sink did not finish sending within 2 s; stopped.");
+        }
     }
     drop(state_tx);
     state_task.abort();

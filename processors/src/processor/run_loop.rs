@@ -16,6 +16,7 @@ use super::heartbeats::HeartbeatWatch;
 use super::input::{self, DelayView};
 use super::metrics::{labels, Metrics};
 use super::offsets::OffsetTracker;
+use super::sinks::statsd::timings::Timings;
 use super::window::{Closed, Windows};
 use crate::consumer::{Decoded, Source};
 use millilag_core::clock::now_us;
@@ -61,6 +62,8 @@ pub struct RunLoop<'a> {
     pub owned: std::collections::BTreeSet<i32>,
     pub heartbeats: HeartbeatWatch,
     pub next_stale_at: i64,
+    /// statsd timers: each exact measurement, once, as it is decoded.
+    pub timings: Timings,
 }
 
 impl RunLoop<'_> {
@@ -98,6 +101,7 @@ impl RunLoop<'_> {
             pending = self.tracker.pending_windows(),
             "Processor stopping: flushing closed windows."
         );
+        self.timings.flush();
         self.dispatch_closed();
         let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
         while self.tracker.pending_batches() > 0 {
@@ -160,6 +164,9 @@ impl RunLoop<'_> {
         if r.lag_sample {
             self.metrics.lag_samples.inc();
         }
+        if r.replayed == 0 {
+            self.timings.record(view);
+        }
         if r.duplicate > 0 {
             self.metrics.duplicates.inc();
         }
@@ -186,6 +193,7 @@ impl RunLoop<'_> {
             self.next_stale_at = now + STALE_EVERY_US;
             self.check_silence(now);
         }
+        self.timings.flush();
         self.dispatch_closed();
         self.store_offsets();
         self.backpressure.update(

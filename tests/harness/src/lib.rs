@@ -5,7 +5,8 @@
 //!   injector and the replicas' apply-time ground truth.
 //! - [`broker::Broker`]: Tansu, the Kafka-protocol broker, with topic creation.
 //! - [`victoria::Victoria`], [`influx::Influx`] (1.6), [`carbon::Carbon`]: the metric stores the
-//!   processor writes to, each with a read-back helper; [`alertmanager::Alertmanager`] routing
+//!   processor writes to, each with a read-back helper; [`statsd::Statsd`] (Etsy's, from npm)
+//!   flushing into a [`carbon::Carbon`]; [`alertmanager::Alertmanager`] routing
 //!   to a [`alertmanager::WebhookReceiver`] the test runs.
 //!
 //! Readiness is always checked by doing the real thing (a query as the user the test will use,
@@ -17,6 +18,7 @@ pub mod carbon;
 pub mod influx;
 pub mod mariadb;
 pub mod process;
+pub mod statsd;
 pub mod victoria;
 
 pub use broker::Broker;

@@ -6,9 +6,11 @@
 mod cli;
 mod common;
 mod compose;
+mod failover;
 mod ha;
 mod harness;
 mod loud;
 mod processor;
 mod reader;
 mod writer;
+mod writer_faults;

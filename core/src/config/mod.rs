@@ -31,7 +31,7 @@ pub use processor::ProcessorConfig;
 pub use reader::{ReaderConfig, ReaderMethod};
 pub use sink::{GraphiteSinkConfig, InfluxApi, InfluxSinkConfig, KafkaSinkConfig, SinkConfig};
 pub use webhook::{WebhookConfig, WebhookFormat};
-pub use writer::WriterConfig;
+pub use writer::{WriterConfig, MAX_WRITER_ID};
 
 use std::collections::BTreeMap;
 use std::fmt;

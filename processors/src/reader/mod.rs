@@ -644,17 +644,20 @@ fn add_replica(state: &mut ClusterState, url: DbUrl, out: &Arc<Output>, shutdown
 }
 
 async fn sample_clock(c: &ClusterConfig, clock: &Mutex<OffsetEstimator>, n: usize) -> bool {
-    let Ok(mut conn) = db::connect(&c.primary, c.password.as_ref().map(|p| p.expose())).await
-    else {
+    let Ok((mut conn, url)) = db::connect_primary(c).await else {
         return false;
     };
+    let (addr, limit) = (url.address(), c.query_timeout.0);
     for _ in 0..n {
-        match sample_offset(&mut conn).await {
+        match db::bounded(limit, &addr, sample_offset(&mut conn)).await {
             Ok(s) => clock.lock().unwrap_or_else(|p| p.into_inner()).add(s),
-            Err(_) => return false,
+            Err(_) => {
+                db::close(conn).await;
+                return false;
+            }
         }
     }
-    let _ = conn.disconnect().await;
+    db::close(conn).await;
     true
 }
 
@@ -673,7 +676,7 @@ async fn keep_clock(
         }
         let ok = sample_clock(&c, &clock, 5).await;
         if !ok && !warned {
-            warn!(primary = %c.primary.address(), "Cannot reach the primary to refresh the clock offset; using the last estimate.");
+            warn!(primary = %c.primary().address(), "Cannot reach the primary to refresh the clock offset; using the last estimate.");
         }
         warned = !ok;
     }
@@ -720,18 +723,19 @@ async fn discover(
 }
 
 async fn list_replicas(c: &ClusterConfig) -> anyhow::Result<Vec<DbUrl>> {
-    let addr = c.primary.address();
-    let mut conn = db::connect(&c.primary, c.password.as_ref().map(|p| p.expose())).await?;
-    let dialect = db::dialect(&mut conn, &addr).await?;
-    let hosts = db::replica_hosts(&mut conn, &dialect, &addr)
-        .await
-        .context(
+    let (mut conn, primary) = db::connect_primary(c).await?;
+    let addr = primary.address();
+    let listed = async {
+        let dialect = db::dialect(&mut conn, &addr).await?;
+        db::replica_hosts(&mut conn, &dialect, &addr).await
+    };
+    let hosts = listed.await.context(
         "listing replicas (needs REPLICATION MASTER ADMIN on MariaDB, REPLICATION SLAVE on MySQL)",
-    )?;
-    let _ = conn.disconnect().await;
-    Ok(hosts
+    );
+    db::close(conn).await;
+    Ok(hosts?
         .into_iter()
-        .map(|(h, p)| c.primary.with_address(&h, p))
+        .map(|(h, p)| primary.with_address(&h, p))
         .collect())
 }
 

@@ -201,4 +201,6 @@ fn is_http_url(url: &str) -> bool {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

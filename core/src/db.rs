@@ -342,13 +342,14 @@ pub async fn connect_primary(c: &crate::config::ClusterConfig) -> Result<(Conn, 
     }
 }
 
+/// [`dialect_within`] the default query timeout.
 pub async fn dialect(conn: &mut Conn, addr: &str) -> Result<Dialect> {
-    let v: Option<String> = bounded(
-        DbTimeouts::DEFAULT.query,
-        addr,
-        conn.query_first("SELECT VERSION()"),
-    )
-    .await?;
+    dialect_within(conn, addr, DbTimeouts::DEFAULT.query).await
+}
+
+/// The server's dialect, from `SELECT VERSION()` answered within `limit`.
+pub async fn dialect_within(conn: &mut Conn, addr: &str, limit: Duration) -> Result<Dialect> {
+    let v: Option<String> = bounded(limit, addr, conn.query_first("SELECT VERSION()")).await?;
     Ok(Dialect::from_version(&v.unwrap_or_default()))
 }
 
@@ -433,32 +434,44 @@ pub fn parse_replica_status(row: Option<&Row>) -> ReplicaStatus {
     }
 }
 
+/// [`replica_status_within`] the default query timeout.
 pub async fn replica_status(
     conn: &mut Conn,
     dialect: &Dialect,
     addr: &str,
 ) -> Result<ReplicaStatus> {
-    let rows: Vec<Row> = bounded(
-        DbTimeouts::DEFAULT.query,
-        addr,
-        conn.query(dialect.replica_status_sql()),
-    )
-    .await?;
+    replica_status_within(conn, dialect, addr, DbTimeouts::DEFAULT.query).await
+}
+
+/// SHOW SLAVE/REPLICA STATUS, answered within `limit` (it can block behind a busy replica
+/// worker).
+pub async fn replica_status_within(
+    conn: &mut Conn,
+    dialect: &Dialect,
+    addr: &str,
+    limit: Duration,
+) -> Result<ReplicaStatus> {
+    let rows: Vec<Row> = bounded(limit, addr, conn.query(dialect.replica_status_sql())).await?;
     Ok(parse_replica_status(rows.first()))
 }
 
-/// host:port of replicas registered with the primary.
+/// [`replica_hosts_within`] the default query timeout.
 pub async fn replica_hosts(
     conn: &mut Conn,
     dialect: &Dialect,
     addr: &str,
 ) -> Result<Vec<(String, u16)>> {
-    let rows: Vec<Row> = bounded(
-        DbTimeouts::DEFAULT.query,
-        addr,
-        conn.query(dialect.replica_hosts_sql()),
-    )
-    .await?;
+    replica_hosts_within(conn, dialect, addr, DbTimeouts::DEFAULT.query).await
+}
+
+/// host:port of replicas registered with the primary, answered within `limit`.
+pub async fn replica_hosts_within(
+    conn: &mut Conn,
+    dialect: &Dialect,
+    addr: &str,
+    limit: Duration,
+) -> Result<Vec<(String, u16)>> {
+    let rows: Vec<Row> = bounded(limit, addr, conn.query(dialect.replica_hosts_sql())).await?;
     Ok(rows
         .iter()
         .filter_map(|r| {
@@ -467,6 +480,31 @@ pub async fn replica_hosts(
             (!host.is_empty()).then_some((host, port))
         })
         .collect())
+}
+
+/// One GTID wait ([`Dialect::gtid_wait_sql`]) for `gtid`, at most `wait_s` seconds on the
+/// server, and at most `slack` more on the client (a replica that hangs, or a network that
+/// drops the answer, would otherwise hold the wait forever). Some(true) when applied,
+/// Some(false) when the server's wait timed out, None when the server cannot wait (no GTID).
+/// A client-side timeout is an error: drop or [`close`] the connection.
+pub async fn gtid_wait(
+    conn: &mut Conn,
+    dialect: &Dialect,
+    addr: &str,
+    gtid: &str,
+    wait_s: f64,
+    slack: Duration,
+) -> Result<Option<bool>> {
+    let limit = Duration::try_from_secs_f64(wait_s.max(0.0))
+        .unwrap_or(crate::duration::MAX_DURATION)
+        .saturating_add(slack);
+    let r: Option<Option<i64>> = bounded(
+        limit,
+        addr,
+        conn.exec_first(dialect.gtid_wait_sql(), (gtid, wait_s)),
+    )
+    .await?;
+    Ok(dialect.gtid_wait_reached(r.flatten()))
 }
 
 /// `UNIX_TIMESTAMP(...)` text ("1763000000.123456") as microseconds, exactly (no float).

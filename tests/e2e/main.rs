@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod compose;
+mod db;
 mod failover;
 mod ha;
 mod harness;

@@ -135,6 +135,16 @@ mod tests {
     }
 
     #[test]
+    fn connections_keep_alive_and_use_tcp() {
+        let o = DbUrl::parse("mysql://mon@127.0.0.1:3306")
+            .unwrap()
+            .opts(Some("pw"));
+        assert_eq!(o.tcp_keepalive(), Some(crate::db::TCP_KEEPALIVE));
+        assert!(!o.prefer_socket());
+        assert_eq!(o.pass(), Some("pw"));
+    }
+
+    #[test]
     fn sibling_keeps_user() {
         let u = DbUrl::parse("mysql://mon@10.0.0.1:3306").unwrap();
         let s = u.with_address("10.0.0.2", 3310);

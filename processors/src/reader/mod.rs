@@ -724,10 +724,10 @@ async fn discover(
 
 async fn list_replicas(c: &ClusterConfig) -> anyhow::Result<Vec<DbUrl>> {
     let (mut conn, primary) = db::connect_primary(c).await?;
-    let addr = primary.address();
+    let (addr, limit) = (primary.address(), c.query_timeout.0);
     let listed = async {
-        let dialect = db::dialect(&mut conn, &addr).await?;
-        db::replica_hosts(&mut conn, &dialect, &addr).await
+        let dialect = db::dialect_within(&mut conn, &addr, limit).await?;
+        db::replica_hosts_within(&mut conn, &dialect, &addr, limit).await
     };
     let hosts = listed.await.context(
         "listing replicas (needs REPLICATION MASTER ADMIN on MariaDB, REPLICATION SLAVE on MySQL)",

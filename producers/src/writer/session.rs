@@ -145,7 +145,7 @@ impl ClusterWriter {
             }
         };
         let prepared = async {
-            let dialect = db::dialect(&mut conn, &addr)
+            let dialect = db::dialect_within(&mut conn, &addr, t.query)
                 .await
                 .map_err(fail("reading the server version"))?;
             let idle = session_idle_limit(self.interval, &t);

@@ -215,11 +215,8 @@ fn zero_periods_and_timeouts_are_refused_naming_the_key() {
         "format = \"alertmanager\"\ntimeout = \"0s\"\ngive_up_after = \"0s\"",
         1,
     )
-    .replacen(
-        "table = \"heartbeat\"",
-        "table = \"heartbeat\"\nquery_timeout = \"0s\"\nconnect_timeout = \"20m\"",
-        1,
-    );
+    .replacen("query_timeout = \"5s\"", "query_timeout = \"0s\"", 1)
+    .replacen("connect_timeout = \"3s\"", "connect_timeout = \"20m\"", 1);
     let e = problems(&text, example_env());
     for needle in [
         "reader.clock_refresh (0s) must be at least 100ms",
@@ -360,10 +357,9 @@ fn db_timeouts_default_to_seconds() {
     let t = c.clusters[0].db_timeouts();
     assert_eq!(t, crate::db::DbTimeouts::DEFAULT);
     let c = load(
-        &EXAMPLE.replace(
-            "table = \"heartbeat\"",
-            "table = \"heartbeat\"\nquery_timeout = \"750ms\"\nconnect_timeout = \"1s\"",
-        ),
+        &EXAMPLE
+            .replace("query_timeout = \"5s\"", "query_timeout = \"750ms\"")
+            .replace("connect_timeout = \"3s\"", "connect_timeout = \"1s\""),
         example_env(),
     )
     .unwrap();

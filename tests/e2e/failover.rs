@@ -1,10 +1,10 @@
 //! The writer across a primary switchover (issue 13, item 3): given both servers as candidates,
 //! it writes only to the writable one, follows the promoted replica, and seq continues there
 //! without a gap (the old primary's row replicated, and the new leader continues from the
-//! largest seq in the table).
+//! largest seq in the table). With both servers writable it writes to neither.
 
-use crate::common::{create_topics, next_record, Env};
-use crate::writer::spawn_writer;
+use crate::common::{create_topics, http_get, next_record, Env};
+use crate::writer::{leader_gauge, spawn_writer};
 use millilag_core::events::HeartbeatSet;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ async fn writer_follows_a_promoted_replica_and_seq_continues() {
     .unwrap();
     create_topics(&env.config("", "", "")).await;
     let observer = env.consumer("heartbeat-set");
-    let (w, _listen) = spawn_writer(&cfg, "writer", dir.path());
+    let (mut w, _listen) = spawn_writer(&cfg, "writer", dir.path());
 
     let mut seen: Vec<HeartbeatSet> = Vec::new();
     while seen.len() < 20 {
@@ -103,4 +103,52 @@ async fn writer_follows_a_promoted_replica_and_seq_continues() {
     .await
     .unwrap();
     assert_eq!(row, Some(last_old.seq));
+
+    // The old primary comes back writable (read_only does not survive a restart): a writer
+    // starting now cannot tell which server is the primary, and writes to neither.
+    w.signal(libc::SIGTERM);
+    let w = tokio::task::spawn_blocking(move || {
+        w.wait();
+        w
+    })
+    .await
+    .unwrap();
+    drop(w);
+    let last = seen.last().unwrap().seq;
+    old.set_read_only(false).await.unwrap();
+    let (w2, listen2) = spawn_writer(&cfg, "writer-2", dir.path());
+    millilag_harness::wait_for("refusal", Duration::from_secs(30), || async {
+        std::fs::read_to_string(w2.log_path())
+            .ok()?
+            .contains("Several primary candidates are writable")
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", w2.log_tail(20)));
+    assert_eq!(leader_gauge(&listen2).await, 0.0);
+    let (code, body) = http_get(&listen2, "/readyz").await.unwrap();
+    assert!(code == 503 && body.contains("all writable"), "{body}");
+    old.set_read_only(true).await.unwrap();
+    let (h, _) = loop {
+        let r = next_record::<HeartbeatSet>(&observer, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("writes once one is writable; log:\n{}", w2.log_tail(20)));
+        if r.0.writer_id == "writer-2" {
+            break r;
+        }
+    };
+    assert_eq!(h.server_id, new.server_id as i64);
+    assert!(h.seq > last, "seq continues: {} after {last}", h.seq);
+    let mut c = old.admin().await.unwrap();
+    let row: Option<i64> = mysql_async::prelude::Queryable::query_first(
+        &mut c,
+        "SELECT CAST(seq AS SIGNED) FROM millilag.heartbeat WHERE server_id = 1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        row,
+        Some(last_old.seq),
+        "nothing written on the old primary"
+    );
 }

@@ -155,7 +155,11 @@ impl ClusterWriter {
             let t0 = Instant::now();
             let result = self.heartbeat(s, seq).await;
             let rtt = t0.elapsed();
-            let (gtid, committed_at_us) = match result {
+            let Committed {
+                gtid,
+                committed_at_us,
+                read_only_now,
+            } = match result {
                 Ok(v) => v,
                 Err(t) => return Ended::Lost(t),
             };
@@ -187,13 +191,22 @@ impl ClusterWriter {
             if self.tx.try_send(announcement).is_err() {
                 self.metrics.publish_dropped.inc();
             }
+            if read_only_now {
+                // The server turned read-only right after this commit (on MariaDB the guard
+                // saw it writable; on MySQL, which has no guard, it may also be a user with
+                // SUPER writing past read_only: use super_read_only there). It committed, so
+                // it was announced; the next heartbeat goes to the writable candidate.
+                return Ended::Lost(Trouble::ReadOnly {
+                    addr: s.primary.clone(),
+                });
+            }
             seq += 1;
         }
     }
 
     /// One heartbeat, one round trip bounded by `query_timeout`: the upsert (autocommit), then
     /// its GTID, the primary's clock right after the commit, and `@@read_only`.
-    async fn heartbeat(&self, s: &mut Session, seq: i64) -> Result<(Option<String>, i64), Trouble> {
+    async fn heartbeat(&self, s: &mut Session, seq: i64) -> Result<Committed, Trouble> {
         let limit = s.timeouts.query;
         let sql = s.heartbeat_sql(seq);
         let leading = s.leading_results();
@@ -224,15 +237,6 @@ impl ClusterWriter {
             .ok_or_else(|| failed("the after-commit SELECT returned no row"))?;
         let last = row.len().saturating_sub(1);
         let read_only: Option<String> = row.get(last);
-        if db::read_only_value(read_only.as_deref()) {
-            // MySQL (no guard): this heartbeat went through as read_only was being set, on a
-            // server that is no longer the primary. It is not announced, and its seq is never
-            // used again; the next heartbeat goes to the writable candidate.
-            self.last_written.store(seq, Ordering::Relaxed);
-            return Err(Trouble::ReadOnly {
-                addr: s.primary.clone(),
-            });
-        }
         let first: Option<String> = row.get(0);
         let ts: Option<String> = row.get(1);
         let uuid: Option<String> = if last > 2 { row.get(2) } else { None };
@@ -246,8 +250,20 @@ impl ClusterWriter {
             uuid.as_deref(),
             super::MYSQL_GTID_TAG,
         );
-        Ok((gtid, committed_at_us))
+        Ok(Committed {
+            gtid,
+            committed_at_us,
+            read_only_now: db::read_only_value(read_only.as_deref()),
+        })
     }
+}
+
+/// A heartbeat the primary acknowledged.
+struct Committed {
+    gtid: Option<String>,
+    committed_at_us: i64,
+    /// `@@read_only` was on right after the commit: time to step down.
+    read_only_now: bool,
 }
 
 /// `@@read_only` as a column of a SELECT.

@@ -51,6 +51,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, info_span, Instrument};
+use trouble::Trouble;
 
 /// A heartbeat on its way to Kafka, with the metrics of its cluster.
 struct Announcement {
@@ -194,19 +195,16 @@ impl ClusterWriter {
     /// off and start over, until shutdown.
     async fn run(self, mut shutdown: Shutdown, readiness: Readiness) {
         let mut status = trouble::Status::new(&self.cluster.name, readiness, self.metrics.clone());
-        // The candidate used last is tried first: the writer stays where it is while it can.
-        let mut preferred = 0;
         loop {
             if shutdown.is_triggered() {
                 return;
             }
             let opened = tokio::select! {
-                s = self.open_session(preferred) => s,
+                s = self.open_session() => s,
                 _ = shutdown.wait() => return,
             };
             let troubles = match opened {
                 Ok(mut session) => {
-                    preferred = session.candidate;
                     let ended = self
                         .lead_or_stand_by(&mut session, &mut shutdown, &mut status)
                         .await;
@@ -230,7 +228,15 @@ impl ClusterWriter {
                 }
                 Err(troubles) => troubles,
             };
-            let delay = status.failed(&troubles);
+            let was_healthy = !status.in_trouble();
+            let mut delay = status.failed(&troubles);
+            if let [Trouble::ReadOnly { .. }] = troubles.as_slice() {
+                if self.cluster.primaries.len() > 1 && was_healthy {
+                    // Our primary was just demoted: the promoted one may already be writable,
+                    // so look once right away (a single retry per lost lead, never a loop).
+                    delay = self.interval;
+                }
+            }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.wait() => return,

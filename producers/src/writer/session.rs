@@ -1,9 +1,11 @@
 //! A heartbeat session: a connection to the cluster's writable primary, checked and prepared.
 //!
-//! The primary may be given as several candidate URLs. Opening a session tries them in order,
-//! starting with the one used last (so the writer stays on its server while it is writable), and
-//! takes the first that answers with `@@read_only` off: after a switchover the writer follows
-//! the promoted server. The chosen server is then prepared once: session limits (so a writer
+//! The primary may be given as several candidate URLs. Opening a session asks all of them at
+//! once and takes the one that answers with `@@read_only` off: after a switchover the writer
+//! follows the promoted server. When several are writable (a promotion half done, or an old
+//! primary restarted without read_only in its config) it picks no side and waits: writers that
+//! picked different servers would each hold "the" lock and both lead, each continuing seq. The
+//! chosen server is then prepared once: session limits (so a writer
 //! that vanishes loses its lock within seconds, and no statement waits on a row lock for
 //! long), the heartbeat table (created, then checked for millilag's columns), and the heartbeat
 //! statement. On MariaDB that statement starts with a read-only guard, so even a user with
@@ -24,8 +26,6 @@ pub(super) struct Session {
     pub(super) conn: Conn,
     /// The primary's host:port, naming it in records and errors.
     pub(super) primary: String,
-    /// Which of the cluster's candidates it is.
-    pub(super) candidate: usize,
     pub(super) dialect: Dialect,
     pub(super) server_id: i64,
     pub(super) table: String,
@@ -75,25 +75,30 @@ pub(super) fn session_idle_limit(interval: Duration, timeouts: &DbTimeouts) -> u
 }
 
 impl ClusterWriter {
-    /// The first writable candidate, starting with `preferred`, prepared for heartbeats; or
-    /// what went wrong with each candidate tried.
-    pub(super) async fn open_session(&self, preferred: usize) -> Result<Session, Vec<Trouble>> {
+    /// The one writable candidate, prepared for heartbeats; or what is wrong with each.
+    pub(super) async fn open_session(&self) -> Result<Session, Vec<Trouble>> {
         let candidates = &self.cluster.primaries;
-        let order =
-            std::iter::once(preferred).chain((0..candidates.len()).filter(|&i| i != preferred));
+        let probes =
+            futures::future::join_all(candidates.iter().map(|u| self.try_candidate(u))).await;
+        let mut writable = Vec::new();
         let mut troubles = Vec::new();
-        for i in order {
-            let Some(url) = candidates.get(i) else {
-                continue;
-            };
-            match self.try_candidate(url).await {
-                Ok(conn) => {
-                    return self.prepare(conn, url, i).await.map_err(|t| vec![t]);
-                }
+        for (url, probe) in candidates.iter().zip(probes) {
+            match probe {
+                Ok(conn) => writable.push((conn, url)),
                 Err(t) => troubles.push(t),
             }
         }
-        Err(troubles)
+        if writable.len() > 1 {
+            let addrs = writable.iter().map(|(_, u)| u.address()).collect();
+            for (conn, _) in writable {
+                db::close(conn).await;
+            }
+            return Err(vec![Trouble::SeveralWritable { addrs }]);
+        }
+        match writable.pop() {
+            Some((conn, url)) => self.prepare(conn, url).await.map_err(|t| vec![t]),
+            None => Err(troubles),
+        }
     }
 
     /// Connect to one candidate and check it is writable.
@@ -124,12 +129,7 @@ impl ClusterWriter {
     }
 
     /// Session limits, the table, the statement. Closes the connection on failure.
-    async fn prepare(
-        &self,
-        mut conn: Conn,
-        url: &DbUrl,
-        candidate: usize,
-    ) -> Result<Session, Trouble> {
+    async fn prepare(&self, mut conn: Conn, url: &DbUrl) -> Result<Session, Trouble> {
         let addr = url.address();
         let c = &self.cluster;
         let t = c.db_timeouts();
@@ -208,7 +208,6 @@ impl ClusterWriter {
         Ok(Session {
             conn,
             primary: addr,
-            candidate,
             dialect,
             server_id,
             table,

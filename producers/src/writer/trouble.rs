@@ -27,6 +27,8 @@ pub(super) enum Trouble {
     Unreachable { addr: String, error: String },
     /// A primary candidate has `read_only` on: not the primary, or demoted.
     ReadOnly { addr: String },
+    /// More than one primary candidate is writable: no side is picked.
+    SeveralWritable { addrs: Vec<String> },
     /// The server refused the user or a statement for lack of a privilege.
     Denied {
         addr: String,
@@ -139,6 +141,7 @@ impl Trouble {
         match self {
             Trouble::Unreachable { addr, .. } => format!("unreachable {addr}"),
             Trouble::ReadOnly { addr } => format!("read-only {addr}"),
+            Trouble::SeveralWritable { addrs } => format!("several {}", addrs.join(",")),
             Trouble::Denied { addr, .. } => format!("denied {addr}"),
             Trouble::MissingColumns { table, .. } => format!("columns {table}"),
             Trouble::MissingTable { table } => format!("table {table}"),
@@ -153,6 +156,7 @@ impl Trouble {
         match self {
             Trouble::Unreachable { addr, .. } => format!("{addr} unreachable"),
             Trouble::ReadOnly { addr } => format!("{addr} is read-only"),
+            Trouble::SeveralWritable { addrs } => format!("{} all writable", addrs.join(", ")),
             Trouble::Denied { addr, .. } => format!("{addr} refused a privilege"),
             Trouble::MissingColumns { table, .. } => format!("{table} lacks seq/writer_id"),
             Trouble::MissingTable { table } => format!("{table} does not exist"),
@@ -172,6 +176,10 @@ impl Trouble {
             Trouble::ReadOnly { addr } => warn!(
                 primary = %addr,
                 "Primary is read-only (@@read_only is on): the writer does not write there. If it is the primary, make it writable (SET GLOBAL read_only = 0); after a switchover, list the new primary in cluster.primary (it takes several candidates, the writable one is used). Retrying with backoff."
+            ),
+            Trouble::SeveralWritable { addrs } => warn!(
+                candidates = %addrs.join(", "),
+                "Several primary candidates are writable: the writer picks no side and writes to none until exactly one is. Set read_only = 1 on those that are not the primary (and in their config file: read_only does not survive a restart). Retrying with backoff."
             ),
             Trouble::Denied { addr, error, fix } => warn!(
                 primary = %addr, error = %error,

@@ -35,6 +35,25 @@ async fn every_helper_is_bounded_when_the_server_hangs() {
             .replicating()
     );
 
+    // Of several candidates, the services other than the writer take the writable one for
+    // what only the primary knows (clock, replica list).
+    replica.set_read_only(true).await.unwrap();
+    let config = millilag_core::Config::from_toml_with_env(
+        &format!(
+            "[[cluster]]\nname = \"c\"\nprimary = [\"{}\", \"{}\"]\nreplicas = [\"{}\"]\n",
+            replica.url(),
+            cluster.primary.url(),
+            replica.url()
+        ),
+        "test",
+        Vec::new(),
+    )
+    .unwrap();
+    let (found, chosen) = db::connect_primary(&config.clusters[0]).await.unwrap();
+    assert_eq!(chosen.address(), cluster.primary.address());
+    db::close(found).await;
+    replica.set_read_only(false).await.unwrap();
+
     replica.freeze();
     let hung = db::replica_status_within(&mut conn, &dialect, &addr, t.query)
         .await

@@ -180,8 +180,27 @@ impl Server {
     /// SIGSTOP the server: connections stay open and nothing answers, as when a host hangs or
     /// the network between it and its clients drops packets. [`Server::thaw`] resumes it (and
     /// the guard's SIGKILL works on a stopped process too).
+    /// Returns once the kernel reports the process stopped (a signal is delivered
+    /// asynchronously: a query sent right after kill(2) could still be answered).
     pub fn freeze(&self) {
         self.signal(libc::SIGSTOP);
+        let Some(pid) = self.pid() else { return };
+        let stat = format!("/proc/{pid}/stat");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            // "pid (comm) S ...": the state follows the last ')'.
+            let state = std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|t| {
+                    t.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().chars().next())
+                })
+                .flatten();
+            if matches!(state, Some('T' | 't') | None) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT after [`Server::freeze`].

@@ -27,7 +27,7 @@ pub use cluster::{validate_identifier, ClusterConfig};
 pub use db_url::DbUrl;
 pub use kafka::{is_secret_property, KafkaConfig};
 pub use log::{LogConfig, LogFormat};
-pub use processor::ProcessorConfig;
+pub use processor::{ProcessorConfig, StaleConfig};
 pub use reader::{ReaderConfig, ReaderMethod};
 pub use sink::{GraphiteSinkConfig, InfluxApi, InfluxSinkConfig, KafkaSinkConfig, SinkConfig};
 pub use webhook::{WebhookConfig, WebhookFormat};
@@ -146,7 +146,7 @@ impl Config {
         ClusterConfig::validate_all(&self.clusters, &mut p);
         self.writer.validate(&mut p);
         self.reader.validate(&mut p);
-        self.processor.validate(&self.reader, &mut p);
+        self.processor.validate(&mut p);
         self.sink.validate(&mut p);
         for (i, a) in self.alerts.iter().enumerate() {
             a.validate(i, &self.processor, &mut p);

@@ -17,13 +17,16 @@
 //!                       open window or an unfinished batch; commit synchronously on shutdown
 //! ```
 //!
-//! Partitions revoked or assigned by the consumer group are handled in `rebalance.rs`; when
-//! the sinks fall behind, `backpressure.rs` pauses consumption. Nothing is dropped: a sink
-//! outage only delays.
+//! Partitions revoked or assigned by the consumer group are handled in `rebalance.rs` (open
+//! incidents follow them); when the sinks fall behind, `backpressure.rs` pauses consumption.
+//! Nothing is dropped: a sink outage only delays. Silence is not health: `heartbeats.rs`
+//! follows `heartbeat-set` and `alerts/stale.rs` alerts when a cluster stops announcing or a
+//! replica stops being measured.
 
 pub mod alerts;
 mod backpressure;
 mod dispatch;
+mod heartbeats;
 pub mod input;
 pub mod metrics;
 pub mod offsets;
@@ -35,11 +38,11 @@ pub mod window;
 
 use crate::consumer::Source;
 use alerts::webhook::Webhooks;
-use alerts::{AlertEngine, AlertPublisher};
+use alerts::{AlertEngine, AlertPublisher, Dormant, StaleRules};
 use anyhow::Context;
 use backpressure::Backpressure;
 use dispatch::Dispatch;
-use metrics::{labels, Metrics};
+use metrics::Metrics;
 use millilag_core::http::{bind_and_serve, Health};
 use millilag_core::kafka::{self, topics};
 use millilag_core::shutdown::Shutdown;
@@ -117,14 +120,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             f.last_seq,
         );
     }
-    let mut engine = AlertEngine::new(rules);
-    let firing = engine.restore(alert_state);
-    for a in &firing {
-        metrics
-            .alert_firing
-            .get_or_create(&labels(&[("rule", &a.rule)]))
-            .inc();
-    }
+    let engine = AlertEngine::new(rules);
+    // Open incidents are taken over partition by partition as they are assigned.
+    let mut dormant = Dormant::default();
+    dormant.reload(alert_state, &Default::default());
+    let restored_firing = dormant.len();
 
     // Sinks, the state writer, alerts and webhooks.
     let (ack_tx, sink_acks) = mpsc::unbounded_channel();
@@ -137,7 +137,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         state_ack_tx,
     );
     let generator_url = format!("http://{}/metrics", config.processor.listen);
-    let webhooks = Webhooks::spawn(&config.webhooks, &firing, generator_url, metrics.clone())?;
+    let webhooks = Webhooks::spawn(&config.webhooks, generator_url, metrics.clone())?;
     let alerts = AlertPublisher::spawn(
         producer.clone(),
         config.topic(topics::ALERT),
@@ -161,17 +161,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         sinks = sink_handles.len(),
         rules = engine.rules().len(),
         restored_windows = flushed.len(),
-        restored_firing = firing.len(),
+        restored_firing,
         "Processor started."
     );
 
-    let idle_us = i64::try_from(
-        config
-            .processor
-            .idle_close_or_default(&config.reader)
-            .as_micros(),
-    )
-    .unwrap_or(i64::MAX);
+    let idle_us =
+        i64::try_from(config.processor.idle_close_or_default().as_micros()).unwrap_or(i64::MAX);
+    let partitions = partition_count(&source).await;
+    let heartbeats = heartbeats::HeartbeatWatch::spawn(&config, shutdown.clone());
     let mut run_loop = RunLoop {
         config: &config,
         source: &source,
@@ -181,6 +178,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         closed: Vec::new(),
         dispatch: Dispatch {
             engine,
+            stale: StaleRules::new(&config.processor.stale),
             sinks: &sink_handles,
             state_tx: &state_tx,
             alerts: &alerts,
@@ -190,6 +188,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         sink_acks,
         state_acks,
         idle_us,
+        dormant,
+        partitions,
+        owned: Default::default(),
+        heartbeats,
+        next_stale_at: 0,
     };
     run_loop.run(&shutdown).await;
     health.set_not_ready("shutting down");
@@ -247,4 +250,21 @@ fn build_sinks(
         ));
     }
     Ok(out)
+}
+
+/// replica-delay's partition count (0 when the broker does not say; only one processor can
+/// then own incidents with certainty: every partition's).
+async fn partition_count(source: &Source) -> i32 {
+    let consumer = source.consumer().clone();
+    let topic = source.topic().to_string();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::Consumer;
+        consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|md| md.topics().first().map(|t| t.partitions().len() as i32))
+            .unwrap_or(0)
+    })
+    .await
+    .unwrap_or(0)
 }

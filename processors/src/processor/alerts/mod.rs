@@ -15,10 +15,14 @@
 //! The engine is pure (windows in, transitions out); [`publisher`] carries transitions to
 //! Kafka and the [`webhook`]s.
 
+pub mod incidents;
 pub mod publisher;
+pub mod stale;
 pub mod webhook;
 
+pub use incidents::Dormant;
 pub use publisher::AlertPublisher;
+pub use stale::StaleRules;
 
 use millilag_core::config::{AlertCondition, AlertMetric, AlertRuleConfig};
 use millilag_core::events::{Alert, AlertState, DelayWindow};
@@ -143,6 +147,29 @@ impl AlertEngine {
             firing.push(a);
         }
         firing
+    }
+
+    /// Stop owning `cluster`/`replica` (its partition moved): its tracks go, and the
+    /// fingerprints of its firing incidents are returned (their new owner continues them).
+    pub fn forget(&mut self, cluster: &str, replica: &str) -> Vec<(String, String)> {
+        let mut firing = Vec::new();
+        for rule in &self.rules {
+            let fp = fingerprint(&rule.name, cluster, replica);
+            if let Some(t) = self.tracks.remove(&fp) {
+                if matches!(t.phase, Phase::Firing { .. }) {
+                    firing.push((rule.name.clone(), fp));
+                }
+            }
+        }
+        firing
+    }
+
+    /// The fingerprints of the firing incidents owned here.
+    pub fn firing(&self) -> impl Iterator<Item = &String> {
+        self.tracks
+            .iter()
+            .filter(|(_, t)| matches!(t.phase, Phase::Firing { .. }))
+            .map(|(fp, _)| fp)
     }
 
     /// Evaluate every rule that reads this window; returns the transitions.

@@ -6,6 +6,8 @@
 mod cli;
 mod common;
 mod compose;
+mod db;
+mod failover;
 mod ha;
 mod harness;
 mod incidents;
@@ -14,3 +16,4 @@ mod processor;
 mod reader;
 mod statsd;
 mod writer;
+mod writer_faults;

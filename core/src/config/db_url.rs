@@ -48,11 +48,13 @@ impl DbUrl {
 
     /// Connection options with the resolved password. TCP even for 127.0.0.1 (mysql_async would
     /// otherwise switch to the server's socket), no default database (the heartbeat table is
-    /// always qualified), and Nagle off: heartbeats are tiny and latency is the product.
+    /// always qualified), Nagle off (heartbeats are tiny and latency is the product) and TCP
+    /// keepalive on (a vanished server is noticed on an idle connection too).
     pub fn opts(&self, password: Option<&str>) -> mysql_async::Opts {
         let mut b = mysql_async::OptsBuilder::from_opts(self.opts.clone())
             .prefer_socket(false)
             .tcp_nodelay(true)
+            .tcp_keepalive(Some(crate::db::TCP_KEEPALIVE))
             .stmt_cache_size(32);
         if self.opts.pass().is_none() {
             b = b.pass(password.map(str::to_string));
@@ -130,6 +132,16 @@ mod tests {
     fn rejects_other_schemes() {
         assert!(DbUrl::parse("postgres://x@y:1").is_err());
         assert!(DbUrl::parse("127.0.0.1:3306").is_err());
+    }
+
+    #[test]
+    fn connections_keep_alive_and_use_tcp() {
+        let o = DbUrl::parse("mysql://mon@127.0.0.1:3306")
+            .unwrap()
+            .opts(Some("pw"));
+        assert_eq!(o.tcp_keepalive(), Some(crate::db::TCP_KEEPALIVE));
+        assert!(!o.prefer_socket());
+        assert_eq!(o.pass(), Some("pw"));
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub use sink::{
     StatsdSinkConfig,
 };
 pub use webhook::{WebhookConfig, WebhookFormat};
-pub use writer::WriterConfig;
+pub use writer::{WriterConfig, MAX_WRITER_ID};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -203,5 +203,7 @@ fn is_http_url(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

@@ -166,10 +166,20 @@ impl Default for KafkaSinkConfig {
     }
 }
 
+/// A request timeout of zero fails every request at once (a retry loop with nothing to wait for).
+pub(super) fn check_timeout(key: &str, t: HumanDuration, p: &mut Vec<String>) {
+    if t.0.is_zero() {
+        p.push(format!(
+            "{key} (0s) must be more than zero; e.g. \"5s\" (the default)"
+        ));
+    }
+}
+
 impl SinkConfig {
     pub(super) fn validate(&self, p: &mut Vec<String>) {
         for (i, s) in self.influxdb.iter().enumerate() {
             let key = format!("sink.influxdb[{i}]");
+            check_timeout(&format!("{key}.timeout"), s.timeout, p);
             if !is_http_url(&s.url) {
                 p.push(format!(
                     "{key}.url ({:?}) must start with http:// or https://",
@@ -190,6 +200,7 @@ impl SinkConfig {
             }
         }
         for (i, g) in self.graphite.iter().enumerate() {
+            check_timeout(&format!("sink.graphite[{i}].timeout"), g.timeout, p);
             if !g.address.contains(':') {
                 p.push(format!(
                     "sink.graphite[{i}].address ({:?}) must be host:port",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{default_sink_timeout, is_http_url};
+use super::{default_sink_timeout, is_http_url, sink::check_timeout};
 use crate::duration::HumanDuration;
 use crate::secret::{resolve_secret, EnvUnset, Sensitive};
 
@@ -52,6 +52,12 @@ fn default_webhook_give_up() -> HumanDuration {
 
 impl WebhookConfig {
     pub(super) fn validate(&self, key: &str, p: &mut Vec<String>) {
+        check_timeout(&format!("{key}.timeout"), self.timeout, p);
+        if self.give_up_after.0.is_zero() {
+            p.push(format!(
+                "{key}.give_up_after (0s) must be more than zero; e.g. \"10m\" (the default)"
+            ));
+        }
         if !is_http_url(&self.url) {
             p.push(format!(
                 "{key}.url ({:?}) must start with http:// or https://",

@@ -29,6 +29,7 @@ mod backpressure;
 mod dispatch;
 mod heartbeats;
 pub mod input;
+mod liveness;
 pub mod metrics;
 pub mod offsets;
 mod rebalance;
@@ -180,6 +181,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         i64::try_from(config.processor.idle_close_or_default().as_micros()).unwrap_or(i64::MAX);
     let partitions = partition_count(&source).await;
     let heartbeats = heartbeats::HeartbeatWatch::spawn(&config, shutdown.clone());
+    let liveness = liveness::Liveness::spawn(
+        source.consumer().clone(),
+        source.topic().to_string(),
+        shutdown.clone(),
+    );
     let mut run_loop = RunLoop {
         config: &config,
         source: &source,
@@ -205,6 +211,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         owned: Default::default(),
         heartbeats,
         next_stale_at: 0,
+        liveness,
         timings: Timings(taps.into_iter().flatten().collect()),
     };
     run_loop.run(&shutdown).await;

@@ -14,6 +14,7 @@ use super::backpressure::Backpressure;
 use super::dispatch::Dispatch;
 use super::heartbeats::HeartbeatWatch;
 use super::input::{self, DelayView};
+use super::liveness::Liveness;
 use super::metrics::{labels, Metrics};
 use super::offsets::OffsetTracker;
 use super::sinks::statsd::timings::Timings;
@@ -62,6 +63,8 @@ pub struct RunLoop<'a> {
     pub owned: std::collections::BTreeSet<i32>,
     pub heartbeats: HeartbeatWatch,
     pub next_stale_at: i64,
+    /// Whether silence can be told (the broker answers, consumption runs).
+    pub liveness: Liveness,
     /// statsd timers: each exact measurement, once, as it is decoded.
     pub timings: Timings,
 }
@@ -125,6 +128,7 @@ impl RunLoop<'_> {
         self.rebalanced().await;
         let (partition, offset) = (m.partition(), m.offset());
         self.metrics.records.inc();
+        self.liveness.heard(now_us());
         let (now, published_ms) = (now_us(), m.timestamp().to_millis());
         let max_skew_us = self.config.processor.max_clock_skew.as_micros_i64();
         let max_age_us = self.config.processor.max_event_age.as_micros_i64();
@@ -188,10 +192,14 @@ impl RunLoop<'_> {
     async fn on_tick(&mut self) {
         self.rebalanced().await;
         let now = now_us();
-        self.windows.close_idle(now, self.idle_us, &mut self.closed);
-        if now >= self.next_stale_at {
-            self.next_stale_at = now + STALE_EVERY_US;
-            self.check_silence(now);
+        // Silence means something only while the input is live (see liveness.rs).
+        let paused = self.backpressure.paused();
+        if self.liveness.can_tell(now, paused, self.idle_us) {
+            self.windows.close_idle(now, self.idle_us, &mut self.closed);
+            if now >= self.next_stale_at {
+                self.next_stale_at = now + STALE_EVERY_US;
+                self.check_silence(now);
+            }
         }
         self.timings.flush();
         self.dispatch_closed();

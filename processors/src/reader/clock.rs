@@ -15,17 +15,21 @@ pub(super) async fn sample_clock(
     clock: &Mutex<OffsetEstimator>,
     n: usize,
 ) -> bool {
-    let Ok(mut conn) = db::connect(&c.primary, c.password.as_ref().map(|p| p.expose())).await
-    else {
+    // With several primary candidates, the writable one: its clock stamps the commits.
+    let Ok((mut conn, url)) = db::connect_primary(c).await else {
         return false;
     };
+    let (addr, limit) = (url.address(), c.query_timeout.0);
     for _ in 0..n {
-        match sample_offset(&mut conn).await {
+        match db::bounded(limit, &addr, sample_offset(&mut conn)).await {
             Ok(s) => clock.lock().unwrap_or_else(|p| p.into_inner()).add(s),
-            Err(_) => return false,
+            Err(_) => {
+                db::close(conn).await;
+                return false;
+            }
         }
     }
-    let _ = conn.disconnect().await;
+    db::close(conn).await;
     true
 }
 
@@ -44,7 +48,7 @@ pub(super) async fn keep_clock(
         }
         let ok = sample_clock(&c, &clock, 5).await;
         if !ok && !warned {
-            warn!(primary = %c.primary.address(), "Cannot reach the primary to refresh the clock offset; using the last estimate.");
+            warn!(primary = %c.primary().address(), "Cannot reach the primary to refresh the clock offset; using the last estimate.");
         }
         warned = !ok;
     }

@@ -57,17 +57,18 @@ pub(super) async fn discover(
 }
 
 async fn list_replicas(c: &ClusterConfig) -> anyhow::Result<Vec<DbUrl>> {
-    let addr = c.primary.address();
-    let mut conn = db::connect(&c.primary, c.password.as_ref().map(|p| p.expose())).await?;
-    let dialect = db::dialect(&mut conn, &addr).await?;
-    let hosts = db::replica_hosts(&mut conn, &dialect, &addr)
-        .await
-        .context(
+    let (mut conn, primary) = db::connect_primary(c).await?;
+    let (addr, limit) = (primary.address(), c.query_timeout.0);
+    let listed = async {
+        let dialect = db::dialect_within(&mut conn, &addr, limit).await?;
+        db::replica_hosts_within(&mut conn, &dialect, &addr, limit).await
+    };
+    let hosts = listed.await.context(
         "listing replicas (needs REPLICATION MASTER ADMIN on MariaDB, REPLICATION SLAVE on MySQL)",
-    )?;
-    let _ = conn.disconnect().await;
-    Ok(hosts
+    );
+    db::close(conn).await;
+    Ok(hosts?
         .into_iter()
-        .map(|(h, p)| c.primary.with_address(&h, p))
+        .map(|(h, p)| primary.with_address(&h, p))
         .collect())
 }

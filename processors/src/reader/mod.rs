@@ -98,6 +98,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             table: db::qualified_table(&c.database, &c.table)?,
             reader_id: reader_id.clone(),
             password: c.password.clone(),
+            timeouts: c.db_timeouts(),
             clock: clock.clone(),
             settings: settings.clone(),
         });

@@ -3,15 +3,25 @@
 //!
 //! The two dialects differ in a handful of statements; each difference is one `match` here,
 //! unit-tested, so the services never branch on the server kind themselves.
+//!
+//! Every call is bounded: [`connect_with`] by the cluster's `connect_timeout`, each statement by
+//! [`bounded`] (the helpers here by [`DbTimeouts::DEFAULT`] unless given the cluster's), and
+//! connections carry TCP keepalive, so a server that vanished without closing its sockets is
+//! noticed even on an idle connection. A connection whose statement timed out is in an unknown
+//! state: hand it to [`close`] and open another.
 
-use crate::config::{validate_identifier, DbUrl};
+mod connect;
+
+pub use connect::{
+    bounded, close, connect, connect_primary, connect_with, is_read_only, is_timeout,
+    read_only_value, timed_out, DbTimeouts, CONNECT_TIMEOUT, READ_ONLY_SQL, TCP_KEEPALIVE,
+};
+
+use crate::config::validate_identifier;
 use crate::error::{Error, Result};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row, Value};
 use std::time::Duration;
-
-/// How long a connection attempt may take before the server counts as unreachable.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dialect {
@@ -205,35 +215,14 @@ pub fn parse_mariadb_gtid(gtid: &str) -> Option<(u32, u32, u64)> {
     Some((d.parse().ok()?, s.parse().ok()?, n.parse().ok()?))
 }
 
-/// Open one connection, bounded by [`CONNECT_TIMEOUT`], in autocommit with READ COMMITTED:
-/// every poll sees the newest committed row instead of a REPEATABLE READ snapshot.
-pub async fn connect(url: &DbUrl, password: Option<&str>) -> Result<Conn> {
-    let addr = url.address();
-    let conn = tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(url.opts(password)))
-        .await
-        .map_err(|_| {
-            Error::database(
-                &addr,
-                mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connect timed out after {CONNECT_TIMEOUT:?}"),
-                ))),
-            )
-        })?
-        .map_err(|e| Error::database(&addr, e))?;
-    let mut conn = conn;
-    // The statement form works on every MySQL and MariaDB version (the variable was renamed).
-    conn.query_drop("SET autocommit = 1; SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        .await
-        .map_err(|e| Error::database(&addr, e))?;
-    Ok(conn)
+/// [`dialect_within`] the default query timeout.
+pub async fn dialect(conn: &mut Conn, addr: &str) -> Result<Dialect> {
+    dialect_within(conn, addr, DbTimeouts::DEFAULT.query).await
 }
 
-pub async fn dialect(conn: &mut Conn, addr: &str) -> Result<Dialect> {
-    let v: Option<String> = conn
-        .query_first("SELECT VERSION()")
-        .await
-        .map_err(|e| Error::database(addr, e))?;
+/// The server's dialect, from `SELECT VERSION()` answered within `limit`.
+pub async fn dialect_within(conn: &mut Conn, addr: &str, limit: Duration) -> Result<Dialect> {
+    let v: Option<String> = bounded(limit, addr, conn.query_first("SELECT VERSION()")).await?;
     Ok(Dialect::from_version(&v.unwrap_or_default()))
 }
 
@@ -318,28 +307,44 @@ pub fn parse_replica_status(row: Option<&Row>) -> ReplicaStatus {
     }
 }
 
+/// [`replica_status_within`] the default query timeout.
 pub async fn replica_status(
     conn: &mut Conn,
     dialect: &Dialect,
     addr: &str,
 ) -> Result<ReplicaStatus> {
-    let rows: Vec<Row> = conn
-        .query(dialect.replica_status_sql())
-        .await
-        .map_err(|e| Error::database(addr, e))?;
+    replica_status_within(conn, dialect, addr, DbTimeouts::DEFAULT.query).await
+}
+
+/// SHOW SLAVE/REPLICA STATUS, answered within `limit` (it can block behind a busy replica
+/// worker).
+pub async fn replica_status_within(
+    conn: &mut Conn,
+    dialect: &Dialect,
+    addr: &str,
+    limit: Duration,
+) -> Result<ReplicaStatus> {
+    let rows: Vec<Row> = bounded(limit, addr, conn.query(dialect.replica_status_sql())).await?;
     Ok(parse_replica_status(rows.first()))
 }
 
-/// host:port of replicas registered with the primary.
+/// [`replica_hosts_within`] the default query timeout.
 pub async fn replica_hosts(
     conn: &mut Conn,
     dialect: &Dialect,
     addr: &str,
 ) -> Result<Vec<(String, u16)>> {
-    let rows: Vec<Row> = conn
-        .query(dialect.replica_hosts_sql())
-        .await
-        .map_err(|e| Error::database(addr, e))?;
+    replica_hosts_within(conn, dialect, addr, DbTimeouts::DEFAULT.query).await
+}
+
+/// host:port of replicas registered with the primary, answered within `limit`.
+pub async fn replica_hosts_within(
+    conn: &mut Conn,
+    dialect: &Dialect,
+    addr: &str,
+    limit: Duration,
+) -> Result<Vec<(String, u16)>> {
+    let rows: Vec<Row> = bounded(limit, addr, conn.query(dialect.replica_hosts_sql())).await?;
     Ok(rows
         .iter()
         .filter_map(|r| {
@@ -348,6 +353,45 @@ pub async fn replica_hosts(
             (!host.is_empty()).then_some((host, port))
         })
         .collect())
+}
+
+/// What a GTID wait answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitAnswer {
+    /// Some(true) when applied, Some(false) when the server's wait timed out, None when the
+    /// server cannot wait (no GTID).
+    pub reached: Option<bool>,
+    /// The replica had it already when the wait began (it did not block), when the server's
+    /// position tells ([`Dialect::gtid_included`]).
+    pub already: Option<bool>,
+}
+
+/// One GTID wait ([`Dialect::gtid_wait_sql`]) for `gtid`, at most `wait_s` seconds on the
+/// server, and at most `slack` more on the client (a replica that hangs, or a network that
+/// drops the answer, would otherwise hold the wait forever). A client-side timeout is an
+/// error: drop or [`close`] the connection.
+pub async fn gtid_wait(
+    conn: &mut Conn,
+    dialect: &Dialect,
+    addr: &str,
+    gtid: &str,
+    wait_s: f64,
+    slack: Duration,
+) -> Result<WaitAnswer> {
+    let limit = Duration::try_from_secs_f64(wait_s.max(0.0))
+        .unwrap_or(crate::duration::MAX_DURATION)
+        .saturating_add(slack);
+    let row: Option<(Option<String>, Option<i64>)> = bounded(
+        limit,
+        addr,
+        conn.exec_first(dialect.gtid_wait_sql(), (gtid, wait_s)),
+    )
+    .await?;
+    let (position, reached) = row.unwrap_or((None, None));
+    Ok(WaitAnswer {
+        reached: dialect.gtid_wait_reached(reached),
+        already: position.and_then(|p| dialect.gtid_included(&p, gtid)),
+    })
 }
 
 /// `UNIX_TIMESTAMP(...)` text ("1763000000.123456") as microseconds, exactly (no float).

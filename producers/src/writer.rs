@@ -38,6 +38,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -57,6 +58,7 @@ pub struct WriterMetrics {
     published: Family<Labels, Counter>,
     db_errors: Family<Labels, Counter>,
     leader: Family<Labels, Gauge>,
+    interval: Family<Labels, Gauge<f64, AtomicU64>>,
     commit_latency: Family<Labels, Histogram>,
 }
 
@@ -70,6 +72,7 @@ impl WriterMetrics {
             published: Family::default(),
             db_errors: Family::default(),
             leader: Family::default(),
+            interval: Family::default(),
             commit_latency: Family::new_with_constructor(|| {
                 // 100 us .. ~3.3 s
                 Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -114,6 +117,11 @@ impl WriterMetrics {
             m.leader.clone(),
         );
         r.register(
+            "interval_seconds",
+            "The configured heartbeat interval (alert rules compare the heartbeat rate with it)",
+            m.interval.clone(),
+        );
+        r.register(
             "commit_latency_seconds",
             "Round trip of the heartbeat statement",
             m.commit_latency.clone(),
@@ -122,8 +130,9 @@ impl WriterMetrics {
     }
 
     /// One cluster's series, resolved once: counting a heartbeat is then an atomic add.
-    pub fn for_cluster(&self, cluster: &str) -> ClusterMetrics {
+    pub fn for_cluster(&self, cluster: &str, interval: Duration) -> ClusterMetrics {
         let l = labels(&[("cluster", cluster)]);
+        self.interval.get_or_create(&l).set(interval.as_secs_f64());
         // One get_or_create per statement: its read guard on the family must be gone before
         // the next one may need the write lock.
         let counter = |f: &Family<Labels, Counter>| -> Counter { f.get_or_create(&l).clone() };
@@ -201,7 +210,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             gtid_domain_id: config.writer.gtid_domain_id,
             writer_id: writer_id.clone(),
             tx: tx.clone(),
-            metrics: Arc::new(metrics.for_cluster(&c.name)),
+            metrics: Arc::new(metrics.for_cluster(&c.name, config.writer.interval.0)),
         };
         let span = info_span!("writer", cluster = %c.name);
         tasks.push(tokio::spawn(ctx.run(shutdown.clone()).instrument(span)));

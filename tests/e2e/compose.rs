@@ -34,6 +34,7 @@ const OFFICIAL_IMAGES: &[&str] = &[
     "apache/kafka",
     "influxdb",
     "prom/alertmanager",
+    "prom/prometheus",
     "grafana/grafana",
 ];
 
@@ -301,7 +302,7 @@ fn compose_host_ports_are_loopback_and_do_not_collide() {
             );
         }
     }
-    for port in ["8086", "9093", "3000", "29092"] {
+    for port in ["8086", "9093", "3000", "9090", "29092"] {
         assert!(
             seen.keys().any(|(p, _)| p == port),
             "port {port} is not published"

@@ -10,5 +10,6 @@ mod ha;
 mod harness;
 mod loud;
 mod processor;
+mod prometheus;
 mod reader;
 mod writer;

@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod compose;
+mod grafana;
 mod ha;
 mod harness;
 mod loud;

@@ -1,6 +1,7 @@
 //! What Prometheus users get: the alerting rules in compose/prometheus/ (checked and unit-tested
-//! by promtool, loaded by a real Prometheus), and every metric they, the Grafana dashboards and
-//! the README name is one that the running services serve.
+//! by promtool, loaded by a real Prometheus), and every metric they, the Prometheus Grafana
+//! dashboard and the README name is one that the running services serve; the dashboard's
+//! queries run on a real Prometheus scraping them.
 
 use crate::common::{create_topics, http_get, Env, Pipeline};
 use millilag_harness::prometheus::Prometheus;
@@ -173,6 +174,7 @@ async fn prometheus_scrapes_every_service_and_evaluates_the_rules_on_served_metr
     for file in [
         "compose/prometheus/millilag-rules.yml",
         "compose/prometheus/millilag-rules.test.yml",
+        "compose/grafana/provisioning/dashboards/millilag-prometheus.json",
         "README.md",
         "compose/README.md",
     ] {
@@ -234,6 +236,24 @@ async fn prometheus_scrapes_every_service_and_evaluates_the_rules_on_served_metr
         .await
         .unwrap();
     assert_eq!(leader[0]["value"][1], "1", "{leader:?}");
+    // Every query of the Prometheus dashboard parses and runs; the delay panels have data.
+    for (title, expr) in crate::grafana::prometheus_dashboard_exprs() {
+        let q = crate::grafana::substitute_grafana_variables(&expr);
+        prom.query(&q)
+            .await
+            .unwrap_or_else(|e| panic!("{title}: {q}: {e}"));
+        if title.contains("live lag") || title.contains("p99") || title.starts_with('$') {
+            // A rate needs two scrapes: wait for them.
+            wait_for(
+                &format!("{title}: {q}"),
+                Duration::from_secs(30),
+                || async { (!prom.query(&q).await.ok()?.is_empty()).then_some(()) },
+            )
+            .await
+            .unwrap();
+        }
+    }
+
     // (Evaluations before the first scrape may have made some pending: wait for one after.)
     let quiet = [
         "MillilagNoWriterLeading",

@@ -38,8 +38,11 @@ enum Command {
     All(ConfigArg),
     /// Validate a config, print it resolved (secrets masked) and exit.
     CheckConfig {
-        /// The TOML config file.
-        file: PathBuf,
+        /// The TOML config file (wins over --config and MILLILAG_CONFIG).
+        file: Option<PathBuf>,
+        /// The TOML config file, as the services take it.
+        #[arg(long, short, env = "MILLILAG_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Print every replica's current delay once, read straight from the databases, and exit
     /// like a Nagios plugin (pt-heartbeat --check).
@@ -132,7 +135,13 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (config_path, run) = match cli.command {
-        Command::CheckConfig { file } => {
+        Command::CheckConfig { file, config } => {
+            let Some(file) = file.or(config) else {
+                eprintln!(
+                    "millilag check-config: name the config file: check-config FILE, --config FILE or MILLILAG_CONFIG=FILE"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            };
             return match Config::load(&file) {
                 Ok(c) => {
                     print!("{}", c.to_masked_toml());

@@ -11,6 +11,7 @@ mod grafana;
 mod ha;
 mod harness;
 mod loud;
+mod package;
 mod processor;
 mod prometheus;
 mod reader;

@@ -14,5 +14,6 @@ mod loud;
 mod package;
 mod processor;
 mod prometheus;
+mod python;
 mod reader;
 mod writer;

@@ -82,10 +82,12 @@ fn promtool_refuses_a_rule_on_a_bad_expression() {
     assert!(!ok && out.contains("range vector"), "{out}");
 }
 
-/// Metric names in `text`: identifiers starting with `millilag_` or `process_`.
+/// Metric names in `text`: identifiers starting with `millilag_` or `process_` (not a bare
+/// prefix such as the package file name `millilag_<version>.deb`).
 pub fn metric_names_in(text: &str) -> BTreeSet<String> {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|t| t.starts_with("millilag_") || t.starts_with("process_"))
+        .filter(|t| !t.ends_with('_'))
         .map(str::to_string)
         .collect()
 }

@@ -3,16 +3,21 @@
 //! One test binary (one link); nextest runs each test in its own process, so every test starts
 //! the services it needs and they die with it.
 
+mod check;
 mod cli;
 mod common;
 mod compose;
 mod db;
 mod failover;
+mod grafana;
 mod ha;
 mod harness;
 mod incidents;
 mod loud;
+mod package;
 mod processor;
+mod prometheus;
+mod python;
 mod reader;
 mod statsd;
 mod writer;

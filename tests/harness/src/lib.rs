@@ -7,7 +7,8 @@
 //! - [`victoria::Victoria`], [`influx::Influx`] (1.6), [`carbon::Carbon`]: the metric stores the
 //!   processor writes to, each with a read-back helper; [`statsd::Statsd`] (Etsy's, from npm)
 //!   flushing into a [`carbon::Carbon`]; [`alertmanager::Alertmanager`] routing
-//!   to a [`alertmanager::WebhookReceiver`] the test runs.
+//!   to a [`alertmanager::WebhookReceiver`] the test runs; [`prometheus::Prometheus`] scraping
+//!   the services' /metrics and evaluating rule files.
 //!
 //! Readiness is always checked by doing the real thing (a query as the user the test will use,
 //! a metadata request), never by sleeping.
@@ -18,6 +19,7 @@ pub mod carbon;
 pub mod influx;
 pub mod mariadb;
 pub mod process;
+pub mod prometheus;
 pub mod statsd;
 pub mod victoria;
 

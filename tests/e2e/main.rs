@@ -11,4 +11,5 @@ mod harness;
 mod loud;
 mod processor;
 mod reader;
+mod tls_refusals;
 mod writer;

@@ -24,6 +24,7 @@
 pub mod alerts;
 mod backpressure;
 mod dispatch;
+pub mod http_client;
 pub mod input;
 pub mod metrics;
 pub mod offsets;
@@ -77,6 +78,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         .map(alerts::Rule::from_config)
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
+    // A wrong CA or name is a config mistake: say so now, not at the first window.
+    http_client::check_endpoints(&config).await?;
 
     kafka::ensure_topics(
         &config,
@@ -217,7 +220,7 @@ fn build_sinks(
     let mut out = Vec::new();
     for (i, c) in config.sink.influxdb.iter().enumerate() {
         let name = format!("influxdb[{i}]");
-        let sink = sinks::influx::InfluxSink::new(c).with_context(|| format!("sink.{name}"))?;
+        let sink = sinks::influx::InfluxSink::new(&format!("sink.{name}"), c)?;
         out.push(sinks::spawn(
             name.clone(),
             sink,

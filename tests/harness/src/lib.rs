@@ -7,6 +7,9 @@
 //! - [`victoria::Victoria`], [`influx::Influx`] (1.6), [`carbon::Carbon`]: the metric stores the
 //!   processor writes to, each with a read-back helper; [`alertmanager::Alertmanager`] routing
 //!   to a [`alertmanager::WebhookReceiver`] the test runs.
+//! - [`tls::Pki`]: a private CA made at test time, and [`tls::Terminator`] (socat) to put TLS
+//!   in front of a plaintext service; MariaDB, Tansu, VictoriaMetrics and the webhook receiver
+//!   each have a TLS variant.
 //!
 //! Readiness is always checked by doing the real thing (a query as the user the test will use,
 //! a metadata request), never by sleeping.
@@ -17,6 +20,7 @@ pub mod carbon;
 pub mod influx;
 pub mod mariadb;
 pub mod process;
+pub mod tls;
 pub mod victoria;
 
 pub use broker::Broker;

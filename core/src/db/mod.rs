@@ -4,14 +4,14 @@
 //! The two dialects differ in a handful of statements; each difference is one `match` here,
 //! unit-tested, so the services never branch on the server kind themselves.
 
-use crate::config::{validate_identifier, DbUrl};
+mod connect;
+
+pub use connect::{connect, CONNECT_TIMEOUT};
+
+use crate::config::validate_identifier;
 use crate::error::{Error, Result};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row, Value};
-use std::time::Duration;
-
-/// How long a connection attempt may take before the server counts as unreachable.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dialect {
@@ -176,30 +176,6 @@ pub fn parse_mariadb_gtid(gtid: &str) -> Option<(u32, u32, u64)> {
         return None;
     }
     Some((d.parse().ok()?, s.parse().ok()?, n.parse().ok()?))
-}
-
-/// Open one connection, bounded by [`CONNECT_TIMEOUT`], in autocommit with READ COMMITTED:
-/// every poll sees the newest committed row instead of a REPEATABLE READ snapshot.
-pub async fn connect(url: &DbUrl, password: Option<&str>) -> Result<Conn> {
-    let addr = url.address();
-    let conn = tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(url.opts(password)))
-        .await
-        .map_err(|_| {
-            Error::database(
-                &addr,
-                mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connect timed out after {CONNECT_TIMEOUT:?}"),
-                ))),
-            )
-        })?
-        .map_err(|e| Error::database(&addr, e))?;
-    let mut conn = conn;
-    // The statement form works on every MySQL and MariaDB version (the variable was renamed).
-    conn.query_drop("SET autocommit = 1; SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        .await
-        .map_err(|e| Error::database(&addr, e))?;
-    Ok(conn)
 }
 
 pub async fn dialect(conn: &mut Conn, addr: &str) -> Result<Dialect> {

@@ -11,5 +11,6 @@ mod harness;
 mod loud;
 mod processor;
 mod reader;
+mod tls;
 mod tls_refusals;
 mod writer;

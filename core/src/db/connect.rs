@@ -114,3 +114,48 @@ fn hint(url: &DbUrl, e: &mysql_async::Error) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DbTls;
+
+    fn url(mode: TlsMode) -> DbUrl {
+        let mut u = DbUrl::parse("mysql://u@db1:3306").unwrap();
+        u.set_tls(DbTls {
+            mode,
+            ssl: None,
+            key: "cluster[2]".into(),
+        });
+        u
+    }
+
+    fn server(code: u16) -> mysql_async::Error {
+        mysql_async::Error::Server(mysql_async::ServerError {
+            code,
+            message: "m".into(),
+            state: "HY000".into(),
+        })
+    }
+
+    #[test]
+    fn hints_name_the_clusters_tls_keys() {
+        let no_tls =
+            mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer);
+        let h = hint(&url(TlsMode::VerifyIdentity), &no_tls).unwrap();
+        assert!(h.contains("set cluster[2].tls = \"off\""), "{h}");
+        let h = hint(&url(TlsMode::Off), &server(3159)).unwrap();
+        assert!(
+            h.contains("TLS connections only: set cluster[2].tls"),
+            "{h}"
+        );
+        let h = hint(&url(TlsMode::Off), &server(1045)).unwrap();
+        assert!(
+            h.contains("REQUIRE SSL") && h.contains("cluster[2].tls"),
+            "{h}"
+        );
+        // With TLS on, access denied is about the password: no TLS hint.
+        assert_eq!(hint(&url(TlsMode::VerifyIdentity), &server(1045)), None);
+        assert_eq!(hint(&url(TlsMode::Off), &server(1142)), None);
+    }
+}

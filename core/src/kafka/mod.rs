@@ -217,3 +217,26 @@ pub async fn dead_letter(
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    /// The `ssl` feature of rdkafka is what gives TLS and SCRAM (README, "TLS"); a dependency
+    /// change that drops it fails here rather than at a user's broker.
+    #[test]
+    fn librdkafka_is_built_with_tls_and_sasl() {
+        let native = rdkafka::config::ClientConfig::new()
+            .create_native_config()
+            .unwrap();
+        let features = native.get("builtin.features").unwrap();
+        for want in ["ssl", "sasl_plain", "sasl_scram", "sasl_oauthbearer"] {
+            assert!(
+                features.split(',').any(|f| f == want),
+                "{want} missing from {features}"
+            );
+        }
+        assert!(
+            !features.split(',').any(|f| f == "sasl_gssapi"),
+            "GSSAPI is built in after all: update SASL_MECHANISMS and the README"
+        );
+    }
+}

@@ -120,3 +120,33 @@ pub async fn check_endpoints(config: &Config) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_never_carry_the_url() {
+        // Nothing listens on port 1: a refused connection, reported without the secret path.
+        let url = "http://u:pw@127.0.0.1:1/hooks/T0/B0/SECRETPATH?token=SECRETQUERY";
+        let c = client("webhook[0]", Duration::from_secs(2), None).unwrap();
+        let e = c.post(url).send().await.unwrap_err();
+        let text = describe(e, "webhook[0]", false);
+        for secret in ["SECRETPATH", "SECRETQUERY", "pw@"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("onnect"), "the cause is kept: {text}");
+    }
+
+    #[test]
+    fn a_ca_file_that_is_not_pem_names_the_key() {
+        let dir = std::env::temp_dir().join(format!("millilag-http-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let e = client("sink.influxdb[1]", Duration::from_secs(1), Some(&missing)).unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("sink.influxdb[1].tls_ca_file: cannot read"),
+            "{e:#}"
+        );
+    }
+}

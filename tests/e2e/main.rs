@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod compose;
+mod compose_tls;
 mod ha;
 mod harness;
 mod loud;

@@ -34,8 +34,13 @@ enum Authorization {
 
 impl InfluxSink {
     pub fn new(key: &str, c: &InfluxSinkConfig) -> anyhow::Result<InfluxSink> {
-        let base = reqwest::Url::parse(c.url.expose())
+        let mut base = reqwest::Url::parse(c.url.expose())
             .with_context(|| format!("{key}.url ({})", c.url))?;
+        // A base behind a path prefix (https://proxy/influx) keeps it: join() would replace
+        // the last segment without the trailing slash.
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
         let (path, auth) = match c.api {
             InfluxApi::V1 => (
                 "write",
@@ -136,6 +141,34 @@ pub fn line(out: &mut String, measurement: &str, w: &DelayWindow) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_urls_keep_a_path_prefix() {
+        let load = |url: &str, api: &str| {
+            let text = format!(
+                "[[sink.influxdb]]\nurl = \"{url}\"\napi = \"{api}\"\norg = \"o\"\nbucket = \"b\"\n\
+                 database = \"d\"\ntoken_env = \"T\"\n"
+            );
+            let env = [("T".to_string(), "t".to_string())];
+            let c = millilag_core::Config::from_toml_with_env(&text, "t", env).unwrap();
+            InfluxSink::new("sink.influxdb[0]", &c.sink.influxdb[0])
+                .unwrap()
+                .url
+                .to_string()
+        };
+        assert_eq!(
+            load("https://h:8086", "v2"),
+            "https://h:8086/api/v2/write?org=o&bucket=b&precision=ms"
+        );
+        assert_eq!(
+            load("https://proxy/influx", "v2"),
+            "https://proxy/influx/api/v2/write?org=o&bucket=b&precision=ms"
+        );
+        assert_eq!(
+            load("http://proxy/influx/", "v1"),
+            "http://proxy/influx/write?db=d&precision=ms"
+        );
+    }
 
     #[test]
     fn line_protocol_has_tags_integer_fields_and_ms_timestamp() {

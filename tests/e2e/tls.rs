@@ -186,3 +186,74 @@ hmac_secret_env = "HOOK_SECRET"
     pipeline.stop().await;
     observer.abort();
 }
+
+/// At run time a certificate problem is a failed attempt that is counted, logged and retried,
+/// never a dropped notification: the receiver's terminator first presents a certificate from
+/// another CA, then the right one, and the notification arrives, signed, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_whose_certificate_is_not_trusted_is_retried_until_it_is() {
+    use millilag_core::events::{Alert, AlertState};
+    use millilag_harness::tls::Terminator;
+    use millilag_processors::processor::alerts::webhook::Webhooks;
+    use millilag_processors::processor::metrics::{labels, Metrics};
+    init_logging();
+    let (pki, other) = (Pki::new().unwrap(), Pki::new().unwrap());
+    let receiver = WebhookReceiver::start().await.unwrap();
+    let port = free_port();
+    let mut terminator = Terminator::start_on(&other, port, receiver.port)
+        .await
+        .unwrap();
+    let text = format!(
+        "[[webhook]]\nurl = \"https://127.0.0.1:{port}/hook\"\ntls_ca_file = \"{}\"\n\
+         hmac_secret_env = \"K\"\ngive_up_after = \"60s\"\n",
+        pki.ca().display()
+    );
+    let config =
+        Config::from_toml_with_env(&text, "test", [("K".to_string(), "k".to_string())]).unwrap();
+    let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
+    let webhooks = Webhooks::spawn(
+        &config.webhooks,
+        &[],
+        "http://p/metrics".into(),
+        metrics.clone(),
+    )
+    .unwrap();
+    let now = millilag_core::clock::now_us();
+    webhooks.notify(&Alert {
+        rule: "lag".into(),
+        cluster: "main".into(),
+        replica: "db2:3306".into(),
+        state: AlertState::Firing,
+        severity: "critical".into(),
+        expression: "p99 > 1ms".into(),
+        value: 2_000.0,
+        threshold: 1_000.0,
+        since_us: now,
+        at_us: now,
+        fingerprint: "f".into(),
+        labels: Default::default(),
+    });
+    let l = labels(&[("webhook", "webhook[0]")]);
+    wait_for("two refused attempts", Duration::from_secs(30), || async {
+        (metrics.webhook_failures.get_or_create(&l).get() >= 2).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(
+        receiver.drain().await.is_empty(),
+        "nothing through an untrusted certificate"
+    );
+    terminator.kill();
+    let _fixed = Terminator::start_on(&pki, port, receiver.port)
+        .await
+        .unwrap();
+    let r = receiver
+        .next(Duration::from_secs(30))
+        .await
+        .expect("delivered once the certificate is trusted");
+    assert_eq!(r.json()["rule"], "lag");
+    assert!(r.headers.contains_key("x-millilag-signature"));
+    webhooks.close(Duration::from_secs(5)).await;
+    assert_eq!(metrics.webhook_sent.get_or_create(&l).get(), 1);
+    assert_eq!(metrics.webhook_dropped.get_or_create(&l).get(), 0);
+}

@@ -4,9 +4,11 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use millilag_core::config::Config;
-use millilag_core::shutdown::{shutdown_signal, Shutdown};
+use millilag_core::shutdown::{ignore_hangups, shutdown_pair, shutdown_signal, Shutdown};
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -103,21 +105,67 @@ enum Service {
 }
 
 async fn run_service(service: Service, config: Config) -> anyhow::Result<()> {
-    let shutdown = Shutdown::from_future(shutdown_signal());
+    ignore_hangups();
+    let (trigger, shutdown) = shutdown_pair();
+    let trigger = Arc::new(trigger);
+    let on_signal = trigger.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.trigger();
+    });
     match service {
         Service::Writer => millilag_producers::writer::run(config, shutdown).await,
         Service::Reader => millilag_processors::reader::run(config, shutdown).await,
         Service::Processor => millilag_processors::processor::run(config, shutdown).await,
         Service::All => {
+            // One failing service stops the others, and the process exits non-zero, so that
+            // systemd or Kubernetes restarts the whole box instead of it limping on.
             let (w, r, p) = tokio::join!(
-                millilag_producers::writer::run(config.clone(), shutdown.clone()),
-                millilag_processors::reader::run(config.clone(), shutdown.clone()),
-                millilag_processors::processor::run(config, shutdown),
+                supervised(
+                    "writer",
+                    millilag_producers::writer::run(config.clone(), shutdown.clone()),
+                    &trigger,
+                    &shutdown,
+                ),
+                supervised(
+                    "reader",
+                    millilag_processors::reader::run(config.clone(), shutdown.clone()),
+                    &trigger,
+                    &shutdown,
+                ),
+                supervised(
+                    "processor",
+                    millilag_processors::processor::run(config, shutdown.clone()),
+                    &trigger,
+                    &shutdown,
+                ),
             );
-            w.context("writer")?;
-            r.context("reader")?;
-            p.context("processor")?;
-            Ok(())
+            w.and(r).and(p)
         }
     }
+}
+
+/// Run one service of `millilag all`; if it fails, or stops while no shutdown was asked for,
+/// stop the others.
+async fn supervised(
+    name: &str,
+    service: impl Future<Output = anyhow::Result<()>>,
+    trigger: &millilag_core::shutdown::ShutdownTrigger,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let result = match service.await {
+        Ok(()) if !shutdown.is_triggered() => Err(anyhow::anyhow!("stopped on its own")),
+        other => other,
+    };
+    if let Err(e) = &result {
+        if !shutdown.is_triggered() {
+            tracing::error!(
+                service = name,
+                error = format!("{e:#}"),
+                "A service failed; stopping the others."
+            );
+            trigger.trigger();
+        }
+    }
+    result.with_context(|| name.to_string())
 }

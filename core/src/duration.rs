@@ -5,7 +5,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// A `std::time::Duration` that (de)serializes as a humantime string.
+/// The longest duration any key accepts: far beyond every sensible setting, and far enough
+/// below what `Instant + Duration` or microsecond arithmetic in i64 can hold that no sum of a
+/// few of them overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A `std::time::Duration` that (de)serializes as a humantime string, at most [`MAX_DURATION`].
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct HumanDuration(pub Duration);
 
@@ -31,9 +36,18 @@ impl std::ops::Deref for HumanDuration {
 impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        humantime::parse_duration(s.trim())
-            .map(HumanDuration)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write it with a unit, e.g. \"10ms\", \"2s\", \"1m\""))
+        let d = humantime::parse_duration(s.trim()).map_err(|e| {
+            format!(
+                "invalid duration {s:?} ({e}); write it with a unit, e.g. \"10ms\", \"2s\", \"1m\""
+            )
+        })?;
+        if d > MAX_DURATION {
+            return Err(format!(
+                "duration {s:?} is too long; at most {}",
+                humantime::format_duration(MAX_DURATION)
+            ));
+        }
+        Ok(HumanDuration(d))
     }
 }
 
@@ -91,6 +105,15 @@ mod tests {
         );
         let err = "10".parse::<HumanDuration>().unwrap_err();
         assert!(err.contains("with a unit"), "{err}");
+    }
+
+    #[test]
+    fn overflowing_and_huge_durations_are_refused() {
+        for huge in ["18446744073709551616s", "1000000000y", "366d"] {
+            let err = huge.parse::<HumanDuration>().unwrap_err();
+            assert!(err.contains(huge), "{err}");
+        }
+        assert_eq!("365d".parse::<HumanDuration>().unwrap().0, MAX_DURATION);
     }
 
     #[test]

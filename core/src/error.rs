@@ -91,6 +91,18 @@ impl Error {
         }
     }
 
+    /// The database server answered with an error (the statement was refused; the connection
+    /// itself is fine).
+    pub fn is_server_error(&self) -> bool {
+        matches!(
+            self,
+            Error::Database {
+                source: mysql_async::Error::Server(_),
+                ..
+            }
+        )
+    }
+
     pub fn retry_hint(&self) -> RetryHint {
         match self {
             Error::Kafka(_) | Error::Unreachable(_) => RetryHint::Retry,

@@ -1,4 +1,5 @@
-//! Shutdown: one signal future (Ctrl-C or SIGTERM) and a cloneable token every task watches.
+//! Shutdown: one signal future (Ctrl-C or SIGTERM) and a cloneable token every task watches;
+//! SIGHUP is caught and logged, never the default "terminate without flushing".
 
 use tokio::sync::watch;
 
@@ -21,6 +22,26 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// Catch SIGHUP for the rest of the process's life and log it: its default action would kill
+/// the process without flushing Kafka or committing offsets, and a config reload is not
+/// supported (restart the service to apply a changed config). Call inside the runtime, before
+/// anything that must not be cut short.
+pub fn ignore_hangups() {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::warn!("SIGHUP received and ignored: millilag does not reload its config; restart the service to apply a changed config.");
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot catch SIGHUP; a hangup would stop the service without flushing.")
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `millilag` binary's own behaviour: check-config output and exit codes.
 
 use std::process::Command;
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_millilag");
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/millilag.example.toml");
@@ -150,4 +151,124 @@ format = "slack"
             "{s} leaked:\n{out}{err}"
         );
     }
+}
+
+/// A config whose services start without any server: an unreachable primary (the writer retries
+/// it), topics not created (so no broker is needed to start).
+fn offline_config(dir: &std::path::Path, processor_listen: &str) -> std::path::PathBuf {
+    let port = millilag_harness::free_port;
+    let path = dir.join("offline.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[kafka]
+brokers = "127.0.0.1:{kafka}"
+create_topics = false
+
+[[cluster]]
+name = "main"
+primary = "mysql://u:p@127.0.0.1:{db}"
+replicas = ["mysql://u:p@127.0.0.1:{db}"]
+connect_timeout = "200ms"
+
+[writer]
+listen = "127.0.0.1:{w}"
+
+[reader]
+listen = "127.0.0.1:{r}"
+
+[processor]
+listen = "{processor_listen}"
+"#,
+            kafka = port(),
+            db = port(),
+            w = port(),
+            r = port(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Issue 13, item 11: `millilag all` whose processor cannot start (its port is taken) stops
+/// the writer and reader too and exits non-zero, so a supervisor restarts it.
+#[test]
+fn all_exits_non_zero_when_one_service_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let path = offline_config(dir.path(), &addr);
+    let log = dir.path().join("all.log");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("all")
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info");
+    let mut g = millilag_harness::process::Guard::spawn("all", cmd, &log).unwrap();
+    // A bound, not a pause: a process that outlives its failed service never exits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if !g.is_running() {
+            break g.wait();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "millilag all still running with its processor failed:\n{}",
+            g.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = std::fs::read_to_string(&log).unwrap();
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}\n{out}");
+    assert!(
+        out.contains("processor") && out.contains(&addr) && out.contains("stopping the others"),
+        "{out}"
+    );
+    drop(taken);
+}
+
+/// Issue 13, item 12: SIGHUP is logged and ignored (its default would kill the process without
+/// flushing), and SIGTERM still stops the service cleanly afterwards.
+#[test]
+fn sighup_is_ignored_and_sigterm_still_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = offline_config(dir.path(), "127.0.0.1:0");
+    let log = dir.path().join("writer.log");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("writer")
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info");
+    let mut g = millilag_harness::process::Guard::spawn("writer", cmd, &log).unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let wait_log = |needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !read().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in:\n{}",
+                read()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_log("Writer started");
+    // One at a time: signals that arrive together may be delivered as one.
+    for n in 1..=3 {
+        g.signal(libc::SIGHUP);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while read().matches("SIGHUP received and ignored").count() < n {
+            assert!(std::time::Instant::now() < deadline, "{}", read());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert!(g.is_running(), "{}", read());
+    g.signal(libc::SIGTERM);
+    let status = g.wait();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        read()
+    );
+    assert!(read().contains("Writer stopped"), "{}", read());
 }

@@ -201,10 +201,27 @@ impl Pipeline {
         Pipeline { stop, tasks }
     }
 
+    /// The processor alone.
+    pub fn processor(config: &millilag_core::Config) -> Pipeline {
+        let (stop, token) = shutdown_pair();
+        let tasks = vec![tokio::spawn(millilag_processors::processor::run(
+            config.clone(),
+            token,
+        ))];
+        Pipeline { stop, tasks }
+    }
+
     pub async fn stop(self) {
         self.stop.trigger();
         for t in self.tasks {
             t.await.unwrap().unwrap();
+        }
+    }
+
+    /// Gone at once, as under SIGKILL: no flush, no commit, sessions dropped.
+    pub fn kill(self) {
+        for t in self.tasks {
+            t.abort();
         }
     }
 }

@@ -403,7 +403,9 @@ fn compose_millilag_services_pass_check_config_and_health_checks_ask_their_ready
             .map(|b| ("kafka.brokers".to_string(), host_of(b.trim())))
             .collect();
         for c in &cfg.clusters {
-            hosts.push((format!("cluster {} primary", c.name), c.primary.host()));
+            for p in &c.primaries {
+                hosts.push((format!("cluster {} primary", c.name), p.host()));
+            }
             for r in &c.replicas {
                 hosts.push((format!("cluster {} replica", c.name), r.host()));
             }
@@ -428,7 +430,9 @@ fn compose_millilag_services_pass_check_config_and_health_checks_ask_their_ready
         assert!(deps.contains("kafka"), "{name} does not wait for kafka");
         let needs_dbs = matches!(sub.as_str(), "writer" | "reader");
         for c in cfg.clusters.iter().filter(|_| needs_dbs) {
-            assert!(deps.contains(c.primary.host().as_str()), "{name}: primary");
+            for p in &c.primaries {
+                assert!(deps.contains(p.host().as_str()), "{name}: primary");
+            }
             if sub == "reader" {
                 for r in &c.replicas {
                     assert!(deps.contains(r.host().as_str()), "{name}: {}", r.host());

@@ -33,7 +33,7 @@ fn compose_tls_config_loads_with_tls_everywhere_and_secrets_from_files() {
     );
     let cl = &c.clusters[0];
     assert_eq!(cl.password.as_ref().unwrap().expose(), "db-secret");
-    for url in std::iter::once(&cl.primary).chain(&cl.replicas) {
+    for url in cl.primaries.iter().chain(&cl.replicas) {
         assert_eq!(url.tls().mode, TlsMode::VerifyIdentity);
     }
     assert!(c.sink.influxdb.iter().all(|s| s.url.is_https()));

@@ -1,10 +1,18 @@
 //! Loud when broken: what millilag says while replication is broken, against real MariaDB
 //! replication and Tansu — a stall longer than every timeout, measured while it lasts and
-//! exactly when it ends.
+//! exactly when it ends, alerted on while it lasts; a dead writer; and no false alarm when a
+//! reader starts late or restarts.
 
-use crate::common::{create_topics, http_get, metric, Collected, Env, Pipeline};
-use millilag_core::events::{MeasureStatus, ReplicaDelay};
+use crate::common::{
+    create_topics, http_get, metric, next_record, unique, Collected, Env, Pipeline,
+};
+use millilag_core::clock::now_us;
+use millilag_core::events::{DelayWindow, MeasureStatus, ReplicaDelay};
+use millilag_core::Config;
+use millilag_harness::alertmanager::WebhookReceiver;
+use millilag_harness::free_port;
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The reader's live-lag gauge for `replica`.
@@ -177,5 +185,364 @@ async fn a_stall_longer_than_the_reader_timeout_shows_live_lag_and_every_heartbe
     assert!(
         samples.iter().any(|d| *d > 7_000_000),
         "lag samples up to the end of the stall: {samples:?}"
+    );
+}
+
+/// Writer, reader and processor on 1 s windows, with the rules a new user would write (lag
+/// `max > 300ms`, `missing > 50`, both `for = "0s"`), a json webhook, and the built-in rules.
+fn pipeline_config(env: &Env, receiver: &WebhookReceiver, reader: &str) -> Config {
+    env.config(
+        "interval = \"10ms\"",
+        reader,
+        &format!(
+            r#"
+[processor]
+windows = ["1s"]
+allowed_lateness = "200ms"
+group = "{group}"
+listen = "127.0.0.1:{port}"
+
+[processor.stale]
+heartbeats_after = "3s"
+
+[[alert]]
+name = "lag"
+when = "max > 300ms"
+window = "1s"
+for = "0s"
+
+[[alert]]
+name = "missing"
+when = "missing > 50"
+window = "1s"
+for = "0s"
+
+[[webhook]]
+url = "{url}"
+format = "json"
+"#,
+            group = unique("processor"),
+            port = free_port(),
+            url = receiver.url("/json")
+        ),
+    )
+}
+
+/// A webhook notification: (rule, replica, state, when it arrived).
+#[derive(Debug, Clone, PartialEq)]
+struct Notice {
+    rule: String,
+    replica: String,
+    state: String,
+    at_us: i64,
+}
+
+/// Every notification in the background, stamped on arrival.
+#[derive(Clone, Default)]
+struct Notices(Arc<Mutex<Vec<Notice>>>);
+
+impl Notices {
+    fn start(receiver: WebhookReceiver) -> Notices {
+        let n = Notices::default();
+        let sink = n.clone();
+        tokio::spawn(async move {
+            while let Some(r) = receiver.next(Duration::from_secs(3600)).await {
+                let v = r.json();
+                let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                sink.0.lock().unwrap().push(Notice {
+                    rule: s("rule"),
+                    replica: s("replica"),
+                    state: s("state"),
+                    at_us: now_us(),
+                });
+            }
+        });
+        n
+    }
+
+    fn all(&self) -> Vec<Notice> {
+        self.0.lock().unwrap().clone()
+    }
+
+    async fn until(&self, what: &str, timeout: Duration, pred: impl Fn(&Notice) -> bool) -> Notice {
+        millilag_harness::wait_for(what, timeout, || async {
+            self.all().into_iter().find(|n| pred(n))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}; got {:?}", self.all()))
+    }
+}
+
+/// Every delay-window record in the background, stamped on arrival.
+#[derive(Clone, Default)]
+struct Windows(Arc<Mutex<Vec<(DelayWindow, i64)>>>);
+
+impl Windows {
+    fn start(env: &Env) -> Windows {
+        let w = Windows::default();
+        let consumer = env.consumer("delay-window");
+        let sink = w.clone();
+        tokio::spawn(async move {
+            while let Some((d, _)) =
+                next_record::<DelayWindow>(&consumer, Duration::from_secs(3600)).await
+            {
+                sink.0.lock().unwrap().push((d, now_us()));
+            }
+        });
+        w
+    }
+
+    fn all(&self) -> Vec<(DelayWindow, i64)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    async fn until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[(DelayWindow, i64)]) -> bool,
+    ) {
+        millilag_harness::wait_for(what, timeout, || async { pred(&self.all()).then_some(()) })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn count_for(all: &[(DelayWindow, i64)], replica: &str, after_us: i64) -> usize {
+        all.iter()
+            .filter(|(w, _)| w.replica == replica && w.window_start_us >= after_us)
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_started_late_or_restarted_raises_no_alert() {
+    let env = Env::start(2).await;
+    let receiver = WebhookReceiver::start().await.unwrap();
+    let config = pipeline_config(&env, &receiver, "");
+    create_topics(&config).await;
+    let notices = Notices::start(receiver);
+    let windows = Windows::start(&env);
+    let addrs: Vec<String> = env.cluster.replicas.iter().map(|r| r.address()).collect();
+    let writer = Pipeline::start(&config, true, false);
+    let processor = Pipeline::processor(&config);
+    // 1.5 s of heartbeats before any reader: visible by the time it looks.
+    let before = env.cluster.heartbeat_seq().await.unwrap_or(0);
+    millilag_harness::wait_for("150 heartbeats", Duration::from_secs(30), || async {
+        (env.cluster.heartbeat_seq().await.unwrap_or(0) >= before + 150).then_some(())
+    })
+    .await
+    .unwrap();
+    let reader = Pipeline::start(&config, false, true);
+    let t0 = now_us();
+    windows
+        .until(
+            "windows after the reader started",
+            Duration::from_secs(30),
+            |all| addrs.iter().all(|a| Windows::count_for(all, a, t0) >= 3),
+        )
+        .await;
+    // A restart: 2 s of heartbeats pile up, the new reader finds them already visible.
+    reader.stop().await;
+    let seq = env.cluster.heartbeat_seq().await.unwrap_or(0);
+    millilag_harness::wait_for(
+        "200 heartbeats without a reader",
+        Duration::from_secs(30),
+        || async { (env.cluster.heartbeat_seq().await.unwrap_or(0) >= seq + 200).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let reader = Pipeline::start(&config, false, true);
+    let t1 = now_us();
+    windows
+        .until(
+            "windows after the restart",
+            Duration::from_secs(30),
+            |all| addrs.iter().all(|a| Windows::count_for(all, a, t1) >= 3),
+        )
+        .await;
+    reader.stop().await;
+    processor.stop().await;
+    writer.stop().await;
+    let all = windows.all();
+    let worst = all
+        .iter()
+        .filter(|(w, _)| w.count > w.upper_bounds)
+        .filter_map(|(w, _)| w.max_us)
+        .max();
+    let bounded = all.iter().filter(|(w, _)| w.upper_bounds > 0).count();
+    eprintln!(
+        "late start + restart: {} windows, {bounded} with upper bounds, largest exact max {worst:?} us, notifications {:?}",
+        all.len(),
+        notices.all()
+    );
+    assert!(bounded > 0, "the backlogs were seen, as upper bounds");
+    assert!(
+        worst.is_some_and(|m| m < 300_000),
+        "no window shows a lag the replicas did not have: {worst:?}"
+    );
+    assert!(
+        notices.all().is_empty(),
+        "no alert because a reader started: {:?}",
+        notices.all()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_longer_than_the_reader_timeout_fires_the_lag_alert_while_it_lasts_and_resolves_once(
+) {
+    const STALL: Duration = Duration::from_secs(8);
+    let env = Env::start(2).await;
+    let receiver = WebhookReceiver::start().await.unwrap();
+    let config = pipeline_config(&env, &receiver, "timeout = \"2s\"");
+    create_topics(&config).await;
+    let notices = Notices::start(receiver);
+    let windows = Windows::start(&env);
+    let stalled = env.cluster.replica(0).address();
+    let other = env.cluster.replica(1).address();
+    let services = [
+        Pipeline::processor(&config),
+        Pipeline::start(&config, true, true),
+    ];
+    let t0 = now_us();
+    windows
+        .until("windows of both replicas", Duration::from_secs(30), |all| {
+            [&stalled, &other]
+                .iter()
+                .all(|a| Windows::count_for(all, a, t0) >= 2)
+        })
+        .await;
+    assert!(
+        notices.all().is_empty(),
+        "quiet before the stall: {:?}",
+        notices.all()
+    );
+    let watch = notices.until("the lag alert during the stall", STALL, |n| {
+        n.rule == "lag" && n.replica == stalled && n.state == "firing"
+    });
+    let (stall, fired) = tokio::join!(env.cluster.stall(0, STALL), watch);
+    let stall = stall.unwrap();
+    let resolved = notices
+        .until("the lag alert resolved", Duration::from_secs(30), |n| {
+            n.rule == "lag" && n.replica == stalled && n.state == "resolved"
+        })
+        .await;
+    for s in services {
+        s.stop().await;
+    }
+    let mine: Vec<Notice> = notices
+        .all()
+        .into_iter()
+        .filter(|n| n.rule == "lag")
+        .collect();
+    let during: Vec<i64> = windows
+        .all()
+        .iter()
+        .filter(|(w, at)| {
+            w.replica == stalled
+                && w.window_start_us > stall.stopped_at_us
+                && *at < stall.started_at_us
+        })
+        .filter_map(|(w, _)| w.max_us)
+        .collect();
+    eprintln!(
+        "8 s stall: lag alert fired {:.2} s after the stall began, resolved {:.2} s after it ended; windows closed during it (max, ms): {:?}",
+        (fired.at_us - stall.stopped_at_us) as f64 / 1e6,
+        (resolved.at_us - stall.started_at_us) as f64 / 1e6,
+        during.iter().map(|m| m / 1000).collect::<Vec<_>>()
+    );
+    assert!(
+        fired.at_us < stall.started_at_us,
+        "fired while the stall lasted"
+    );
+    assert_eq!(
+        mine.iter()
+            .map(|n| (n.replica.as_str(), n.state.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(stalled.as_str(), "firing"), (stalled.as_str(), "resolved")],
+        "one firing and one resolved, for the stalled replica only"
+    );
+    // The stalled replica's windows closed on time, carrying the lag so far.
+    assert!(
+        during.len() >= 4,
+        "windows closed during the stall: {during:?}"
+    );
+    assert!(during.iter().all(|m| *m > 300_000), "{during:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_writer_fires_heartbeats_stale_and_its_windows_count_the_missing_heartbeats() {
+    const OUTAGE: Duration = Duration::from_secs(8);
+    let env = Env::start(1).await;
+    let receiver = WebhookReceiver::start().await.unwrap();
+    let config = pipeline_config(&env, &receiver, "");
+    create_topics(&config).await;
+    let notices = Notices::start(receiver);
+    let windows = Windows::start(&env);
+    let replica = env.cluster.replica(0).address();
+    let processor = Pipeline::processor(&config);
+    let reader = Pipeline::start(&config, false, true);
+    let writer = Pipeline::start(&config, true, false);
+    let t0 = now_us();
+    windows
+        .until("windows", Duration::from_secs(30), |all| {
+            Windows::count_for(all, &replica, t0) >= 2
+        })
+        .await;
+    // The writer dies (as under SIGKILL) for 8 s.
+    writer.kill();
+    let killed = now_us();
+    let stale = notices.until("heartbeats-stale", OUTAGE, |n| {
+        n.rule == "heartbeats-stale" && n.state == "firing"
+    });
+    let missing = notices.until("the missing alert", OUTAGE, |n| {
+        n.rule == "missing" && n.state == "firing"
+    });
+    let (stale, missing) = tokio::join!(stale, missing);
+    tokio::time::sleep(OUTAGE.saturating_sub(Duration::from_micros((now_us() - killed) as u64)))
+        .await;
+    let writer = Pipeline::start(&config, true, false);
+    let back = now_us();
+    for rule in ["heartbeats-stale", "missing"] {
+        notices
+            .until(&format!("{rule} resolved"), Duration::from_secs(30), |n| {
+                n.rule == rule && n.state == "resolved"
+            })
+            .await;
+    }
+    writer.stop().await;
+    reader.stop().await;
+    processor.stop().await;
+    let outage: Vec<(i64, i64)> = windows
+        .all()
+        .iter()
+        .filter(|(w, _)| w.window_start_us > killed && w.window_start_us + w.window_us < back)
+        .map(|(w, _)| (w.count, w.missing))
+        .collect();
+    eprintln!(
+        "writer down 8 s: heartbeats-stale after {:.2} s, missing alert after {:.2} s; windows in the outage (count, missing): {outage:?}",
+        (stale.at_us - killed) as f64 / 1e6,
+        (missing.at_us - killed) as f64 / 1e6,
+    );
+    assert!(
+        stale.at_us < back && missing.at_us < back,
+        "both during the outage"
+    );
+    assert!(outage.len() >= 5, "{outage:?}");
+    assert!(
+        outage.iter().all(|(c, m)| *c == 0 && *m >= 90),
+        "{outage:?}"
+    );
+    let notes = notices.all();
+    assert_eq!(
+        notes
+            .iter()
+            .filter(|n| n.rule == "heartbeats-stale")
+            .count(),
+        2,
+        "one firing, one resolved: {notes:?}"
+    );
+    assert!(
+        !notes.iter().any(|n| n.rule == "measurements-stale"),
+        "the readers were fine: {notes:?}"
     );
 }

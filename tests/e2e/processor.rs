@@ -27,12 +27,12 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-const S: i64 = 1_000_000;
-const MS: i64 = 1_000;
-const REPLICA: &str = "db2:3306";
+pub(crate) const S: i64 = 1_000_000;
+pub(crate) const MS: i64 = 1_000;
+pub(crate) const REPLICA: &str = "db2:3306";
 
 /// A broker, a topic prefix and a consumer group of our own.
-struct Env {
+pub(crate) struct Env {
     broker: Broker,
     prefix: String,
     group: String,
@@ -40,7 +40,7 @@ struct Env {
 }
 
 impl Env {
-    async fn start() -> Env {
+    pub(crate) async fn start() -> Env {
         init_logging();
         let broker = Broker::start().await.expect("Tansu");
         let prefix = format!("{}.", unique("p"));
@@ -59,7 +59,7 @@ impl Env {
 
     /// A processor config: 1 s windows plus `extra` (sinks, alerts, webhooks, [processor]
     /// keys must not be repeated: pass them in `processor`).
-    fn config(&self, processor: &str, extra: &str, env: &[(&str, &str)]) -> Config {
+    pub(crate) fn config(&self, processor: &str, extra: &str, env: &[(&str, &str)]) -> Config {
         let text = format!(
             r#"
 [kafka]
@@ -91,7 +91,7 @@ idle_close = "1h"
         format!("{}{}", self.prefix, suffix)
     }
 
-    async fn create_topics(&self, config: &Config) {
+    pub(crate) async fn create_topics(&self, config: &Config) {
         kafka::ensure_topics(
             config,
             &[
@@ -108,7 +108,7 @@ idle_close = "1h"
     }
 
     /// Produce a record; returns its offset.
-    async fn send(&self, r: &ReplicaDelay) -> i64 {
+    pub(crate) async fn send(&self, r: &ReplicaDelay) -> i64 {
         self.send_bytes(r.key().as_bytes(), &r.encode().unwrap())
             .await
     }
@@ -128,7 +128,7 @@ idle_close = "1h"
     }
 
     /// What the processor's group committed on partition 0 (None before the first commit).
-    async fn committed(&self) -> Option<i64> {
+    pub(crate) async fn committed(&self) -> Option<i64> {
         let (brokers, group, topic) = (
             self.broker.brokers(),
             self.group.clone(),
@@ -153,7 +153,7 @@ idle_close = "1h"
     }
 
     /// A consumer of `suffix` from the beginning.
-    fn consumer(&self, suffix: &str) -> StreamConsumer {
+    pub(crate) fn consumer(&self, suffix: &str) -> StreamConsumer {
         let c: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.broker.brokers())
             .set("group.id", unique("observer"))
@@ -168,14 +168,14 @@ idle_close = "1h"
 }
 
 /// The processor running in this test's runtime.
-struct Running {
+pub(crate) struct Running {
     trigger: ShutdownTrigger,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     listen: std::net::SocketAddr,
 }
 
 impl Running {
-    fn start(config: Config) -> Running {
+    pub(crate) fn start(config: Config) -> Running {
         let (trigger, shutdown) = shutdown_pair();
         let listen = config.processor.listen;
         let task = tokio::spawn(millilag_processors::processor::run(config, shutdown));
@@ -187,7 +187,7 @@ impl Running {
     }
 
     /// SIGTERM, in-process: stop, flush, commit.
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.trigger.trigger();
         self.task
             .await
@@ -204,7 +204,7 @@ impl Running {
     }
 
     /// The value of one sample line of /metrics (`name{labels}` exactly), 0 when absent.
-    async fn metric(&self, series: &str) -> f64 {
+    pub(crate) async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;
         text.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
@@ -214,11 +214,11 @@ impl Running {
 
 /// A whole second two minutes back: inside every store's retention; the tests set
 /// `idle_close = "1h"` so only event time closes these windows.
-fn base_second() -> i64 {
+pub(crate) fn base_second() -> i64 {
     (now_us() / S) * S - 120 * S
 }
 
-fn delay(seq: i64, t: i64, delay_us: i64) -> ReplicaDelay {
+pub(crate) fn delay(seq: i64, t: i64, delay_us: i64) -> ReplicaDelay {
     ReplicaDelay {
         cluster: "main".into(),
         replica: REPLICA.into(),
@@ -236,7 +236,7 @@ fn delay(seq: i64, t: i64, delay_us: i64) -> ReplicaDelay {
     }
 }
 
-fn with_status(mut r: ReplicaDelay, s: MeasureStatus) -> ReplicaDelay {
+pub(crate) fn with_status(mut r: ReplicaDelay, s: MeasureStatus) -> ReplicaDelay {
     r.status = s;
     r
 }
@@ -283,7 +283,7 @@ async fn produce_known_input(env: &Env, t: i64) -> Vec<i64> {
     offsets
 }
 
-fn expected_a(t: i64) -> DelayWindow {
+pub(crate) fn expected_a(t: i64) -> DelayWindow {
     DelayWindow {
         cluster: "main".into(),
         replica: REPLICA.into(),

@@ -211,13 +211,8 @@ async fn a_webhook_whose_certificate_is_not_trusted_is_retried_until_it_is() {
     let config =
         Config::from_toml_with_env(&text, "test", [("K".to_string(), "k".to_string())]).unwrap();
     let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
-    let webhooks = Webhooks::spawn(
-        &config.webhooks,
-        &[],
-        "http://p/metrics".into(),
-        metrics.clone(),
-    )
-    .unwrap();
+    let webhooks =
+        Webhooks::spawn(&config.webhooks, "http://p/metrics".into(), metrics.clone()).unwrap();
     let now = millilag_core::clock::now_us();
     webhooks.notify(&Alert {
         rule: "lag".into(),

@@ -1,13 +1,16 @@
-//! `[[cluster]]`: one primary and the replicas to measure, where the heartbeat table lives, and
-//! the database password.
+//! `[[cluster]]`: one primary (or several candidates for it) and the replicas to measure, where
+//! the heartbeat table lives, the database password, and the bounds on every database call.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
 use super::db_url::{DbTls, TlsMode};
 use super::{DbUrl, ENV_PREFIX};
+use crate::db::DbTimeouts;
+use crate::duration::HumanDuration;
 use crate::secret::{resolve_secret, EnvUnset, Sensitive};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -15,8 +18,15 @@ use crate::secret::{resolve_secret, EnvUnset, Sensitive};
 pub struct ClusterConfig {
     /// Cluster name: the Kafka key of its heartbeats and a tag on every point.
     pub name: String,
-    /// The primary, as `mysql://user[:password]@host:port`.
-    pub primary: DbUrl,
+    /// The primary, as `mysql://user[:password]@host:port`; or a list of candidates
+    /// (`["mysql://u@db1:3306", "mysql://u@db2:3306"]`) of which the writer uses the writable one
+    /// (`@@read_only = 0`), following it across a switchover. A VIP works as one URL.
+    #[serde(
+        rename = "primary",
+        deserialize_with = "one_or_many",
+        serialize_with = "one_or_many_out"
+    )]
+    pub primaries: Vec<DbUrl>,
     /// Replicas to measure, same form as `primary`.
     #[serde(default)]
     pub replicas: Vec<DbUrl>,
@@ -36,6 +46,13 @@ pub struct ClusterConfig {
     /// File holding the database password (wins over `password_env`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// Longest a connection attempt may take before the server counts as unreachable.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Longest any one statement may take (GTID waits: their own wait plus this). A leading
+    /// writer whose heartbeat takes longer steps down and reconnects.
+    #[serde(default = "default_query_timeout")]
+    pub query_timeout: HumanDuration,
     /// TLS to the primary and every replica (discovered ones too): `off`, `require` (encrypted,
     /// certificate not checked), `verify-ca` (signed by `tls_ca_file`), `verify-identity` (and
     /// naming the host in the URL). MySQL's `--ssl-mode` meanings.
@@ -67,8 +84,65 @@ fn default_table() -> String {
 fn default_password_env() -> String {
     format!("{ENV_PREFIX}DB_PASSWORD")
 }
+// The MySQL client library's own connect timeout is the OS's (minutes); a monitor wants seconds.
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(DbTimeouts::DEFAULT.connect)
+}
+fn default_query_timeout() -> HumanDuration {
+    HumanDuration(DbTimeouts::DEFAULT.query)
+}
+
+/// The accepted range of `connect_timeout` and `query_timeout`.
+const MIN_DB_TIMEOUT: Duration = Duration::from_millis(10);
+const MAX_DB_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `primary = "mysql://..."` or `primary = ["mysql://...", ...]`; a bad URL keeps its own
+/// message (an untagged enum would only say that nothing matched).
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DbUrl>, D::Error> {
+    struct V;
+    impl<'de> de::Visitor<'de> for V {
+        type Value = Vec<DbUrl>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a mysql:// URL or a list of them")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<DbUrl>, E> {
+            DbUrl::parse(v).map(|u| vec![u]).map_err(E::custom)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<DbUrl>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(u) = seq.next_element::<DbUrl>()? {
+                out.push(u);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Printed back the way it is usually written: one URL as a string.
+fn one_or_many_out<S: Serializer>(v: &[DbUrl], s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        [one] => one.serialize(s),
+        many => many.serialize(s),
+    }
+}
 
 impl ClusterConfig {
+    /// The first primary candidate: the one to name in messages, and the only one for a
+    /// cluster configured with a single URL.
+    pub fn primary(&self) -> &DbUrl {
+        // validate_all refuses an empty list, so a loaded config always has one.
+        &self.primaries[0]
+    }
+
+    /// The bounds on this cluster's database calls.
+    pub fn db_timeouts(&self) -> DbTimeouts {
+        DbTimeouts {
+            connect: self.connect_timeout.0,
+            query: self.query_timeout.0,
+        }
+    }
+
     /// The rules on every cluster; names must also be unique across them.
     pub(super) fn validate_all(clusters: &[ClusterConfig], p: &mut Vec<String>) {
         let mut names = BTreeSet::new();
@@ -89,6 +163,28 @@ impl ClusterConfig {
             for (field, v) in [("database", &c.database), ("table", &c.table)] {
                 if let Err(e) = validate_identifier(v) {
                     p.push(format!("{key}.{field} ({v:?}): {e}"));
+                }
+            }
+            if c.primaries.is_empty() {
+                p.push(format!(
+                    "{key}.primary: empty list; give the primary's URL or a list of candidates"
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for u in &c.primaries {
+                if !seen.insert(u.address()) {
+                    p.push(format!(
+                        "{key}.primary lists {} twice; list each candidate once",
+                        u.address()
+                    ));
+                }
+            }
+            for (field, d) in [
+                ("connect_timeout", c.connect_timeout),
+                ("query_timeout", c.query_timeout),
+            ] {
+                if !(MIN_DB_TIMEOUT..=MAX_DB_TIMEOUT).contains(&d.0) {
+                    p.push(format!("{key}.{field} ({d}) must be between 10ms and 10m"));
                 }
             }
             if c.replicas.is_empty() && !c.discover_replicas {
@@ -159,8 +255,7 @@ impl ClusterConfig {
     }
 
     fn set_tls(&mut self, tls: DbTls) {
-        self.primary.set_tls(tls.clone());
-        for r in &mut self.replicas {
+        for r in self.primaries.iter_mut().chain(&mut self.replicas) {
             r.set_tls(tls.clone());
         }
     }
@@ -197,7 +292,8 @@ impl ClusterConfig {
         env: &BTreeMap<String, String>,
         p: &mut Vec<String>,
     ) {
-        self.password = match self.primary.password() {
+        let url_password = self.primaries.first().and_then(DbUrl::password);
+        self.password = match url_password {
             Some(pw) => Some(Sensitive::new(pw)),
             None => resolve_secret(
                 &format!("{key}.password"),

@@ -98,7 +98,8 @@ impl DbUrl {
 
     /// Connection options with the resolved password. TCP even for 127.0.0.1 (mysql_async would
     /// otherwise switch to the server's socket), no default database (the heartbeat table is
-    /// always qualified), and Nagle off: heartbeats are tiny and latency is the product.
+    /// always qualified), Nagle off (heartbeats are tiny and latency is the product) and TCP
+    /// keepalive on (a vanished server is noticed on an idle connection too).
     pub fn opts(&self, password: Option<&str>) -> mysql_async::Opts {
         self.opts_with_server_name(password, None)
     }
@@ -113,6 +114,7 @@ impl DbUrl {
         let mut b = mysql_async::OptsBuilder::from_opts(self.opts.clone())
             .prefer_socket(false)
             .tcp_nodelay(true)
+            .tcp_keepalive(Some(crate::db::TCP_KEEPALIVE))
             .stmt_cache_size(32);
         if let Some(ssl) = &self.tls.ssl {
             let ssl = match server_name {
@@ -199,6 +201,16 @@ mod tests {
     fn rejects_other_schemes() {
         assert!(DbUrl::parse("postgres://x@y:1").is_err());
         assert!(DbUrl::parse("127.0.0.1:3306").is_err());
+    }
+
+    #[test]
+    fn connections_keep_alive_and_use_tcp() {
+        let o = DbUrl::parse("mysql://mon@127.0.0.1:3306")
+            .unwrap()
+            .opts(Some("pw"));
+        assert_eq!(o.tcp_keepalive(), Some(crate::db::TCP_KEEPALIVE));
+        assert!(!o.prefer_socket());
+        assert_eq!(o.pass(), Some("pw"));
     }
 
     #[test]

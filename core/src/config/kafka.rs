@@ -130,6 +130,13 @@ impl KafkaConfig {
         if self.brokers.trim().is_empty() {
             p.push("kafka.brokers: empty; set it to host:port[,host:port]".into());
         }
+        for (k, v) in &self.properties {
+            if let Some(why) = reserved_property(k) {
+                p.push(format!(
+                    "kafka.properties.\"{k}\" ({v:?}): millilag sets it itself ({why}); remove it"
+                ));
+            }
+        }
         if self.partitions < 1 {
             p.push(format!(
                 "kafka.partitions ({}) must be at least 1",
@@ -266,6 +273,24 @@ impl KafkaConfig {
             })
             .collect()
     }
+}
+
+/// librdkafka properties millilag sets because its delivery guarantees depend on them, and
+/// why; a user's value would silently win (properties are applied last), so they are refused.
+pub fn reserved_property(key: &str) -> Option<&'static str> {
+    Some(match key.trim().to_ascii_lowercase().as_str() {
+        "enable.auto.commit" | "enable.auto.offset.store" => {
+            "at-least-once: offsets are stored only after what a record produced was acknowledged"
+        }
+        "enable.idempotence" | "acks" => {
+            "the idempotent, acks=all producer is what makes a retried record land once"
+        }
+        "transactional.id" => "millilag does not use Kafka transactions",
+        "group.id" => "each service has its own group: set reader.group or processor.group",
+        "bootstrap.servers" | "metadata.broker.list" => "set kafka.brokers instead",
+        "enable.partition.eof" => "the consume loops do not expect end-of-partition events",
+        _ => return None,
+    })
 }
 
 /// librdkafka properties that carry credentials: passwords, secrets, tokens, an inline private

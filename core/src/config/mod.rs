@@ -29,11 +29,14 @@ pub use db_url::{DbTls, DbUrl, TlsMode};
 pub use http_url::{HttpAuth, HttpUrl};
 pub use kafka::{is_secret_property, KafkaConfig, SASL_MECHANISMS};
 pub use log::{LogConfig, LogFormat};
-pub use processor::ProcessorConfig;
+pub use processor::{ProcessorConfig, StaleConfig};
 pub use reader::{ReaderConfig, ReaderMethod};
-pub use sink::{GraphiteSinkConfig, InfluxApi, InfluxSinkConfig, KafkaSinkConfig, SinkConfig};
+pub use sink::{
+    GraphiteSinkConfig, InfluxApi, InfluxSinkConfig, KafkaSinkConfig, SinkConfig, StatsdProtocol,
+    StatsdSinkConfig,
+};
 pub use webhook::{WebhookConfig, WebhookFormat};
-pub use writer::WriterConfig;
+pub use writer::{WriterConfig, MAX_WRITER_ID};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -147,7 +150,7 @@ impl Config {
         ClusterConfig::validate_all(&self.clusters, &mut p);
         self.writer.validate(&mut p);
         self.reader.validate(&mut p);
-        self.processor.validate(&self.reader, &mut p);
+        self.processor.validate(&mut p);
         self.sink.validate(&mut p);
         for (i, a) in self.alerts.iter().enumerate() {
             a.validate(i, &self.processor, &mut p);
@@ -194,6 +197,8 @@ const fn default_true() -> bool {
     true
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

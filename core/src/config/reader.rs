@@ -67,6 +67,8 @@ pub struct ReaderConfig {
 
 /// Shortest `timeout`.
 const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// Shortest `clock_refresh` and `discovery_interval`: each round opens a connection.
+const MIN_PERIOD: Duration = Duration::from_millis(100);
 /// Most `prearm_depth`: each armed wait holds a replica connection.
 const MAX_PREARM_DEPTH: usize = 256;
 
@@ -137,6 +139,17 @@ impl ReaderConfig {
                 "reader.timeout ({}) must be at least 10ms",
                 self.timeout
             ));
+        }
+        // A zero period would re-sample the clock / re-list replicas in a busy loop.
+        for (key, d, example) in [
+            ("clock_refresh", self.clock_refresh, "10s"),
+            ("discovery_interval", self.discovery_interval, "10s"),
+        ] {
+            if d.0 < MIN_PERIOD {
+                p.push(format!(
+                    "reader.{key} ({d}) must be at least 100ms; e.g. \"{example}\""
+                ));
+            }
         }
         if self.prearm_depth == 0 || self.prearm_depth > MAX_PREARM_DEPTH {
             p.push(format!(

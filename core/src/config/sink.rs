@@ -1,4 +1,4 @@
-//! `[sink]`: where the processor writes closed windows (InfluxDB, Graphite, Kafka).
+//! `[sink]`: where the processor writes closed windows (InfluxDB, Graphite, statsd, Kafka).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,6 +18,9 @@ pub struct SinkConfig {
     /// Graphite plaintext sinks.
     #[serde(default)]
     pub graphite: Vec<GraphiteSinkConfig>,
+    /// statsd / DogStatsD over UDP, best effort: never holds back offsets or consumption.
+    #[serde(default)]
+    pub statsd: Vec<StatsdSinkConfig>,
     /// `delay-window` records on Kafka for downstream consumers.
     #[serde(default)]
     pub kafka: KafkaSinkConfig,
@@ -103,6 +106,60 @@ fn default_graphite_prefix() -> String {
     "millilag".into()
 }
 
+/// The line format of a statsd sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatsdProtocol {
+    /// Plain statsd (Etsy): cluster, replica and window in the metric path.
+    Statsd,
+    /// DogStatsD: the same values under fixed names, with `cluster`, `replica` and `window` tags
+    /// (Datadog agent, Telegraf with `datadog_extensions`, statsd 0.9+ as Graphite tags).
+    Dogstatsd,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsdSinkConfig {
+    /// host:port of the statsd daemon's UDP listener (8125 by convention).
+    pub address: String,
+    /// Metric name prefix: `<prefix>.<cluster>.<replica>.<window>.<field>` (statsd) or
+    /// `<prefix>.<field>` with tags (dogstatsd). Empty for none.
+    #[serde(default = "default_graphite_prefix")]
+    pub prefix: String,
+    /// `statsd` (names in the path) or `dogstatsd` (tags).
+    #[serde(default = "default_statsd_protocol")]
+    pub protocol: StatsdProtocol,
+    /// Largest UDP payload in bytes; metrics are packed into datagrams up to this size and a
+    /// metric is never split. 1432 fits an Ethernet MTU (Etsy statsd's advice); 512 for paths
+    /// across the internet, 8932 on jumbo frames.
+    #[serde(default = "default_statsd_mtu")]
+    pub mtu: usize,
+    /// Also send every exact measurement (status ok, not an upper bound) as a timer
+    /// (`<...>.delay:<ms>|ms`), so statsd computes its own percentiles per flush.
+    #[serde(default)]
+    pub timings: bool,
+    /// Fraction of exact measurements sent as timers (0 < rate <= 1), announced with `|@rate`
+    /// so statsd scales its counts. Needs `timings = true`. Default 1 (all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<f64>,
+    /// Bound on resolving `address` (re-resolved every minute and after a failure).
+    #[serde(default = "default_sink_timeout")]
+    pub timeout: HumanDuration,
+}
+
+const fn default_statsd_protocol() -> StatsdProtocol {
+    StatsdProtocol::Statsd
+}
+/// Etsy statsd's recommended payload for Fast Ethernet (docs/metric_types.md, "Multi-Metric
+/// Packets"): 1500 MTU - IP and UDP headers, with room for options.
+const fn default_statsd_mtu() -> usize {
+    1432
+}
+/// Smallest `mtu` accepted: room for the longest fixed part of a line and a value.
+pub const STATSD_MIN_MTU: usize = 64;
+/// Largest UDP payload over IPv4.
+pub const STATSD_MAX_MTU: usize = 65_507;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
@@ -117,10 +174,20 @@ impl Default for KafkaSinkConfig {
     }
 }
 
+/// A request timeout of zero fails every request at once (a retry loop with nothing to wait for).
+pub(super) fn check_timeout(key: &str, t: HumanDuration, p: &mut Vec<String>) {
+    if t.0.is_zero() {
+        p.push(format!(
+            "{key} (0s) must be more than zero; e.g. \"5s\" (the default)"
+        ));
+    }
+}
+
 impl SinkConfig {
     pub(super) fn validate(&self, p: &mut Vec<String>) {
         for (i, s) in self.influxdb.iter().enumerate() {
             let key = format!("sink.influxdb[{i}]");
+            check_timeout(&format!("{key}.timeout"), s.timeout, p);
             match s.api {
                 InfluxApi::V2 => {
                     if s.org.is_none() || s.bucket.is_none() {
@@ -135,12 +202,16 @@ impl SinkConfig {
             }
         }
         for (i, g) in self.graphite.iter().enumerate() {
+            check_timeout(&format!("sink.graphite[{i}].timeout"), g.timeout, p);
             if !g.address.contains(':') {
                 p.push(format!(
                     "sink.graphite[{i}].address ({:?}) must be host:port",
                     g.address
                 ));
             }
+        }
+        for (i, s) in self.statsd.iter().enumerate() {
+            s.validate(&format!("sink.statsd[{i}]"), p);
         }
     }
 
@@ -173,5 +244,49 @@ impl SinkConfig {
             };
             check_tls_ca(&key, &s.url, s.tls_ca_file.as_deref(), p);
         }
+    }
+}
+
+impl StatsdSinkConfig {
+    fn validate(&self, key: &str, p: &mut Vec<String>) {
+        if !self.address.contains(':') {
+            p.push(format!(
+                "{key}.address ({:?}) must be host:port, e.g. \"127.0.0.1:8125\"",
+                self.address
+            ));
+        }
+        // These characters end a name in the statsd line format.
+        if let Some(c) = self
+            .prefix
+            .chars()
+            .find(|c| matches!(c, ':' | '|' | '@' | '#' | ',') || c.is_whitespace())
+        {
+            p.push(format!(
+                "{key}.prefix ({:?}) must not contain {c:?}; use letters, digits, '_', '-' and '.'",
+                self.prefix
+            ));
+        }
+        if !(STATSD_MIN_MTU..=STATSD_MAX_MTU).contains(&self.mtu) {
+            p.push(format!(
+                "{key}.mtu ({}) must be between {STATSD_MIN_MTU} and {STATSD_MAX_MTU} bytes; 1432 suits Ethernet",
+                self.mtu
+            ));
+        }
+        if let Some(r) = self.sample_rate {
+            if !(r > 0.0 && r <= 1.0) {
+                p.push(format!(
+                    "{key}.sample_rate ({r}) must be greater than 0 and at most 1"
+                ));
+            } else if !self.timings {
+                p.push(format!(
+                    "{key}.sample_rate ({r}) samples timings, which are off; set timings = true or remove sample_rate"
+                ));
+            }
+        }
+    }
+
+    /// The sample rate of timings (1 when not set).
+    pub fn sample_rate(&self) -> f64 {
+        self.sample_rate.unwrap_or(1.0)
     }
 }

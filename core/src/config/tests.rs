@@ -230,3 +230,227 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.writer.gtid_domain_id, 77);
     assert!(c.clusters[0].password.is_none());
 }
+
+#[test]
+fn statsd_sink_defaults_and_every_bad_key_named() {
+    let c = load(EXAMPLE, example_env()).unwrap();
+    let s = &c.sink.statsd[0];
+    assert_eq!(s.protocol, StatsdProtocol::Statsd);
+    assert_eq!(s.mtu, 1432);
+    assert!(s.timings);
+    assert_eq!(s.sample_rate(), 0.1);
+    let text = "[[sink.statsd]]\naddress = \"statsd:8125\"\nprotocol = \"dogstatsd\"\n";
+    let c = load(text, vec![]).unwrap();
+    let s = &c.sink.statsd[0];
+    assert_eq!(
+        (s.prefix.as_str(), s.timings, s.sample_rate()),
+        ("millilag", false, 1.0)
+    );
+    assert_eq!(s.protocol, StatsdProtocol::Dogstatsd);
+
+    let text =
+        "[[sink.statsd]]\naddress = \"statsd\"\nprefix = \"a:b\"\nmtu = 20\nsample_rate = 0.5\n\
+                [[sink.statsd]]\naddress = \"statsd:8125\"\ntimings = true\nsample_rate = 0\n";
+    let e = problems(text, vec![]);
+    for needle in [
+        "sink.statsd[0].address (\"statsd\") must be host:port",
+        "sink.statsd[0].prefix (\"a:b\") must not contain ':'",
+        "sink.statsd[0].mtu (20) must be between 64 and 65507",
+        "sink.statsd[0].sample_rate (0.5) samples timings, which are off",
+        "sink.statsd[1].sample_rate (0) must be greater than 0",
+    ] {
+        assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
+    }
+    let e = problems(
+        "[[sink.statsd]]\naddress = \"statsd:8125\"\nprotocol = \"graphite\"\n",
+        vec![],
+    );
+    assert!(e.contains("sink.statsd") && e.contains("protocol"), "{e}");
+}
+
+/// The example with `section`'s `key = ...` line replaced (or added after the header).
+fn with_line(section_header: &str, line: &str) -> String {
+    EXAMPLE.replacen(section_header, &format!("{section_header}\n{line}"), 1)
+}
+
+#[test]
+fn zero_periods_and_timeouts_are_refused_naming_the_key() {
+    let text = with_line(
+        "[reader]",
+        "clock_refresh = \"0s\"\ndiscovery_interval = \"0ms\"",
+    )
+    .replacen(
+        "address = \"127.0.0.1:2003\"",
+        "address = \"127.0.0.1:2003\"\ntimeout = \"0s\"",
+        1,
+    )
+    .replacen(
+        "token_env = \"INFLUX_TOKEN\"",
+        "token_env = \"INFLUX_TOKEN\"\ntimeout = \"0s\"",
+        1,
+    )
+    .replacen(
+        "format = \"alertmanager\"",
+        "format = \"alertmanager\"\ntimeout = \"0s\"\ngive_up_after = \"0s\"",
+        1,
+    )
+    .replacen("query_timeout = \"5s\"", "query_timeout = \"0s\"", 1)
+    .replacen("connect_timeout = \"3s\"", "connect_timeout = \"20m\"", 1);
+    let e = problems(&text, example_env());
+    for needle in [
+        "reader.clock_refresh (0s) must be at least 100ms",
+        "reader.discovery_interval (0s) must be at least 100ms",
+        "sink.graphite[0].timeout (0s) must be more than zero",
+        "sink.influxdb[0].timeout (0s) must be more than zero",
+        "webhook[0].timeout (0s) must be more than zero",
+        "webhook[0].give_up_after (0s) must be more than zero",
+        "cluster[0].query_timeout (0s) must be between 10ms and 10m",
+        "cluster[0].connect_timeout (20m) must be between 10ms and 10m",
+    ] {
+        assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
+    }
+}
+
+#[test]
+fn durations_that_overflow_are_refused_naming_the_key() {
+    for huge in ["18446744073709551616s", "9999999999999999y", "400d"] {
+        let e = problems(
+            &EXAMPLE.replace("timeout = \"30s\"", &format!("timeout = \"{huge}\"")),
+            example_env(),
+        );
+        assert!(e.contains("reader.timeout") && e.contains(huge), "{e}");
+    }
+    let mut e = example_env();
+    e.push(("MILLILAG_WRITER__INTERVAL".into(), "99999999999999h".into()));
+    let err = problems(EXAMPLE, e);
+    assert!(err.contains("writer.interval"), "{err}");
+}
+
+#[test]
+fn writer_id_longer_than_its_column_is_refused() {
+    let ok = with_line("[writer]", &format!("writer_id = \"{}\"", "w".repeat(64)));
+    assert!(load(&ok, example_env()).is_ok());
+    // 64 characters, not bytes: the column is varchar(64) in utf8mb4.
+    let ok = with_line("[writer]", &format!("writer_id = \"{}\"", "é".repeat(64)));
+    assert!(load(&ok, example_env()).is_ok());
+    for bad in ["w".repeat(65), String::new()] {
+        let e = problems(
+            &with_line("[writer]", &format!("writer_id = \"{bad}\"")),
+            example_env(),
+        );
+        assert!(
+            e.contains("writer.writer_id") && e.contains("1 to 64 characters"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn kafka_properties_that_at_least_once_depends_on_are_refused() {
+    for (key, hint) in [
+        ("enable.auto.offset.store", "at-least-once"),
+        ("enable.auto.commit", "at-least-once"),
+        ("enable.idempotence", "idempotent"),
+        ("acks", "acks=all"),
+        ("group.id", "reader.group"),
+        ("transactional.id", "transactions"),
+        ("bootstrap.servers", "kafka.brokers"),
+        ("Enable.Auto.Commit", "at-least-once"),
+    ] {
+        let text = EXAMPLE.replace(
+            "\"security.protocol\" = \"plaintext\"",
+            &format!("\"security.protocol\" = \"plaintext\"\n\"{key}\" = \"x\""),
+        );
+        let e = problems(&text, example_env());
+        assert!(
+            e.contains(&format!("kafka.properties.\"{key}\"")) && e.contains(hint),
+            "{key}: {e}"
+        );
+        assert!(e.contains("remove it"), "{e}");
+    }
+    // Tuning and security properties stay the user's (the CA file must exist: it is read).
+    let text = EXAMPLE.replace(
+        "\"security.protocol\" = \"plaintext\"",
+        &format!(
+            "\"security.protocol\" = \"ssl\"\n\"linger.ms\" = \"5\"\n\"ssl.ca.location\" = \"{}/testdata/ca.pem\"",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    );
+    assert!(load(&text, example_env()).is_ok());
+}
+
+#[test]
+fn primary_is_one_url_or_a_list_of_candidates() {
+    let one = load(EXAMPLE, example_env()).unwrap();
+    assert_eq!(one.clusters[0].primaries.len(), 1);
+    assert_eq!(one.clusters[0].primary().address(), "127.0.0.1:3306");
+    // Printed back as it was written.
+    assert!(one
+        .to_masked_toml()
+        .contains("primary = \"mysql://millilag@127.0.0.1:3306\""));
+
+    let text = EXAMPLE.replace(
+        "primary = \"mysql://millilag@127.0.0.1:3306\"",
+        "primary = [\"mysql://millilag@10.0.0.1:3306\", \"mysql://millilag:pw@10.0.0.2:3306\"]",
+    );
+    let many = load(&text, example_env()).unwrap();
+    let addrs: Vec<String> = many.clusters[0]
+        .primaries
+        .iter()
+        .map(|u| u.address())
+        .collect();
+    assert_eq!(addrs, ["10.0.0.1:3306", "10.0.0.2:3306"]);
+    // The password of the first candidate's URL, else the environment's.
+    assert_eq!(many.clusters[0].password.as_ref().unwrap().expose(), "dbpw");
+    let printed = many.to_masked_toml();
+    assert!(
+        printed.contains("10.0.0.2:3306") && !printed.contains(":pw@"),
+        "{printed}"
+    );
+
+    // From the environment too, as a TOML array.
+    let mut e = example_env();
+    e.push((
+        "MILLILAG_CLUSTER__0__PRIMARY".into(),
+        "[\"mysql://m@a:1\", \"mysql://m@b:1\"]".into(),
+    ));
+    assert_eq!(load(EXAMPLE, e).unwrap().clusters[0].primaries.len(), 2);
+
+    for (bad, needle) in [
+        ("primary = []", "cluster[0].primary: empty list"),
+        (
+            "primary = [\"mysql://m@a:1\", \"mysql://x@a:1\"]",
+            "cluster[0].primary lists a:1 twice",
+        ),
+        ("primary = [\"a:1\"]", "cluster"),
+        ("primary = 5", "a mysql:// URL or a list of them"),
+    ] {
+        let e = problems(
+            &EXAMPLE.replace("primary = \"mysql://millilag@127.0.0.1:3306\"", bad),
+            example_env(),
+        );
+        assert!(e.contains(needle), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn db_timeouts_default_to_seconds() {
+    let c = load(EXAMPLE, example_env()).unwrap();
+    let t = c.clusters[0].db_timeouts();
+    assert_eq!(t, crate::db::DbTimeouts::DEFAULT);
+    let c = load(
+        &EXAMPLE
+            .replace("query_timeout = \"5s\"", "query_timeout = \"750ms\"")
+            .replace("connect_timeout = \"3s\"", "connect_timeout = \"1s\""),
+        example_env(),
+    )
+    .unwrap();
+    let t = c.clusters[0].db_timeouts();
+    assert_eq!(
+        (t.query, t.connect),
+        (
+            std::time::Duration::from_millis(750),
+            std::time::Duration::from_secs(1)
+        )
+    );
+}

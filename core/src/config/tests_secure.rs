@@ -31,7 +31,7 @@ fn cluster_tls_reaches_the_primary_and_every_replica() {
     let c = load(&text, &[]).unwrap();
     let cl = &c.clusters[0];
     assert_eq!(cl.tls, TlsMode::VerifyIdentity);
-    for url in [&cl.primary, &cl.replicas[0]] {
+    for url in [cl.primary(), &cl.replicas[0]] {
         assert_eq!(url.tls().mode, TlsMode::VerifyIdentity);
         assert_eq!(url.tls().key, "cluster[0]");
         let opts = url.opts(None);
@@ -45,18 +45,18 @@ fn cluster_tls_reaches_the_primary_and_every_replica() {
     }
     // Discovered replicas are derived from the primary: secured the same way.
     assert!(cl
-        .primary
+        .primary()
         .with_address("db9", 3306)
         .opts(None)
         .ssl_opts()
         .is_some());
 
     let c = load(&format!("{CLUSTER}tls = \"require\"\n"), &[]).unwrap();
-    let opts = c.clusters[0].primary.opts(None);
+    let opts = c.clusters[0].primary().opts(None);
     assert!(opts.ssl_opts().unwrap().accept_invalid_certs());
     let c = load(CLUSTER, &[]).unwrap();
     assert!(
-        c.clusters[0].primary.opts(None).ssl_opts().is_none(),
+        c.clusters[0].primary().opts(None).ssl_opts().is_none(),
         "off by default"
     );
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::default_sink_timeout;
 use super::http_url::{check_tls_ca, HttpAuth, HttpUrl};
+use super::{default_sink_timeout, sink::check_timeout};
 use crate::duration::HumanDuration;
 use crate::secret::{resolve_secret, EnvUnset, Sensitive};
 
@@ -78,6 +78,12 @@ fn default_webhook_give_up() -> HumanDuration {
 
 impl WebhookConfig {
     pub(super) fn validate(&self, key: &str, p: &mut Vec<String>) {
+        check_timeout(&format!("{key}.timeout"), self.timeout, p);
+        if self.give_up_after.0.is_zero() {
+            p.push(format!(
+                "{key}.give_up_after (0s) must be more than zero; e.g. \"10m\" (the default)"
+            ));
+        }
         let basic = self.username.is_some();
         let basic_pw = self.password_env.is_some() || self.password_file.is_some();
         let bearer = self.bearer_token_env.is_some() || self.bearer_token_file.is_some();

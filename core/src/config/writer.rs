@@ -19,7 +19,8 @@ pub struct WriterConfig {
     /// Address of /metrics, /healthz, /readyz.
     #[serde(default = "default_writer_listen")]
     pub listen: SocketAddr,
-    /// This instance's id in events and in the row's writer_id (default: hostname-pid).
+    /// This instance's id in events and in the row's writer_id (default: hostname-pid, cut to
+    /// 64 characters). At most 64 characters: the column's length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer_id: Option<String>,
     /// GTID domain for the heartbeat session (MariaDB; needs BINLOG REPLAY or SUPER), so
@@ -32,6 +33,9 @@ pub struct WriterConfig {
     #[serde(default = "default_publish_queue")]
     pub publish_queue: usize,
 }
+
+/// The heartbeat table's `writer_id varchar(64)`.
+pub const MAX_WRITER_ID: usize = 64;
 
 /// The accepted range of `interval`.
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
@@ -71,6 +75,14 @@ impl WriterConfig {
                 "writer.interval ({}) must be between 1ms and 60s",
                 self.interval
             ));
+        }
+        if let Some(id) = &self.writer_id {
+            let n = id.chars().count();
+            if n == 0 || n > MAX_WRITER_ID {
+                p.push(format!(
+                    "writer.writer_id ({n} characters) must be 1 to {MAX_WRITER_ID} characters (the heartbeat table's writer_id column); shorten it or remove it for hostname-pid"
+                ));
+            }
         }
         if self.publish_queue == 0 {
             p.push("writer.publish_queue must be at least 1".into());

@@ -3,15 +3,26 @@
 //!
 //! The two dialects differ in a handful of statements; each difference is one `match` here,
 //! unit-tested, so the services never branch on the server kind themselves.
+//!
+//! Every call is bounded: [`connect_with`] by the cluster's `connect_timeout`, each statement by
+//! [`bounded`] (the helpers here by [`DbTimeouts::DEFAULT`] unless given the cluster's), and
+//! connections carry TCP keepalive, so a server that vanished without closing its sockets is
+//! noticed even on an idle connection. A connection whose statement timed out is in an unknown
+//! state: hand it to [`close`] and open another.
 
 mod connect;
+mod tls;
 
-pub use connect::{connect, CONNECT_TIMEOUT};
+pub use connect::{
+    bounded, close, connect, connect_primary, connect_with, is_read_only, is_timeout,
+    read_only_value, timed_out, DbTimeouts, CONNECT_TIMEOUT, READ_ONLY_SQL, TCP_KEEPALIVE,
+};
 
 use crate::config::validate_identifier;
 use crate::error::{Error, Result};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row, Value};
+use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dialect {
@@ -86,11 +97,38 @@ impl Dialect {
     }
 
     /// One blocking query that returns when the replica has applied `gtid` (or times out).
-    /// Parameters: the GTID (set) and the timeout in seconds.
+    /// Parameters: the GTID (set) and the timeout in seconds. The first column is the
+    /// replica's applied position read just before waiting (select expressions are evaluated
+    /// in order): whether the wait blocked is then the server's word (see
+    /// [`Dialect::gtid_included`]), not a guess from how long the answer took.
     pub fn gtid_wait_sql(&self) -> &'static str {
         match self {
-            Dialect::MariaDb { .. } => "SELECT MASTER_GTID_WAIT(?, ?)",
-            Dialect::MySql { .. } => "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)",
+            Dialect::MariaDb { .. } => "SELECT @@gtid_slave_pos, MASTER_GTID_WAIT(?, ?)",
+            Dialect::MySql { .. } => {
+                "SELECT @@global.gtid_executed, WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
+            }
+        }
+    }
+
+    /// Whether `position` (the first column of [`Dialect::gtid_wait_sql`]) already includes
+    /// `gtid`. None when it cannot be told: another server's GTIDs in the domain (a failover),
+    /// or MySQL (its GTID sets are not parsed here).
+    pub fn gtid_included(&self, position: &str, gtid: &str) -> Option<bool> {
+        match self {
+            Dialect::MariaDb { .. } => {
+                let (domain, server, n) = parse_mariadb_gtid(gtid)?;
+                for entry in position.split(',') {
+                    let Some((d, s, m)) = parse_mariadb_gtid(entry) else {
+                        continue;
+                    };
+                    if d == domain {
+                        return (s == server).then_some(m >= n);
+                    }
+                }
+                // Nothing applied in the domain yet.
+                Some(false)
+            }
+            Dialect::MySql { .. } => None,
         }
     }
 
@@ -178,11 +216,14 @@ pub fn parse_mariadb_gtid(gtid: &str) -> Option<(u32, u32, u64)> {
     Some((d.parse().ok()?, s.parse().ok()?, n.parse().ok()?))
 }
 
+/// [`dialect_within`] the default query timeout.
 pub async fn dialect(conn: &mut Conn, addr: &str) -> Result<Dialect> {
-    let v: Option<String> = conn
-        .query_first("SELECT VERSION()")
-        .await
-        .map_err(|e| Error::database(addr, e))?;
+    dialect_within(conn, addr, DbTimeouts::DEFAULT.query).await
+}
+
+/// The server's dialect, from `SELECT VERSION()` answered within `limit`.
+pub async fn dialect_within(conn: &mut Conn, addr: &str, limit: Duration) -> Result<Dialect> {
+    let v: Option<String> = bounded(limit, addr, conn.query_first("SELECT VERSION()")).await?;
     Ok(Dialect::from_version(&v.unwrap_or_default()))
 }
 
@@ -267,28 +308,44 @@ pub fn parse_replica_status(row: Option<&Row>) -> ReplicaStatus {
     }
 }
 
+/// [`replica_status_within`] the default query timeout.
 pub async fn replica_status(
     conn: &mut Conn,
     dialect: &Dialect,
     addr: &str,
 ) -> Result<ReplicaStatus> {
-    let rows: Vec<Row> = conn
-        .query(dialect.replica_status_sql())
-        .await
-        .map_err(|e| Error::database(addr, e))?;
+    replica_status_within(conn, dialect, addr, DbTimeouts::DEFAULT.query).await
+}
+
+/// SHOW SLAVE/REPLICA STATUS, answered within `limit` (it can block behind a busy replica
+/// worker).
+pub async fn replica_status_within(
+    conn: &mut Conn,
+    dialect: &Dialect,
+    addr: &str,
+    limit: Duration,
+) -> Result<ReplicaStatus> {
+    let rows: Vec<Row> = bounded(limit, addr, conn.query(dialect.replica_status_sql())).await?;
     Ok(parse_replica_status(rows.first()))
 }
 
-/// host:port of replicas registered with the primary.
+/// [`replica_hosts_within`] the default query timeout.
 pub async fn replica_hosts(
     conn: &mut Conn,
     dialect: &Dialect,
     addr: &str,
 ) -> Result<Vec<(String, u16)>> {
-    let rows: Vec<Row> = conn
-        .query(dialect.replica_hosts_sql())
-        .await
-        .map_err(|e| Error::database(addr, e))?;
+    replica_hosts_within(conn, dialect, addr, DbTimeouts::DEFAULT.query).await
+}
+
+/// host:port of replicas registered with the primary, answered within `limit`.
+pub async fn replica_hosts_within(
+    conn: &mut Conn,
+    dialect: &Dialect,
+    addr: &str,
+    limit: Duration,
+) -> Result<Vec<(String, u16)>> {
+    let rows: Vec<Row> = bounded(limit, addr, conn.query(dialect.replica_hosts_sql())).await?;
     Ok(rows
         .iter()
         .filter_map(|r| {
@@ -297,6 +354,45 @@ pub async fn replica_hosts(
             (!host.is_empty()).then_some((host, port))
         })
         .collect())
+}
+
+/// What a GTID wait answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitAnswer {
+    /// Some(true) when applied, Some(false) when the server's wait timed out, None when the
+    /// server cannot wait (no GTID).
+    pub reached: Option<bool>,
+    /// The replica had it already when the wait began (it did not block), when the server's
+    /// position tells ([`Dialect::gtid_included`]).
+    pub already: Option<bool>,
+}
+
+/// One GTID wait ([`Dialect::gtid_wait_sql`]) for `gtid`, at most `wait_s` seconds on the
+/// server, and at most `slack` more on the client (a replica that hangs, or a network that
+/// drops the answer, would otherwise hold the wait forever). A client-side timeout is an
+/// error: drop or [`close`] the connection.
+pub async fn gtid_wait(
+    conn: &mut Conn,
+    dialect: &Dialect,
+    addr: &str,
+    gtid: &str,
+    wait_s: f64,
+    slack: Duration,
+) -> Result<WaitAnswer> {
+    let limit = Duration::try_from_secs_f64(wait_s.max(0.0))
+        .unwrap_or(crate::duration::MAX_DURATION)
+        .saturating_add(slack);
+    let row: Option<(Option<String>, Option<i64>)> = bounded(
+        limit,
+        addr,
+        conn.exec_first(dialect.gtid_wait_sql(), (gtid, wait_s)),
+    )
+    .await?;
+    let (position, reached) = row.unwrap_or((None, None));
+    Ok(WaitAnswer {
+        reached: dialect.gtid_wait_reached(reached),
+        already: position.and_then(|p| dialect.gtid_included(&p, gtid)),
+    })
 }
 
 /// `UNIX_TIMESTAMP(...)` text ("1763000000.123456") as microseconds, exactly (no float).
@@ -354,7 +450,10 @@ mod tests {
             }
         );
         assert_eq!(maria.replica_status_sql(), "SHOW SLAVE STATUS");
-        assert_eq!(maria.gtid_wait_sql(), "SELECT MASTER_GTID_WAIT(?, ?)");
+        assert_eq!(
+            maria.gtid_wait_sql(),
+            "SELECT @@gtid_slave_pos, MASTER_GTID_WAIT(?, ?)"
+        );
         assert_eq!(
             maria.gtid_domain_sql(77, "x").unwrap(),
             "SET SESSION gtid_domain_id = 77"
@@ -367,7 +466,7 @@ mod tests {
         assert_eq!(my84.binlog_status_sql(), "SHOW BINARY LOG STATUS");
         assert_eq!(
             my84.gtid_wait_sql(),
-            "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
+            "SELECT @@global.gtid_executed, WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
         );
         assert_eq!(
             my84.gtid_domain_sql(77, "millilag").unwrap(),
@@ -390,6 +489,34 @@ mod tests {
         let mysql = Dialect::from_version("8.0.36");
         assert_eq!(mysql.gtid_wait_reached(Some(1)), Some(false));
         assert_eq!(mysql.gtid_wait_reached(None), None);
+    }
+
+    #[test]
+    fn whether_a_wait_blocked_is_read_from_the_position_before_it() {
+        let maria = Dialect::from_version("10.11.6-MariaDB");
+        assert_eq!(
+            maria.gtid_included("0-1-100,77-1-41", "77-1-42"),
+            Some(false)
+        );
+        assert_eq!(
+            maria.gtid_included("0-1-100,77-1-42", "77-1-42"),
+            Some(true)
+        );
+        assert_eq!(maria.gtid_included("77-1-900", "77-1-42"), Some(true));
+        assert_eq!(
+            maria.gtid_included("0-1-100", "77-1-42"),
+            Some(false),
+            "domain empty"
+        );
+        assert_eq!(maria.gtid_included("", "77-1-42"), Some(false));
+        assert_eq!(
+            maria.gtid_included("77-2-5", "77-1-42"),
+            None,
+            "another server's"
+        );
+        assert_eq!(maria.gtid_included("77-1-5", "not a gtid"), None);
+        let mysql = Dialect::from_version("8.4.3");
+        assert_eq!(mysql.gtid_included("uuid:1-5", "uuid:3"), None);
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub struct Backpressure {
 }
 
 impl Backpressure {
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
     /// Whether consumption should be paused with `pending` windows waiting, if that differs
     /// from now.
     fn change(&self, pending: usize, max: usize) -> Option<bool> {

@@ -3,6 +3,7 @@
 //! ```text
 //! closed windows ─► alert rules ─► transitions ─► AlertPublisher (alert, alert-state, webhooks)
 //!        ├────────► every sink task (the same Arc'd batch) ─► ack ─┐
+//!        ├────────► every statsd sink (best effort: no ack, never waits) │
 //!        └────────► flush marks, newest window per (cluster, replica, length)
 //!                        └─ all sinks acked ─► state writer (processor-state) ─► ack
 //! ```
@@ -10,9 +11,10 @@
 //! The batch is registered with the [`OffsetTracker`] with the offsets its windows hold, so no
 //! offset is stored past a window before every sink has it and its flush is recorded.
 
-use super::alerts::{AlertEngine, AlertPublisher};
+use super::alerts::{AlertEngine, AlertPublisher, StaleRules};
 use super::metrics::{labels, Metrics};
 use super::offsets::OffsetTracker;
+use super::sinks::statsd::StatsdHandle;
 use super::sinks::{Batch, SinkHandle};
 use super::state::{Flushed, MarksSender};
 use super::window::{Closed, Hold};
@@ -24,7 +26,11 @@ use tracing::{error, info, warn};
 /// Where closed windows go.
 pub struct Dispatch<'a> {
     pub engine: AlertEngine,
+    /// Built-in rules on silence (evaluated on the wall clock by the run loop).
+    pub stale: StaleRules,
     pub sinks: &'a [SinkHandle],
+    /// Best-effort sinks: offered every batch, never waited for, never holding offsets.
+    pub statsd: &'a [StatsdHandle],
     pub state_tx: &'a MarksSender,
     pub alerts: &'a AlertPublisher,
     pub metrics: Metrics,
@@ -61,6 +67,9 @@ impl Dispatch<'_> {
                 error!(sink = %s.name, "Sink task is gone.");
             }
         }
+        for s in self.statsd {
+            s.send(&windows);
+        }
         if self.sinks.is_empty() {
             let _ = self.state_tx.send((id, marks));
         }
@@ -73,7 +82,48 @@ impl Dispatch<'_> {
         }
     }
 
-    fn transition(&self, a: Alert) {
+    /// Continue an incident announced by another processor or an earlier run: its rule
+    /// resolves it (never announces it again) and Alertmanager webhooks re-post it.
+    pub fn adopt(&mut self, a: Alert) {
+        if StaleRules::is_ours(&a.rule) {
+            self.stale.adopt(a.clone());
+        } else if self.engine.restore([a.clone()]).is_empty() {
+            return; // a rule no longer configured
+        }
+        self.metrics
+            .alert_firing
+            .get_or_create(&labels(&[("rule", &a.rule)]))
+            .inc();
+        if !self.alerts.adopt(a) {
+            warn!("Alert queue full; an adopted incident is not re-posted.");
+        }
+    }
+
+    /// Hand `cluster`/`replica`'s incidents (`""`: the cluster-wide ones) to their new owner.
+    pub fn forget(&mut self, cluster: &str, replica: &str) {
+        let mut gone = self.engine.forget(cluster, replica);
+        gone.extend(self.stale.forget(cluster, replica));
+        for (rule, fp) in gone {
+            self.metrics
+                .alert_firing
+                .get_or_create(&labels(&[("rule", &rule)]))
+                .dec();
+            if !self.alerts.forget(fp) {
+                warn!("Alert queue full; a handed-over incident is still re-posted from here.");
+            }
+        }
+    }
+
+    /// The fingerprints of the incidents owned here.
+    pub fn owned_incidents(&self) -> std::collections::BTreeSet<String> {
+        self.engine
+            .firing()
+            .chain(self.stale.owned())
+            .cloned()
+            .collect()
+    }
+
+    pub fn transition(&self, a: Alert) {
         info!(rule = %a.rule, cluster = %a.cluster, replica = %a.replica, state = a.state.as_str(), value = a.value, "Alert transition.");
         {
             let firing = self

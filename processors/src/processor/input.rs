@@ -41,6 +41,54 @@ impl DelayView<'_> {
     }
 }
 
+/// Why a record's times cannot be trusted, if they cannot. Its commit time is more than
+/// `max_skew_us` ahead of the processor's clock (`now_us`): the primary's clock is ahead. Or
+/// older than `max_age_us`. Or more than `max_skew_us` behind the newest commit time already
+/// seen for its replica (`newest_us`) although the reader published it just now
+/// (`published_ms`, its Kafka timestamp, within `max_skew_us` of `now_us`): the primary's clock
+/// stepped back (a backlog read late has old Kafka timestamps, and a reader publishes a
+/// replica's records in order). Applied, such a record would move a watermark hours ahead or
+/// fall in windows closed long ago; refused, the replica shows as missing instead.
+pub fn time_problem(
+    r: &DelayView<'_>,
+    published_ms: Option<i64>,
+    newest_us: Option<i64>,
+    now_us: i64,
+    max_skew_us: i64,
+    max_age_us: i64,
+) -> Option<String> {
+    let t = r.event_time_us();
+    if t > now_us.saturating_add(max_skew_us) {
+        return Some(format!(
+            "commit time {t} is {} ahead of the processor's clock (processor.max_clock_skew {}): the primary's clock is wrong",
+            secs(t - now_us),
+            secs(max_skew_us)
+        ));
+    }
+    if now_us.saturating_sub(t) > max_age_us {
+        return Some(format!(
+            "commit time {t} is {} old, beyond processor.max_event_age {}",
+            secs(now_us - t),
+            secs(max_age_us)
+        ));
+    }
+    let newest = newest_us?;
+    let published_us = published_ms?.saturating_mul(1000);
+    let behind = newest.saturating_sub(t);
+    let fresh = now_us.saturating_sub(published_us).abs() <= max_skew_us;
+    (behind > max_skew_us && fresh).then(|| {
+        format!(
+            "commit time {t} is {} behind this replica's newest ({newest}) yet published just now (processor.max_clock_skew {}): the primary's clock stepped back",
+            secs(behind),
+            secs(max_skew_us)
+        )
+    })
+}
+
+fn secs(us: i64) -> String {
+    format!("{:.3}s", us as f64 / 1e6)
+}
+
 /// Decode one payload. Errors are the core codec's, so dead-letter reasons read the same.
 pub fn decode(bytes: &[u8]) -> Result<DelayView<'_>, DecodeError> {
     const NAME: &str = ReplicaDelay::NAME;
@@ -149,6 +197,45 @@ mod tests {
         assert!(!v.upper_bound);
         assert_eq!(v.event_time_us(), r.observed_at_us - r.delay_us);
         assert_eq!(v.seq, 7);
+    }
+
+    #[test]
+    fn a_primary_clock_off_by_an_hour_either_way_is_refused() {
+        const S: i64 = 1_000_000;
+        let now = 1_763_000_000 * S;
+        let (skew, age) = (60 * S, 7 * 24 * 3600 * S);
+        let bytes = record(1, MeasureStatus::Ok).encode().unwrap();
+        let mut r = decode(&bytes).unwrap();
+        r.committed_at_us = now - 2 * S;
+        r.observed_at_us = now - S;
+        let published = Some((now - S + 300) / 1000);
+        let newest = Some(now - 3 * S);
+        assert_eq!(time_problem(&r, published, newest, now, skew, age), None);
+        assert_eq!(time_problem(&r, None, None, now, skew, age), None);
+        // Stepped forward an hour.
+        let mut ahead = r;
+        ahead.committed_at_us += 3_600 * S;
+        let why = time_problem(&ahead, published, newest, now, skew, age).unwrap();
+        assert!(why.contains("ahead of the processor's clock"), "{why}");
+        // Stepped back an hour: an hour behind the replica's newest, published just now.
+        let mut behind = r;
+        behind.committed_at_us -= 3_600 * S;
+        let why = time_problem(&behind, published, newest, now, skew, age).unwrap();
+        assert!(why.contains("stepped back"), "{why}");
+        // The same record read from a backlog an hour late, or late by less than the skew, is
+        // not refused (the window rules count it late if it is).
+        let old_publish = Some((now - 3_600 * S) / 1000);
+        assert_eq!(
+            time_problem(&behind, old_publish, newest, now, skew, age),
+            None
+        );
+        let mut late = r;
+        late.committed_at_us -= 30 * S;
+        assert_eq!(time_problem(&late, published, newest, now, skew, age), None);
+        let mut ancient = r;
+        ancient.committed_at_us -= 8 * 24 * 3600 * S;
+        let why = time_problem(&ancient, None, None, now, skew, age).unwrap();
+        assert!(why.contains("max_event_age"), "{why}");
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub use millilag_core::metrics::{labels, Labels};
 #[derive(Clone)]
 pub struct Metrics {
     pub records: Counter,
+    pub lag_samples: Counter,
+    pub clock_skew_rejects: Counter,
     pub decode_failures: Counter,
     pub duplicates: Counter,
     pub late: Family<Labels, Counter>,
@@ -40,6 +42,8 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Metrics {
         let m = Metrics {
             records: Counter::default(),
+            lag_samples: Counter::default(),
+            clock_skew_rejects: Counter::default(),
             decode_failures: Counter::default(),
             duplicates: Counter::default(),
             late: Family::default(),
@@ -62,6 +66,16 @@ impl Metrics {
             "records",
             "replica-delay records consumed",
             m.records.clone(),
+        );
+        r.register(
+            "lag_samples",
+            "Live-lag samples (status pending) consumed from lagging replicas",
+            m.lag_samples.clone(),
+        );
+        r.register(
+            "clock_skew_rejects",
+            "Records sent to dead-letter because their primary's clock is off (processor.max_clock_skew) or they are older than processor.max_event_age",
+            m.clock_skew_rejects.clone(),
         );
         r.register(
             "decode_failures",

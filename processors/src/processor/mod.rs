@@ -10,22 +10,27 @@
 //!                    │                                                      ▼
 //!                    │       alert, alert-state, webhooks ◄── alerts/ ◄── Dispatch (dispatch.rs)
 //!                    │                                                      │ one batch
-//!                    │                                 every sink (sinks/) ◄┘
+//!                    │                                 every sink (sinks/) ◄┤
+//!                    │   decoded records ─► statsd timers ─► statsd (best effort) ◄┘
 //!                    │                                        │ all acked
 //!                    │                          processor-state (state.rs) ─► ack
 //!                    └─ offsets.rs: store per partition the lowest offset still held by an
 //!                       open window or an unfinished batch; commit synchronously on shutdown
 //! ```
 //!
-//! Partitions revoked or assigned by the consumer group are handled in `rebalance.rs`; when
-//! the sinks fall behind, `backpressure.rs` pauses consumption. Nothing is dropped: a sink
-//! outage only delays.
+//! Partitions revoked or assigned by the consumer group are handled in `rebalance.rs` (open
+//! incidents follow them); when the sinks fall behind, `backpressure.rs` pauses consumption.
+//! Nothing is dropped: a sink outage only delays. Silence is not health: `heartbeats.rs`
+//! follows `heartbeat-set` and `alerts/stale.rs` alerts when a cluster stops announcing or a
+//! replica stops being measured.
 
 pub mod alerts;
 mod backpressure;
 mod dispatch;
+mod heartbeats;
 pub mod http_client;
 pub mod input;
+mod liveness;
 pub mod metrics;
 pub mod offsets;
 mod rebalance;
@@ -36,11 +41,11 @@ pub mod window;
 
 use crate::consumer::Source;
 use alerts::webhook::Webhooks;
-use alerts::{AlertEngine, AlertPublisher};
+use alerts::{AlertEngine, AlertPublisher, Dormant, StaleRules};
 use anyhow::Context;
 use backpressure::Backpressure;
 use dispatch::Dispatch;
-use metrics::{labels, Metrics};
+use metrics::Metrics;
 use millilag_core::http::{bind_and_serve, Health};
 use millilag_core::kafka::{self, topics};
 use millilag_core::shutdown::Shutdown;
@@ -49,11 +54,12 @@ use offsets::OffsetTracker;
 use prometheus_client::registry::Registry;
 use rdkafka::producer::FutureProducer;
 use run_loop::RunLoop;
+use sinks::statsd::timings::Timings;
 use sinks::SinkHandle;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 use window::{Spec, Windows};
 
 /// librdkafka fetch.wait.max.ms: Tansu answers a fetch only when it expires, so keep it low
@@ -64,6 +70,7 @@ const FETCH_WAIT_MS: u32 = 10;
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut registry = Registry::with_prefix("millilag");
     let metrics = Metrics::new(&mut registry);
+    let statsd_metrics = sinks::statsd::StatsdMetrics::new(&mut registry);
     let health = Health::starting();
     let server = bind_and_serve(
         config.processor.listen,
@@ -120,19 +127,23 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             f.last_seq,
         );
     }
-    let mut engine = AlertEngine::new(rules);
-    let firing = engine.restore(alert_state);
-    for a in &firing {
-        metrics
-            .alert_firing
-            .get_or_create(&labels(&[("rule", &a.rule)]))
-            .inc();
-    }
+    let engine = AlertEngine::new(rules);
+    // Open incidents are taken over partition by partition as they are assigned.
+    let mut dormant = Dormant::default();
+    dormant.reload(alert_state, &Default::default());
+    let restored_firing = dormant.len();
 
     // Sinks, the state writer, alerts and webhooks.
     let (ack_tx, sink_acks) = mpsc::unbounded_channel();
     let mut sink_handles = build_sinks(&config, &producer, &ack_tx, &metrics)?;
     drop(ack_tx);
+    let (statsd_handles, taps): (Vec<_>, Vec<_>) = config
+        .sink
+        .statsd
+        .iter()
+        .enumerate()
+        .map(|(i, c)| sinks::statsd::spawn(i, c, &statsd_metrics))
+        .unzip();
     let (state_ack_tx, state_acks) = mpsc::unbounded_channel();
     let (state_tx, state_task) = state::spawn_state_writer(
         producer.clone(),
@@ -140,7 +151,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         state_ack_tx,
     );
     let generator_url = format!("http://{}/metrics", config.processor.listen);
-    let webhooks = Webhooks::spawn(&config.webhooks, &firing, generator_url, metrics.clone())?;
+    let webhooks = Webhooks::spawn(&config.webhooks, generator_url, metrics.clone())?;
     let alerts = AlertPublisher::spawn(
         producer.clone(),
         config.topic(topics::ALERT),
@@ -162,19 +173,22 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         group = %config.processor.group,
         windows = ?config.processor.windows,
         sinks = sink_handles.len(),
+        statsd_sinks = config.sink.statsd.len(),
         rules = engine.rules().len(),
         restored_windows = flushed.len(),
-        restored_firing = firing.len(),
+        restored_firing,
         "Processor started."
     );
 
-    let idle_us = i64::try_from(
-        config
-            .processor
-            .idle_close_or_default(&config.reader)
-            .as_micros(),
-    )
-    .unwrap_or(i64::MAX);
+    let idle_us =
+        i64::try_from(config.processor.idle_close_or_default().as_micros()).unwrap_or(i64::MAX);
+    let partitions = partition_count(&source).await;
+    let heartbeats = heartbeats::HeartbeatWatch::spawn(&config, shutdown.clone());
+    let liveness = liveness::Liveness::spawn(
+        source.consumer().clone(),
+        source.topic().to_string(),
+        shutdown.clone(),
+    );
     let mut run_loop = RunLoop {
         config: &config,
         source: &source,
@@ -184,7 +198,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         closed: Vec::new(),
         dispatch: Dispatch {
             engine,
+            stale: StaleRules::new(&config.processor.stale),
             sinks: &sink_handles,
+            statsd: &statsd_handles,
             state_tx: &state_tx,
             alerts: &alerts,
             metrics,
@@ -193,6 +209,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         sink_acks,
         state_acks,
         idle_us,
+        dormant,
+        partitions,
+        owned: Default::default(),
+        heartbeats,
+        next_stale_at: 0,
+        liveness,
+        timings: Timings(taps.into_iter().flatten().collect()),
     };
     run_loop.run(&shutdown).await;
     health.set_not_ready("shutting down");
@@ -202,6 +225,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     for h in sink_handles.drain(..) {
         let task = h.close();
         task.abort();
+    }
+    // Best effort, but the last windows and timings are worth a moment.
+    for h in statsd_handles {
+        let name = h.name.clone();
+        if !h.close(Duration::from_secs(2)).await {
+            warn!(sink = %name, "statsd sink did not finish sending within 2 s; stopped.");
+        }
     }
     drop(state_tx);
     state_task.abort();
@@ -250,4 +280,21 @@ fn build_sinks(
         ));
     }
     Ok(out)
+}
+
+/// replica-delay's partition count (0 when the broker does not say; only one processor can
+/// then own incidents with certainty: every partition's).
+async fn partition_count(source: &Source) -> i32 {
+    let consumer = source.consumer().clone();
+    let topic = source.topic().to_string();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::Consumer;
+        consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|md| md.topics().first().map(|t| t.partitions().len() as i32))
+            .unwrap_or(0)
+    })
+    .await
+    .unwrap_or(0)
 }

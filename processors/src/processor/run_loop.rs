@@ -8,11 +8,16 @@
 //! along in the [`OffsetTracker`]. On shutdown [`RunLoop::drain`] flushes what closed, waits
 //! for the sinks within [`DRAIN_DEADLINE`], stores and commits.
 
+use super::alerts::stale::ReplicaSeen;
+use super::alerts::Dormant;
 use super::backpressure::Backpressure;
 use super::dispatch::Dispatch;
+use super::heartbeats::HeartbeatWatch;
 use super::input::{self, DelayView};
+use super::liveness::Liveness;
 use super::metrics::{labels, Metrics};
 use super::offsets::OffsetTracker;
+use super::sinks::statsd::timings::Timings;
 use super::window::{Closed, Windows};
 use crate::consumer::{Decoded, Source};
 use millilag_core::clock::now_us;
@@ -30,6 +35,8 @@ const DISPATCH_EVERY: Duration = Duration::from_millis(20);
 const DISPATCH_BATCH: usize = 1_000;
 /// On shutdown, how long closed windows may take to reach every sink.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
+/// How often the rules on silence are evaluated (their thresholds are seconds).
+const STALE_EVERY_US: i64 = 250_000;
 
 /// The run loop's state.
 pub struct RunLoop<'a> {
@@ -48,6 +55,18 @@ pub struct RunLoop<'a> {
     pub state_acks: mpsc::UnboundedReceiver<u64>,
     /// A replica silent for this long (wall clock) has its windows closed.
     pub idle_us: i64,
+    /// Open incidents of partitions not owned (yet), from alert-state.
+    pub dormant: Dormant,
+    /// replica-delay's partition count (an incident's partition depends on it).
+    pub partitions: i32,
+    /// The replica-delay partitions owned now.
+    pub owned: std::collections::BTreeSet<i32>,
+    pub heartbeats: HeartbeatWatch,
+    pub next_stale_at: i64,
+    /// Whether silence can be told (the broker answers, consumption runs).
+    pub liveness: Liveness,
+    /// statsd timers: each exact measurement, once, as it is decoded.
+    pub timings: Timings,
 }
 
 impl RunLoop<'_> {
@@ -85,6 +104,7 @@ impl RunLoop<'_> {
             pending = self.tracker.pending_windows(),
             "Processor stopping: flushing closed windows."
         );
+        self.timings.flush();
         self.dispatch_closed();
         let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
         while self.tracker.pending_batches() > 0 {
@@ -108,7 +128,26 @@ impl RunLoop<'_> {
         self.rebalanced().await;
         let (partition, offset) = (m.partition(), m.offset());
         self.metrics.records.inc();
-        match self.source.decode(m, input::decode, shutdown).await {
+        self.liveness.heard(now_us());
+        let (now, published_ms) = (now_us(), m.timestamp().to_millis());
+        let max_skew_us = self.config.processor.max_clock_skew.as_micros_i64();
+        let max_age_us = self.config.processor.max_event_age.as_micros_i64();
+        let rejects = &self.metrics.clock_skew_rejects;
+        let windows = &self.windows;
+        // A record whose times cannot be trusted is dead-lettered like an undecodable one:
+        // applied, it would move a watermark or fall in windows long closed.
+        let checked = |bytes| {
+            let view = input::decode(bytes).map_err(|e| e.to_string())?;
+            let newest = windows.newest(view.cluster, view.replica);
+            match input::time_problem(&view, published_ms, newest, now, max_skew_us, max_age_us) {
+                Some(why) => {
+                    rejects.inc();
+                    Err(why)
+                }
+                None => Ok(view),
+            }
+        };
+        match self.source.decode(m, checked, shutdown).await {
             Decoded::Record(view) => self.apply(&view, partition, offset),
             Decoded::Poison => {
                 self.metrics.decode_failures.inc();
@@ -126,6 +165,12 @@ impl RunLoop<'_> {
         let r = self
             .windows
             .apply(view, partition, offset, &mut self.closed);
+        if r.lag_sample {
+            self.metrics.lag_samples.inc();
+        }
+        if r.replayed == 0 {
+            self.timings.record(view);
+        }
         if r.duplicate > 0 {
             self.metrics.duplicates.inc();
         }
@@ -146,8 +191,17 @@ impl RunLoop<'_> {
 
     async fn on_tick(&mut self) {
         self.rebalanced().await;
-        self.windows
-            .close_idle(now_us(), self.idle_us, &mut self.closed);
+        let now = now_us();
+        // Silence means something only while the input is live (see liveness.rs).
+        let paused = self.backpressure.paused();
+        if self.liveness.can_tell(now, paused, self.idle_us) {
+            self.windows.close_idle(now, self.idle_us, &mut self.closed);
+            if now >= self.next_stale_at {
+                self.next_stale_at = now + STALE_EVERY_US;
+                self.check_silence(now);
+            }
+        }
+        self.timings.flush();
         self.dispatch_closed();
         self.store_offsets();
         self.backpressure.update(
@@ -157,6 +211,28 @@ impl RunLoop<'_> {
             &self.metrics.paused,
         );
         self.update_gauges();
+    }
+
+    /// The rules on silence: heartbeats (the owner of partition 0) and each replica owned here.
+    fn check_silence(&mut self, now: i64) {
+        let clusters = self.heartbeats.clusters();
+        let owned = &self.owned;
+        let replicas = self
+            .windows
+            .replicas_seen()
+            .filter(|(_, _, p, _)| owned.contains(p))
+            .map(|(cluster, replica, _, last)| ReplicaSeen {
+                cluster,
+                replica,
+                last_record_us: last,
+            });
+        let transitions =
+            self.dispatch
+                .stale
+                .evaluate(now, &clusters, owned.contains(&0), replicas);
+        for a in transitions {
+            self.dispatch.transition(a);
+        }
     }
 
     fn dispatch_closed(&mut self) {

@@ -62,26 +62,28 @@ pub fn measure(
 
 /// A GTID wait armed at `armed_at_us` that returned at `returned_at_us`, `one_way_us` being
 /// half the replica's fastest round trip. The replica wakes the wait when it applies the
-/// transaction, so the return marks visibility, as long as the wait really blocked: it did if
-/// it was armed before the commit (nothing is visible before its commit), or if it took clearly
-/// longer than an immediate answer would have.
+/// transaction, so the return marks visibility, as long as the wait really blocked. The server
+/// says so (`already`: the replica's position just before waiting already had it, see
+/// `Dialect::gtid_included`); when it cannot tell, only a wait armed before the commit
+/// (nothing is visible before its commit) counts as blocked. How long the answer took proves
+/// nothing: on a busy host an immediate answer can take milliseconds to be handled.
 pub fn gtid_wait_observation(
     committed_at_us: i64,
     armed_at_us: i64,
     returned_at_us: i64,
     one_way_us: i64,
+    already: Option<bool>,
 ) -> Observation {
     let seen = returned_at_us - one_way_us;
-    let blocked = armed_at_us + one_way_us <= committed_at_us
-        || returned_at_us - armed_at_us > 4 * one_way_us + IMMEDIATE_SLACK_US;
+    let blocked = match already {
+        Some(already) => !already,
+        None => armed_at_us + one_way_us <= committed_at_us,
+    };
     Observation {
         not_yet_at_us: blocked.then_some(seen),
         seen_at_us: seen,
     }
 }
-
-/// Scheduling noise allowed for an "immediate" answer on a busy host.
-pub const IMMEDIATE_SLACK_US: i64 = 300;
 
 /// A read that saw the heartbeat at `seen_read_us` (middle of its round trip), after a read that
 /// did not, at `not_yet_read_us`: consecutive reads always bracket the moment it appeared.
@@ -101,7 +103,7 @@ mod tests {
     #[test]
     fn blocked_wait_measures_exactly() {
         // Armed 8 ms before the commit, returned 2 ms after it (+60 us one way).
-        let obs = gtid_wait_observation(10_000, 2_000, 12_060, 60);
+        let obs = gtid_wait_observation(10_000, 2_000, 12_060, 60, None);
         assert_eq!(obs.not_yet_at_us, Some(12_000));
         let m = measure(10_000, obs, 40, TIGHT);
         assert_eq!(
@@ -117,7 +119,7 @@ mod tests {
     #[test]
     fn immediate_wait_after_commit_is_an_upper_bound() {
         // Armed 5 ms after the commit (event-triggered), answered at once.
-        let obs = gtid_wait_observation(10_000, 15_000, 15_150, 60);
+        let obs = gtid_wait_observation(10_000, 15_000, 15_150, 60, Some(true));
         assert_eq!(obs.not_yet_at_us, None);
         let m = measure(10_000, obs, 40, TIGHT);
         assert!(m.upper_bound);
@@ -127,10 +129,21 @@ mod tests {
     #[test]
     fn wait_armed_after_commit_that_blocks_is_exact() {
         // Armed 5 ms after the commit but the replica was stalled: returned 200 ms later.
-        let obs = gtid_wait_observation(10_000, 15_000, 215_060, 60);
+        let obs = gtid_wait_observation(10_000, 15_000, 215_060, 60, Some(false));
         let m = measure(10_000, obs, 40, TIGHT);
         assert!(!m.upper_bound);
         assert_eq!(m.delay_us, 205_000);
+    }
+
+    #[test]
+    fn a_slow_answer_is_not_a_wait_that_blocked() {
+        // Armed after the commit, answered 30 ms later by a busy reader: the server says the
+        // replica already had it, so it is an upper bound, not 25 ms of lag.
+        let obs = gtid_wait_observation(10_000, 15_000, 45_000, 60, Some(true));
+        assert!(measure(10_000, obs, 40, TIGHT).upper_bound);
+        // Without the server's word, only arming before the commit counts.
+        let obs = gtid_wait_observation(10_000, 15_000, 45_000, 60, None);
+        assert!(measure(10_000, obs, 40, TIGHT).upper_bound);
     }
 
     #[test]

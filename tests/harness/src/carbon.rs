@@ -1,5 +1,6 @@
 //! carbon-cache (Graphite's writer) in the foreground, every directory under a temp dir,
-//! whisper retention `1s:1h,60s:1d`. Read back from the whisper files with `whisper-fetch`
+//! whisper retention `1s:1h,60s:1d`, tagged series (`name;tag=value`) in files named after the
+//! series rather than its hash. Read back from the whisper files with `whisper-fetch`
 //! (files appear about a second after the first line; poll).
 
 use crate::process::Guard;
@@ -59,6 +60,7 @@ LOG_LISTENER_CONNECTIONS = False
 LOG_UPDATES = False
 LOG_CREATES = False
 ENABLE_LOGROTATION = False
+TAG_HASH_FILENAMES = False
 ",
             d = d.display(),
             pickle = free_port(),
@@ -115,6 +117,23 @@ ENABLE_LOGROTATION = False
         p
     }
 
+    /// The whisper file of a tagged series (`name;tag=value;...`, tags sorted by name):
+    /// carbon keeps those under `_tagged/<3 hex>/<3 hex>/` (a hash of the series) with the dots
+    /// of the series as `_DOT_`. Found by name, so the test need not compute the hash.
+    pub fn tagged_file(&self, series: &str) -> Option<PathBuf> {
+        let name = format!("{}.wsp", series.replace('.', "_DOT_"));
+        let top = self.dir.path().join("whisper/_tagged");
+        for a in std::fs::read_dir(top).ok()?.flatten() {
+            for b in std::fs::read_dir(a.path()).ok()?.flatten() {
+                let f = b.path().join(&name);
+                if f.is_file() {
+                    return Some(f);
+                }
+            }
+        }
+        None
+    }
+
     /// Non-empty (timestamp seconds, value) points of `path` in [from, until), or None while
     /// the file does not exist yet.
     pub fn fetch(&self, path: &str, from: i64, until: i64) -> Result<Option<Vec<(i64, f64)>>> {
@@ -122,6 +141,23 @@ ENABLE_LOGROTATION = False
         if !file.exists() {
             return Ok(None);
         }
+        self.fetch_file(&file, from, until).map(Some)
+    }
+
+    /// [`Carbon::fetch`] for a tagged series ([`Carbon::tagged_file`]).
+    pub fn fetch_tagged(
+        &self,
+        series: &str,
+        from: i64,
+        until: i64,
+    ) -> Result<Option<Vec<(i64, f64)>>> {
+        match self.tagged_file(series) {
+            Some(file) => self.fetch_file(&file, from, until).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn fetch_file(&self, file: &std::path::Path, from: i64, until: i64) -> Result<Vec<(i64, f64)>> {
         let out = Command::new(crate::find_binary(
             "whisper-fetch",
             "MILLILAG_WHISPER_FETCH",
@@ -129,7 +165,7 @@ ENABLE_LOGROTATION = False
         )?)
         .arg(format!("--from={from}"))
         .arg(format!("--until={until}"))
-        .arg(&file)
+        .arg(file)
         .output()
         .context("running whisper-fetch")?;
         anyhow::ensure!(
@@ -147,6 +183,6 @@ ENABLE_LOGROTATION = False
                 }
             }
         }
-        Ok(Some(points))
+        Ok(points)
     }
 }

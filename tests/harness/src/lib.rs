@@ -5,7 +5,8 @@
 //!   injector and the replicas' apply-time ground truth.
 //! - [`broker::Broker`]: Tansu, the Kafka-protocol broker, with topic creation.
 //! - [`victoria::Victoria`], [`influx::Influx`] (1.6), [`carbon::Carbon`]: the metric stores the
-//!   processor writes to, each with a read-back helper; [`alertmanager::Alertmanager`] routing
+//!   processor writes to, each with a read-back helper; [`statsd::Statsd`] (Etsy's, from npm)
+//!   flushing into a [`carbon::Carbon`]; [`alertmanager::Alertmanager`] routing
 //!   to a [`alertmanager::WebhookReceiver`] the test runs.
 //! - [`tls::Pki`]: a private CA made at test time, and [`tls::Terminator`] (socat) to put TLS
 //!   in front of a plaintext service; MariaDB, Tansu, VictoriaMetrics and the webhook receiver
@@ -20,6 +21,7 @@ pub mod carbon;
 pub mod influx;
 pub mod mariadb;
 pub mod process;
+pub mod statsd;
 pub mod tls;
 pub mod victoria;
 

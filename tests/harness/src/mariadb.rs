@@ -191,6 +191,62 @@ impl Server {
     pub fn is_running(&mut self) -> bool {
         self.guard.as_mut().is_some_and(|g| g.is_running())
     }
+
+    /// SIGSTOP the server: connections stay open and nothing answers, as when a host hangs or
+    /// the network between it and its clients drops packets. [`Server::thaw`] resumes it (and
+    /// the guard's SIGKILL works on a stopped process too).
+    /// Returns once the kernel reports the process stopped (a signal is delivered
+    /// asynchronously: a query sent right after kill(2) could still be answered).
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+        let Some(pid) = self.pid() else { return };
+        let stat = format!("/proc/{pid}/stat");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            // "pid (comm) S ...": the state follows the last ')'.
+            let state = std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|t| {
+                    t.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().chars().next())
+                })
+                .flatten();
+            if matches!(state, Some('T' | 't') | None) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// SIGCONT after [`Server::freeze`].
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(g) = &self.guard {
+            g.signal(sig);
+        }
+    }
+
+    /// `SET GLOBAL read_only`, as root.
+    pub async fn set_read_only(&self, on: bool) -> Result<()> {
+        let mut c = self.admin().await?;
+        c.query_drop(format!("SET GLOBAL read_only = {}", u8::from(on)))
+            .await?;
+        Ok(())
+    }
+
+    /// A `SHOW GLOBAL STATUS` counter, e.g. "Connections" (every connection attempt the server
+    /// accepted, this one included) or "Com_create_table".
+    pub async fn global_status(&self, name: &str) -> Result<i64> {
+        let mut c = self.admin().await?;
+        let row: Option<(String, String)> = c
+            .exec_first("SHOW GLOBAL STATUS WHERE Variable_name = ?", (name,))
+            .await?;
+        let (_, v) = row.with_context(|| format!("no status variable {name}"))?;
+        Ok(v.parse()?)
+    }
 }
 
 pub struct Cluster {
@@ -446,6 +502,30 @@ impl Cluster {
 
     pub fn replica(&self, i: usize) -> &Server {
         &self.replicas[i]
+    }
+
+    /// A switchover: the primary stops taking writes (`read_only = 1`), replica `i` applies
+    /// everything it had written, stops replicating and becomes writable. The other replicas
+    /// keep following the old primary (repointing them is not needed by the tests).
+    pub async fn promote(&self, i: usize) -> Result<()> {
+        self.primary.set_read_only(true).await?;
+        let mut p = self.primary.admin().await?;
+        let pos: String = p
+            .query_first("SELECT @@gtid_binlog_pos")
+            .await?
+            .context("@@gtid_binlog_pos")?;
+        let r = &self.replicas[i];
+        let mut c = r.admin().await?;
+        let reached: Option<i64> = c
+            .exec_first("SELECT MASTER_GTID_WAIT(?, 30)", (&pos,))
+            .await?;
+        if reached != Some(0) {
+            bail!("{} did not reach the primary's {pos} within 30 s", r.name);
+        }
+        c.query_drop("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0")
+            .await
+            .with_context(|| format!("promoting {}", r.name))?;
+        Ok(())
     }
 
     /// The highest heartbeat seq millilag's writer has committed on the primary (0 before the

@@ -15,10 +15,14 @@
 //! The engine is pure (windows in, transitions out); [`publisher`] carries transitions to
 //! Kafka and the [`webhook`]s.
 
+pub mod incidents;
 pub mod publisher;
+pub mod stale;
 pub mod webhook;
 
+pub use incidents::Dormant;
 pub use publisher::AlertPublisher;
+pub use stale::StaleRules;
 
 use millilag_core::config::{AlertCondition, AlertMetric, AlertRuleConfig};
 use millilag_core::events::{Alert, AlertState, DelayWindow};
@@ -145,6 +149,29 @@ impl AlertEngine {
         firing
     }
 
+    /// Stop owning `cluster`/`replica` (its partition moved): its tracks go, and the
+    /// fingerprints of its firing incidents are returned (their new owner continues them).
+    pub fn forget(&mut self, cluster: &str, replica: &str) -> Vec<(String, String)> {
+        let mut firing = Vec::new();
+        for rule in &self.rules {
+            let fp = fingerprint(&rule.name, cluster, replica);
+            if let Some(t) = self.tracks.remove(&fp) {
+                if matches!(t.phase, Phase::Firing { .. }) {
+                    firing.push((rule.name.clone(), fp));
+                }
+            }
+        }
+        firing
+    }
+
+    /// The fingerprints of the firing incidents owned here.
+    pub fn firing(&self) -> impl Iterator<Item = &String> {
+        self.tracks
+            .iter()
+            .filter(|(_, t)| matches!(t.phase, Phase::Firing { .. }))
+            .map(|(fp, _)| fp)
+    }
+
     /// Evaluate every rule that reads this window; returns the transitions.
     pub fn on_window(&mut self, w: &DelayWindow) -> Vec<Alert> {
         let mut out = Vec::new();
@@ -152,6 +179,11 @@ impl AlertEngine {
             if rule.window_us != w.window_us
                 || rule.cluster.as_deref().is_some_and(|c| c != w.cluster)
             {
+                continue;
+            }
+            if rule.is_delay() && w.count > 0 && w.upper_bounds == w.count {
+                // Only upper bounds (a reader that looked late, after its start or a restart):
+                // they say how late the reader was, not the replica. No evidence either way.
                 continue;
             }
             let fp = fingerprint(&rule.name, &w.cluster, &w.replica);
@@ -343,6 +375,27 @@ mod tests {
             (r.state, r.since_us),
             (AlertState::Resolved, fired.since_us)
         );
+    }
+
+    #[test]
+    fn a_window_of_upper_bounds_only_raises_no_delay_alert_and_clears_none() {
+        let mut e = AlertEngine::new(vec![
+            rule("max > 300ms", 1, 0, None, 0.0),
+            rule("count < 50", 1, 0, None, 0.0),
+        ]);
+        let mut bounds = w(0, 1, 1_500);
+        bounds.upper_bounds = bounds.count;
+        let fired = e.on_window(&bounds);
+        assert_eq!(fired.len(), 1, "only the count rule reads it");
+        assert!(fired[0].expression.starts_with("count"));
+        // While a delay alert fires, a window of bounds does not resolve it either.
+        let mut e = AlertEngine::new(vec![rule("max > 300ms", 1, 0, None, 0.0)]);
+        assert_eq!(e.on_window(&w(0, 1, 900)).len(), 1);
+        let mut low_bounds = w(1, 1, 1);
+        low_bounds.upper_bounds = low_bounds.count;
+        assert!(e.on_window(&low_bounds).is_empty());
+        let r = e.on_window(&w(2, 1, 1)).pop().unwrap();
+        assert_eq!(r.state, AlertState::Resolved);
     }
 
     #[test]

@@ -21,9 +21,18 @@ const KAFKA_DEADLINE: Duration = Duration::from_secs(10);
 /// At shutdown, how long webhooks may take to deliver what is queued.
 const WEBHOOK_DRAIN: Duration = Duration::from_secs(5);
 
+/// What the publishing task is given, in order.
+enum Item {
+    Transition(Alert),
+    /// An incident taken over: its webhooks re-post it (nothing is published).
+    Adopt(Alert),
+    /// An incident handed over: its webhooks stop re-posting it.
+    Forget(String),
+}
+
 /// The run loop's side of the publishing task.
 pub struct AlertPublisher {
-    tx: mpsc::Sender<Alert>,
+    tx: mpsc::Sender<Item>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -34,12 +43,23 @@ impl AlertPublisher {
         state_topic: String,
         webhooks: Webhooks,
     ) -> AlertPublisher {
-        let (tx, mut rx) = mpsc::channel::<Alert>(webhook::QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Item>(webhook::QUEUE);
         let task = tokio::spawn(async move {
             // Kafka gets KAFKA_DEADLINE per transition, shutdown or not: queued transitions
             // are still published while the processor stops.
             let never = Shutdown::never();
-            while let Some(a) = rx.recv().await {
+            while let Some(item) = rx.recv().await {
+                let a = match item {
+                    Item::Transition(a) => a,
+                    Item::Adopt(a) => {
+                        webhooks.adopt(&a);
+                        continue;
+                    }
+                    Item::Forget(fp) => {
+                        webhooks.forget(&fp);
+                        continue;
+                    }
+                };
                 let published = tokio::time::timeout(
                     KAFKA_DEADLINE,
                     retry(RetryPolicy::DELIVERY, "Publishing alert", &never, || {
@@ -65,7 +85,17 @@ impl AlertPublisher {
 
     /// Queue a transition. False when the queue is full: the transition is not published.
     pub fn publish(&self, a: Alert) -> bool {
-        self.tx.try_send(a).is_ok()
+        self.tx.try_send(Item::Transition(a)).is_ok()
+    }
+
+    /// An incident this processor now owns (see `incidents.rs`).
+    pub fn adopt(&self, a: Alert) -> bool {
+        self.tx.try_send(Item::Adopt(a)).is_ok()
+    }
+
+    /// An incident another processor now owns.
+    pub fn forget(&self, fingerprint: String) -> bool {
+        self.tx.try_send(Item::Forget(fingerprint)).is_ok()
     }
 
     /// Publish what is queued and let the webhooks deliver it, within `deadline`.

@@ -120,19 +120,28 @@ pub fn body(format: WebhookFormat, a: &Alert, generator_url: &str) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
+/// What a webhook's task is told.
+#[derive(Debug)]
+enum Notice {
+    /// A transition to deliver.
+    Transition(Alert),
+    /// An incident this processor took over: re-posted to Alertmanager, never announced again.
+    Adopt(Alert),
+    /// An incident another processor took over: no longer re-posted from here.
+    Forget(String),
+}
+
 /// The run loop's side: hand alerts to every webhook's queue without waiting.
 pub struct Webhooks {
-    queues: Vec<(String, mpsc::Sender<Alert>)>,
+    queues: Vec<(String, mpsc::Sender<Notice>)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     metrics: Metrics,
 }
 
 impl Webhooks {
-    /// Start one task per webhook. `firing` are incidents announced before a restart (kept
-    /// alive in Alertmanager).
+    /// Start one task per webhook.
     pub fn spawn(
         configs: &[WebhookConfig],
-        firing: &[Alert],
         generator_url: String,
         metrics: Metrics,
     ) -> anyhow::Result<Webhooks> {
@@ -147,10 +156,7 @@ impl Webhooks {
                 config: c.clone(),
                 client,
                 generator_url: generator_url.clone(),
-                firing: firing
-                    .iter()
-                    .map(|a| (a.fingerprint.clone(), a.clone()))
-                    .collect(),
+                firing: BTreeMap::new(),
                 metrics: metrics.clone(),
             };
             let span = info_span!("webhook", webhook = %name, url = %c.url);
@@ -165,13 +171,27 @@ impl Webhooks {
     }
 
     pub fn notify(&self, a: &Alert) {
+        self.tell(|| Notice::Transition(a.clone()), &a.rule);
+    }
+
+    /// An incident taken over from another processor (or an earlier run).
+    pub fn adopt(&self, a: &Alert) {
+        self.tell(|| Notice::Adopt(a.clone()), &a.rule);
+    }
+
+    /// An incident handed to another processor.
+    pub fn forget(&self, fingerprint: &str) {
+        self.tell(|| Notice::Forget(fingerprint.to_string()), fingerprint);
+    }
+
+    fn tell(&self, notice: impl Fn() -> Notice, what: &str) {
         for (name, q) in &self.queues {
-            if q.try_send(a.clone()).is_err() {
+            if q.try_send(notice()).is_err() {
                 self.metrics
                     .webhook_dropped
                     .get_or_create(&labels(&[("webhook", name)]))
                     .inc();
-                warn!(webhook = %name, rule = %a.rule, "Webhook queue full; notification dropped.");
+                warn!(webhook = %name, alert = %what, "Webhook queue full; notification dropped.");
             }
         }
     }
@@ -197,28 +217,36 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Alert>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Notice>) {
         let am = self.config.format == WebhookFormat::Alertmanager;
         let mut repost =
             tokio::time::interval_at(Instant::now() + ALERTMANAGER_REPOST, ALERTMANAGER_REPOST);
         repost.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        if am && !self.firing.is_empty() {
-            // After a restart: Alertmanager may have timed them out meanwhile.
-            self.repost().await;
-        }
         loop {
             tokio::select! {
-                a = rx.recv() => {
-                    let Some(a) = a else { return };
-                    if am {
-                        match a.state {
-                            AlertState::Firing => { self.firing.insert(a.fingerprint.clone(), a.clone()); }
-                            AlertState::Resolved => { self.firing.remove(&a.fingerprint); }
+                n = rx.recv() => match n {
+                    None => return,
+                    Some(Notice::Transition(a)) => {
+                        if am {
+                            match a.state {
+                                AlertState::Firing => { self.firing.insert(a.fingerprint.clone(), a.clone()); }
+                                AlertState::Resolved => { self.firing.remove(&a.fingerprint); }
+                            }
+                        }
+                        let body = body(self.config.format, &a, &self.generator_url);
+                        self.deliver(body).await;
+                    }
+                    Some(Notice::Adopt(a)) => {
+                        if am {
+                            self.firing.insert(a.fingerprint.clone(), a);
+                            // Alertmanager may have timed it out while nobody owned it.
+                            self.repost().await;
                         }
                     }
-                    let body = body(self.config.format, &a, &self.generator_url);
-                    self.deliver(body).await;
-                }
+                    Some(Notice::Forget(fp)) => {
+                        self.firing.remove(&fp);
+                    }
+                },
                 _ = repost.tick(), if am && !self.firing.is_empty() => self.repost().await,
             }
         }

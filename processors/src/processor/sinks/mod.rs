@@ -15,10 +15,12 @@
 //!
 //! VictoriaMetrics names InfluxDB fields `<measurement>_<field>`, e.g. `replica_delay_p99_us`.
 //! Kafka: a `delay-window` record per window, key `cluster/replica`.
+//! statsd is best effort and outside this acknowledged chain: see `statsd/`.
 
 pub mod graphite;
 pub mod influx;
 pub mod kafka;
+pub mod statsd;
 
 use super::metrics::SinkMetrics;
 use millilag_core::events::DelayWindow;

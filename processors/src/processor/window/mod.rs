@@ -20,16 +20,22 @@
 //! borrowed-`&str` hash lookups; window vectors are recycled.
 
 mod hold;
+mod live;
 mod open;
 
 pub use hold::Hold;
+pub use live::LiveLag;
 pub use open::nearest_rank;
 
 use super::input::DelayView;
+use live::{CloseCtx, IntervalEstimate};
 use millilag_core::events::{DelayWindow, MeasureStatus};
 use open::OpenWindow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+
+/// A replica's (cluster, replica) names.
+pub type KeyName = (Arc<str>, Arc<str>);
 
 /// A window that closed, with what it holds.
 #[derive(Debug, Clone)]
@@ -55,7 +61,14 @@ pub struct Applied {
     pub late_mask: u32,
     /// Lengths where its window was flushed before a restart.
     pub replayed: u8,
+    /// It was a live-lag sample (status pending).
+    pub lag_sample: bool,
 }
+
+/// Empty windows of a silent or lagging replica are filled in (count 0, see `live.rs`) only
+/// within this horizon: after its last record, and before now. A replica gone for good, or a
+/// backlog hours old being replayed, does not make hours of empty windows.
+const FILL_HORIZON_US: i64 = 600_000_000;
 
 #[derive(Debug, Default)]
 struct Lane {
@@ -81,7 +94,23 @@ struct KeyState {
     /// The partition the key's last record came from (its records move with the partition
     /// when the consumer group rebalances).
     partition: i32,
+    /// The reader's latest live-lag sample, while the replica lags.
+    lag: Option<LiveLag>,
+    /// A record of it came since this processor owns its partition (not only a flush mark
+    /// read at start): the replica is measured, and silence from it means something.
+    seen: bool,
+    interval: IntervalEstimate,
     lanes: Vec<Lane>,
+}
+
+impl KeyState {
+    fn close_ctx(&self, silent: bool) -> CloseCtx {
+        CloseCtx {
+            lag: self.lag,
+            interval_us: self.interval.get(),
+            silent,
+        }
+    }
 }
 
 /// One configured window length.
@@ -151,6 +180,9 @@ impl Windows {
             max_event_us: i64::MIN,
             last_arrival_us: self.now_us,
             partition: -1,
+            lag: None,
+            seen: false,
+            interval: IntervalEstimate::default(),
             lanes: self.specs.iter().map(|_| Lane::default()).collect(),
         });
         self.index
@@ -191,16 +223,38 @@ impl Windows {
         offset: i64,
         out: &mut Vec<Closed>,
     ) -> Applied {
-        if r.status == MeasureStatus::Pending {
-            // A live-lag sample, not a measurement of its heartbeat.
-            return Applied::default();
-        }
         let k = self.intern(r.cluster, r.replica);
-        let t = r.event_time_us();
-        let mut result = Applied::default();
         let key = &mut self.keys[k];
         key.last_arrival_us = self.now_us;
         key.partition = partition;
+        key.seen = true;
+        if r.status == MeasureStatus::Pending {
+            // A live-lag sample, not a measurement of its heartbeat: every heartbeat committed
+            // before it was taken is reported or not visible yet, so the watermark moves with
+            // it and the replica's windows close on time during a stall.
+            let as_of = r.observed_at_us;
+            if key.lag.is_none_or(|l| as_of >= l.as_of_us) {
+                key.lag = Some(LiveLag {
+                    oldest_commit_us: r.committed_at_us,
+                    as_of_us: as_of,
+                });
+            }
+            if as_of > key.max_event_us {
+                key.max_event_us = as_of;
+                self.close_key(k, as_of.saturating_sub(self.lateness_us), false, out);
+            }
+            return Applied {
+                lag_sample: true,
+                ..Applied::default()
+            };
+        }
+        let t = r.event_time_us();
+        let mut result = Applied::default();
+        key.interval.observe(r.seq, t);
+        if r.status == MeasureStatus::Ok && key.lag.is_some_and(|l| t >= l.oldest_commit_us) {
+            // The replica shows the oldest heartbeat the lag was about: it moved on.
+            key.lag = None;
+        }
         let watermark_before = key.max_event_us.saturating_sub(self.lateness_us);
         for (i, spec) in self.specs.iter().enumerate() {
             let lane = &mut key.lanes[i];
@@ -236,7 +290,7 @@ impl Windows {
         if t > key.max_event_us {
             key.max_event_us = t;
             let watermark = t.saturating_sub(self.lateness_us);
-            self.close_key(k, |_, end| end <= watermark, out);
+            self.close_key(k, watermark, false, out);
         }
         result
     }
@@ -247,9 +301,10 @@ impl Windows {
     }
 
     /// Close the windows of silent keys: no record for `idle_us` (wall clock) and the window
-    /// ended `idle_us` or more before `now_us` (compared with primary-clock event time). A
-    /// replica with no newer record never moves its watermark; one that is merely being
-    /// replayed from a backlog keeps receiving records and is left to its watermark.
+    /// ended `idle_us` or more before `now_us` (compared with primary-clock event time),
+    /// filling in the empty windows since their last record. A replica with no newer record
+    /// never moves its watermark; one that is merely being replayed from a backlog keeps
+    /// receiving records and is left to its watermark.
     pub fn close_idle(&mut self, now_us: i64, idle_us: i64, out: &mut Vec<Closed>) {
         self.now_us = self.now_us.max(now_us);
         let limit = now_us.saturating_sub(idle_us);
@@ -257,36 +312,66 @@ impl Windows {
             if self.keys[k].last_arrival_us > limit {
                 continue;
             }
-            self.close_key(k, |_, end| end <= limit, out);
+            self.close_key(k, limit, true, out);
         }
     }
 
     /// Close every open window (tests and benchmarks: end of input).
     pub fn close_all(&mut self, out: &mut Vec<Closed>) {
         for k in 0..self.keys.len() {
-            self.close_key(k, |_, _| true, out);
+            self.close_key(k, i64::MAX, false, out);
         }
     }
 
-    fn close_key(&mut self, k: usize, due: impl Fn(i64, i64) -> bool, out: &mut Vec<Closed>) {
+    /// Close key `k`'s windows that end at or before `limit`, and fill in the empty ones among
+    /// them (within [`FILL_HORIZON_US`]). `silent`: no record came to move the watermark.
+    fn close_key(&mut self, k: usize, limit: i64, silent: bool, out: &mut Vec<Closed>) {
         let key = &mut self.keys[k];
+        let ctx = key.close_ctx(silent);
+        let fill_from = self.now_us.saturating_sub(FILL_HORIZON_US);
+        let fill_until = key.max_event_us.saturating_add(FILL_HORIZON_US);
+        let can_fill = key.max_event_us > i64::MIN && limit < i64::MAX;
         for (i, spec) in self.specs.iter().enumerate() {
             let lane = &mut key.lanes[i];
-            while let Some(front) = lane.open.front() {
-                let end = front.start.saturating_add(spec.len_us);
-                if !due(front.start, end) {
+            loop {
+                // The next window to close: the oldest open one, or an empty one right after
+                // the last closed window.
+                let front = lane.open.front().map(|w| w.start);
+                let empty_next = (can_fill && lane.closed_until > 0)
+                    .then(|| lane.closed_until.max(align_down(fill_from, spec.len_us)))
+                    .filter(|s| *s < fill_until && front.is_none_or(|f| *s < f));
+                let Some(start) = empty_next.or(front) else {
                     break;
+                };
+                let end = start.saturating_add(spec.len_us);
+                if end > limit {
+                    break;
+                }
+                let prev_last = match lane.last_closed {
+                    Some((s, last)) if s.saturating_add(spec.len_us) == start => last,
+                    _ => None,
+                };
+                if empty_next == Some(start) {
+                    let window =
+                        open::empty_window(&key.cluster, &key.replica, start, spec.len_us, &ctx);
+                    lane.closed_until = end;
+                    // No seq to carry: heartbeats neither seen nor counted missing here (still
+                    // pending, or counted from the interval) must not show as a gap later.
+                    lane.last_closed = Some((start, None));
+                    out.push(Closed {
+                        window,
+                        hold: Hold::default(),
+                        last_seq: None,
+                        label: spec.label.clone(),
+                    });
+                    continue;
                 }
                 let Some(mut w) = lane.open.pop_front() else {
                     break;
                 };
                 self.open_count -= 1;
-                let prev_last = match lane.last_closed {
-                    Some((s, last)) if s.saturating_add(spec.len_us) == w.start => last,
-                    _ => None,
-                };
                 let (window, last_seq) =
-                    w.summarize(&key.cluster, &key.replica, spec.len_us, prev_last);
+                    w.summarize(&key.cluster, &key.replica, spec.len_us, prev_last, &ctx);
                 lane.closed_until = lane.closed_until.max(end);
                 lane.last_closed = Some((w.start, last_seq));
                 out.push(Closed {
@@ -303,9 +388,11 @@ impl Windows {
     /// This consumer lost `partitions` (a rebalance): forget everything about their keys —
     /// open windows are dropped unflushed (the new owner rebuilds them from the committed
     /// offset, which is at or before their first record) and watermarks reset, so that if a
-    /// partition comes back its records are windowed afresh. Returns the windows dropped.
-    pub fn forget_partitions(&mut self, partitions: &[i32]) -> usize {
+    /// partition comes back its records are windowed afresh. Returns the windows dropped and
+    /// the (cluster, replica) of every key that moved.
+    pub fn forget_partitions(&mut self, partitions: &[i32]) -> (usize, Vec<KeyName>) {
         let mut dropped = 0;
+        let mut moved_keys = Vec::new();
         for key in &mut self.keys {
             let moved = partitions.contains(&key.partition)
                 || key
@@ -324,9 +411,27 @@ impl Windows {
                 *lane = Lane::default();
             }
             key.max_event_us = i64::MIN;
+            key.lag = None;
+            key.seen = false;
+            moved_keys.push((key.cluster.clone(), key.replica.clone()));
         }
         self.open_count -= dropped;
-        dropped
+        (dropped, moved_keys)
+    }
+
+    /// The newest event time seen for `cluster`/`replica` (its watermark before lateness).
+    pub fn newest(&self, cluster: &str, replica: &str) -> Option<i64> {
+        let k = *self.index.get(cluster)?.get(replica)? as usize;
+        Some(self.keys[k].max_event_us).filter(|t| *t > i64::MIN)
+    }
+
+    /// The replicas measured here (see `KeyState::seen`), with the partition and the wall
+    /// clock of their last record.
+    pub fn replicas_seen(&self) -> impl Iterator<Item = (&str, &str, i32, i64)> + '_ {
+        self.keys
+            .iter()
+            .filter(|k| k.seen)
+            .map(|k| (&*k.cluster, &*k.replica, k.partition, k.last_arrival_us))
     }
 
     /// Every open window's hold (for the offset to store).
@@ -340,266 +445,9 @@ impl Windows {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use millilag_core::events::MeasureStatus;
-    use std::time::Duration;
+mod tests;
 
-    const S: i64 = 1_000_000;
-    const T0: i64 = 1_763_000_000 * S; // a whole 10 s boundary
-
-    fn view(replica: &str, seq: i64, t: i64, delay: i64, status: MeasureStatus) -> DelayView<'_> {
-        DelayView {
-            cluster: "main",
-            replica,
-            seq,
-            committed_at_us: t,
-            delay_us: delay,
-            status,
-            upper_bound: false,
-            observed_at_us: t + delay,
-        }
-    }
-
-    fn ok(seq: i64, t: i64, delay: i64) -> DelayView<'static> {
-        view("r1", seq, t, delay, MeasureStatus::Ok)
-    }
-
-    fn windows(lengths_ms: &[u64], lateness_ms: u64) -> Windows {
-        Windows::new(
-            lengths_ms
-                .iter()
-                .map(|ms| Spec::new(Duration::from_millis(*ms)))
-                .collect(),
-            Duration::from_millis(lateness_ms),
-        )
-    }
-
-    #[test]
-    fn one_second_of_heartbeats_gives_exact_quantiles() {
-        let mut a = windows(&[1000], 0);
-        let mut out = Vec::new();
-        // 100 heartbeats 10 ms apart, delays 1..=100 ms in shuffled order.
-        for i in 0..100i64 {
-            let delay = ((i * 37) % 100 + 1) * 1000;
-            a.apply(&ok(i + 1, T0 + i * 10_000, delay), 0, i, &mut out);
-        }
-        assert!(out.is_empty(), "nothing closes before the watermark passes");
-        a.apply(&ok(101, T0 + S, 500), 0, 100, &mut out);
-        assert_eq!(out.len(), 1);
-        let w = &out[0].window;
-        assert_eq!((w.window_start_us, w.window_us), (T0, S));
-        assert_eq!((w.count, w.missing, w.duplicates), (100, 0, 0));
-        assert_eq!(
-            (w.min_us, w.p50_us, w.p90_us, w.p99_us, w.max_us),
-            (
-                Some(1000),
-                Some(50_000),
-                Some(90_000),
-                Some(99_000),
-                Some(100_000)
-            )
-        );
-        assert_eq!(out[0].hold.iter().collect::<Vec<_>>(), vec![(0, 0)]);
-        assert_eq!(&*out[0].label, "1s");
-    }
-
-    #[test]
-    fn statuses_gaps_and_duplicates_are_counted() {
-        let mut a = windows(&[1000], 0);
-        let mut out = Vec::new();
-        a.apply(&ok(1, T0, 100), 0, 0, &mut out);
-        a.apply(&ok(2, T0 + 10_000, 300), 0, 1, &mut out);
-        // seq 3 and 4 never arrive; 5 times out; 6 is an upper bound (a reader that looked
-        // late: not the replica's delay); 2 again from a second reader group.
-        a.apply(
-            &view("r1", 5, T0 + 40_000, 30 * S, MeasureStatus::Timeout),
-            0,
-            2,
-            &mut out,
-        );
-        let mut ub = ok(6, T0 + 50_000, 900_000);
-        ub.upper_bound = true;
-        a.apply(&ub, 0, 3, &mut out);
-        let dup = a.apply(&ok(2, T0 + 10_000, 350), 0, 4, &mut out);
-        assert_eq!(dup.duplicate, 1);
-        a.apply(
-            &view("r1", 7, T0 + 60_000, 0, MeasureStatus::ReplicaUnreachable),
-            0,
-            5,
-            &mut out,
-        );
-        a.close_all(&mut out);
-        let w = &out[0].window;
-        assert_eq!(w.count, 3, "ok records: 1, 2, 6");
-        assert_eq!((w.timeouts, w.unreachable), (1, 1));
-        assert_eq!(w.missing, 2 + 2, "two non-ok + seqs 3 and 4");
-        assert_eq!((w.duplicates, w.upper_bounds), (1, 1));
-        assert_eq!(
-            (w.min_us, w.max_us, w.p50_us),
-            (Some(100), Some(300), Some(100)),
-            "quantiles from the exact delays only"
-        );
-        assert_eq!(out[0].last_seq, Some(7));
-    }
-
-    #[test]
-    fn a_window_of_upper_bounds_only_reports_them() {
-        let mut a = windows(&[1000], 0);
-        let mut out = Vec::new();
-        for (seq, delay) in [(1, 400), (2, 200), (3, 300)] {
-            let mut ub = ok(seq, T0 + seq * 10_000, delay);
-            ub.upper_bound = true;
-            a.apply(&ub, 0, seq, &mut out);
-        }
-        a.close_all(&mut out);
-        let w = &out[0].window;
-        assert_eq!((w.count, w.upper_bounds), (3, 3));
-        assert_eq!(
-            (w.min_us, w.p50_us, w.max_us),
-            (Some(200), Some(300), Some(400))
-        );
-    }
-
-    #[test]
-    fn gap_across_adjacent_windows_counts_in_the_later_one() {
-        let mut a = windows(&[1000], 0);
-        let mut out = Vec::new();
-        a.apply(&ok(10, T0 + 990_000, 1), 0, 0, &mut out);
-        a.apply(&ok(13, T0 + S + 20_000, 1), 0, 1, &mut out);
-        a.close_all(&mut out);
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0].window.missing, 0);
-        assert_eq!(out[1].window.missing, 2, "seqs 11 and 12");
-    }
-
-    #[test]
-    fn lateness_keeps_windows_open_then_late_records_are_counted() {
-        let mut a = windows(&[1000], 500);
-        let mut out = Vec::new();
-        a.apply(&ok(1, T0 + 100_000, 10), 0, 0, &mut out);
-        // Into the next window, but within lateness of the first: it stays open.
-        a.apply(&ok(3, T0 + S + 400_000, 10), 0, 1, &mut out);
-        assert!(out.is_empty());
-        // Out of order, within lateness: applied to the first window.
-        let r = a.apply(&ok(2, T0 + 900_000, 20), 0, 2, &mut out);
-        assert_eq!((r.applied, r.late), (1, 0));
-        // Watermark passes the first window's end.
-        a.apply(&ok(4, T0 + S + 500_000, 10), 0, 3, &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].window.count, 2);
-        // Beyond lateness: late, not applied.
-        let r = a.apply(&ok(5, T0 + 950_000, 20), 0, 4, &mut out);
-        assert_eq!((r.applied, r.late, r.late_mask), (0, 1, 1));
-        a.close_all(&mut out);
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[1].window.count, 2);
-    }
-
-    #[test]
-    fn every_length_gets_the_record_and_closes_on_its_own_boundary() {
-        let mut a = windows(&[1000, 10_000], 0);
-        let mut out = Vec::new();
-        for i in 0..1000i64 {
-            a.apply(&ok(i, T0 + i * 10_000, i), 0, i, &mut out);
-        }
-        // 10 s of heartbeats: nine 1 s windows closed, the last 1 s and the 10 s still open.
-        assert_eq!(out.len(), 9);
-        a.apply(&ok(1000, T0 + 10 * S, 0), 0, 1000, &mut out);
-        assert_eq!(out.len(), 11);
-        let ten = out.iter().find(|c| c.window.window_us == 10 * S).unwrap();
-        assert_eq!(ten.window.count, 1000);
-        assert_eq!(ten.window.p99_us, Some(989));
-        assert_eq!(&*ten.label, "10s");
-        // Late for the 1 s window only: the 10 s window [10 s, 20 s) is open.
-        let r = a.apply(&ok(1001, T0 + 10 * S - 1, 0), 0, 1001, &mut out);
-        assert_eq!((r.late, r.late_mask), (2, 0b11), "both closed at 10 s");
-        a.apply(&ok(1002, T0 + 11 * S, 0), 0, 1002, &mut out);
-        let r = a.apply(&ok(1003, T0 + 10 * S + 500_000, 0), 0, 1003, &mut out);
-        assert_eq!((r.applied, r.late_mask), (1, 0b01));
-    }
-
-    #[test]
-    fn replicas_are_windowed_separately() {
-        let mut a = windows(&[1000], 0);
-        let mut out = Vec::new();
-        a.apply(&view("r1", 1, T0, 5, MeasureStatus::Ok), 0, 0, &mut out);
-        a.apply(&view("r2", 1, T0, 7, MeasureStatus::Ok), 1, 0, &mut out);
-        // r1's watermark moves; r2's window stays open.
-        a.apply(&view("r1", 2, T0 + S, 5, MeasureStatus::Ok), 0, 1, &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].window.replica, "r1");
-        assert_eq!(a.holds().collect::<Vec<_>>(), vec![(0, 1), (1, 0)]);
-    }
-
-    #[test]
-    fn silent_replica_closes_by_wall_clock() {
-        let mut a = windows(&[1000], 0);
-        let mut out = Vec::new();
-        a.set_now(T0 + 10);
-        a.apply(&ok(1, T0, 5), 0, 0, &mut out);
-        a.close_idle(T0 + S + 4 * S, 5 * S, &mut out);
-        assert!(out.is_empty());
-        a.close_idle(T0 + S + 5 * S, 5 * S, &mut out);
-        assert_eq!(out.len(), 1);
-        // And a straggler for it now is late.
-        let r = a.apply(&ok(2, T0 + 10, 5), 0, 1, &mut out);
-        assert_eq!(r.late, 1);
-    }
-
-    #[test]
-    fn a_lost_partition_drops_its_windows_and_resets_its_keys() {
-        let mut a = windows(&[1000], 0);
-        let mut out = Vec::new();
-        a.apply(&view("r1", 1, T0, 5, MeasureStatus::Ok), 0, 0, &mut out);
-        a.apply(&view("r1", 2, T0 + S, 5, MeasureStatus::Ok), 0, 1, &mut out);
-        a.apply(&view("r2", 1, T0, 7, MeasureStatus::Ok), 1, 0, &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(a.forget_partitions(&[0]), 1);
-        assert_eq!(a.open_windows(), 1);
-        assert_eq!(a.holds().collect::<Vec<_>>(), vec![(1, 0)]);
-        // Partition 0 comes back and is replayed from its committed offset: nothing is late.
-        let r = a.apply(&view("r1", 2, T0 + S, 5, MeasureStatus::Ok), 0, 1, &mut out);
-        assert_eq!((r.applied, r.late), (1, 0));
-    }
-
-    #[test]
-    fn a_backlog_being_replayed_is_not_idle() {
-        let mut a = windows(&[1000], 0);
-        let mut out = Vec::new();
-        // An hour after these heartbeats, the processor catches up on them.
-        let now = T0 + 3_600 * S;
-        a.set_now(now);
-        a.apply(&ok(1, T0, 5), 0, 0, &mut out);
-        a.close_idle(now + 20_000, 5 * S, &mut out);
-        assert!(out.is_empty(), "records still arriving for this replica");
-        a.apply(&ok(2, T0 + 500_000, 5), 0, 1, &mut out);
-        // Then the replica's records stop: idle after idle_us without arrivals.
-        a.close_idle(now + 4 * S, 5 * S, &mut out);
-        assert!(out.is_empty());
-        a.close_idle(now + 20_000 + 5 * S, 5 * S, &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].window.count, 2);
-    }
-
-    #[test]
-    fn flushed_windows_are_skipped_on_replay() {
-        let mut a = windows(&[1000, 10_000], 0);
-        a.restore_flushed("main", "r1", S, T0 + S, Some(200));
-        let mut out = Vec::new();
-        let r = a.apply(&ok(150, T0 + 1_500_000, 5), 0, 0, &mut out);
-        assert_eq!(
-            (r.replayed, r.applied),
-            (1, 1),
-            "1 s flushed; 10 s still open"
-        );
-        a.apply(&ok(201, T0 + 2 * S, 5), 0, 1, &mut out);
-        a.apply(&ok(300, T0 + 3 * S, 5), 0, 2, &mut out);
-        let first = out.iter().find(|c| c.window.window_us == S).unwrap();
-        assert_eq!(first.window.window_start_us, T0 + 2 * S);
-        assert_eq!(
-            first.window.missing, 0,
-            "boundary gap from the restored last seq"
-        );
-    }
+/// The start of the `len`-long window that holds `t`.
+fn align_down(t: i64, len: i64) -> i64 {
+    t.div_euclid(len) * len
 }

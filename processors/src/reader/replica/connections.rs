@@ -8,7 +8,7 @@
 
 use millilag_core::clock::now_us;
 use millilag_core::config::DbUrl;
-use millilag_core::db::{self, Dialect};
+use millilag_core::db::{self, DbTimeouts, Dialect};
 use millilag_core::secret::Sensitive;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
@@ -24,10 +24,17 @@ pub(super) struct Connections {
     open_waits: usize,
     max_waits: usize,
     pub generation: u64,
+    /// Every connect and statement is bounded by these (the cluster's).
+    pub timeouts: DbTimeouts,
 }
 
 impl Connections {
-    pub fn new(url: DbUrl, password: Option<Sensitive>, max_waits: usize) -> Connections {
+    pub fn new(
+        url: DbUrl,
+        password: Option<Sensitive>,
+        max_waits: usize,
+        timeouts: DbTimeouts,
+    ) -> Connections {
         Connections {
             addr: url.address(),
             url,
@@ -38,13 +45,18 @@ impl Connections {
             open_waits: 0,
             max_waits,
             generation: 0,
+            timeouts,
         }
     }
 
     async fn connect(&self) -> Result<Conn, String> {
-        db::connect(&self.url, self.password.as_ref().map(|p| p.expose()))
-            .await
-            .map_err(|e| e.to_string())
+        db::connect_with(
+            &self.url,
+            self.password.as_ref().map(|p| p.expose()),
+            &self.timeouts,
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
 
     /// A fresh control connection (the old one, if any, is dropped). Returns half its fastest
@@ -52,13 +64,16 @@ impl Connections {
     pub async fn connect_control(&mut self) -> Result<i64, String> {
         self.control = None;
         let mut c = self.connect().await?;
-        let dialect = db::dialect(&mut c, &self.addr)
+        let limit = self.timeouts.query;
+        let dialect = db::dialect_within(&mut c, &self.addr, limit)
             .await
             .map_err(|e| e.to_string())?;
         let mut best = i64::MAX;
         for _ in 0..3 {
             let t0 = now_us();
-            c.query_drop("SELECT 1").await.map_err(|e| e.to_string())?;
+            db::bounded(limit, &self.addr, c.query_drop("SELECT 1"))
+                .await
+                .map_err(|e| e.to_string())?;
             best = best.min(now_us() - t0);
         }
         self.dialect = Some(dialect);
@@ -103,8 +118,12 @@ impl Connections {
 
     /// Drop every connection (the replica is unreachable).
     pub fn drop_all(&mut self) {
-        self.control = None;
-        self.idle.clear();
+        if let Some(c) = self.control.take() {
+            tokio::spawn(db::close(c));
+        }
+        for c in self.idle.drain(..) {
+            tokio::spawn(db::close(c));
+        }
         self.open_waits = 0;
         self.generation += 1;
     }

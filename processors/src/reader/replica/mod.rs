@@ -153,8 +153,9 @@ pub enum Event<T> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WaitOutcome {
-    /// The replica reached the GTID.
-    Reached,
+    /// The replica reached the GTID; `already`: it had it when the wait was armed (the wait
+    /// did not block), when the server could tell.
+    Reached { already: Option<bool> },
     /// The wait's own timeout passed first.
     TimedOut,
     /// NULL: the server cannot wait for GTIDs (not a replica, GTIDs off).

@@ -8,6 +8,7 @@ use crate::reader::gtid::GtidKey;
 use crate::reader::{Output, QueryKind, ReplicaMetrics, Ticket};
 use millilag_core::clock::{now_us, OffsetEstimator};
 use millilag_core::config::DbUrl;
+use millilag_core::db::{self, DbTimeouts};
 use millilag_core::events::HeartbeatSet;
 use millilag_core::secret::Sensitive;
 use millilag_core::shutdown::Shutdown;
@@ -27,6 +28,8 @@ pub struct ClusterCtx {
     pub table: String,
     pub reader_id: String,
     pub password: Option<Sensitive>,
+    /// The cluster's connect and statement bounds.
+    pub timeouts: DbTimeouts,
     /// Local clock -> primary clock.
     pub clock: Arc<Mutex<OffsetEstimator>>,
     pub settings: Settings,
@@ -82,7 +85,12 @@ impl ReplicaWorker {
         let tracker = Tracker::new(ctx.settings.clone(), who, now_us());
         ReplicaWorker {
             metrics: out.metrics.for_replica(&ctx.name, &url.address()),
-            conns: Connections::new(url, ctx.password.clone(), tracker.wait_slots()),
+            conns: Connections::new(
+                url,
+                ctx.password.clone(),
+                tracker.wait_slots(),
+                ctx.timeouts,
+            ),
             tracker,
             ctx,
             out,
@@ -182,23 +190,27 @@ impl ReplicaWorker {
         self.metrics.query(QueryKind::GtidWait);
         let tx = self.waits_tx.clone();
         let generation = self.conns.generation;
+        let (addr, slack) = (self.conns.addr.clone(), self.conns.timeouts.query);
         tokio::spawn(async move {
             let mut conn = conn;
+            let gtid = key.to_string();
             let armed_at = now_us();
-            let result: Result<Option<Option<i64>>, _> = conn
-                .exec_first(dialect.gtid_wait_sql(), (key.to_string(), wait_s))
-                .await;
+            let answer = db::gtid_wait(&mut conn, &dialect, &addr, &gtid, wait_s, slack).await;
             let returned_at = now_us();
-            let (outcome, conn) = match result {
-                Ok(r) => {
-                    let outcome = match dialect.gtid_wait_reached(r.flatten()) {
-                        Some(true) => WaitOutcome::Reached,
+            let (outcome, conn) = match answer {
+                Ok(a) => {
+                    let outcome = match a.reached {
+                        Some(true) => WaitOutcome::Reached { already: a.already },
                         Some(false) => WaitOutcome::TimedOut,
                         None => WaitOutcome::Unsupported,
                     };
                     (outcome, Some(conn))
                 }
-                Err(e) => (WaitOutcome::Failed(e.to_string()), None),
+                Err(e) => {
+                    // Hung or broken: closed in the background, never reused.
+                    tokio::spawn(db::close(conn));
+                    (WaitOutcome::Failed(e.to_string()), None)
+                }
             };
             let _ = tx.send(WaitDone {
                 key,
@@ -218,6 +230,7 @@ impl ReplicaWorker {
             "SELECT CAST(seq AS SIGNED) FROM {} WHERE server_id = {server_id}",
             self.ctx.table
         );
+        let (addr, limit) = (self.conns.addr.clone(), self.conns.timeouts.query);
         let c = match self.conns.control().await {
             Ok(c) => c,
             Err(why) => {
@@ -229,7 +242,7 @@ impl ReplicaWorker {
         };
         self.metrics.query(QueryKind::Poll);
         let sent_at = now_us();
-        let res: Result<Option<i64>, _> = c.query_first(sql).await;
+        let res: Result<Option<i64>, _> = db::bounded(limit, &addr, c.query_first(sql)).await;
         let returned_at = now_us();
         match res {
             Ok(seq) => Event::ReadReturned {
@@ -238,9 +251,13 @@ impl ReplicaWorker {
                 seq: seq.unwrap_or(0),
             },
             Err(e) => {
-                let connection_lost = !matches!(e, mysql_async::Error::Server(_));
+                // The server refused the statement (a missing table, a privilege): the
+                // connection is fine. Anything else (gone, hung) loses it.
+                let connection_lost = !e.is_server_error();
                 if connection_lost {
-                    self.conns.control = None;
+                    if let Some(c) = self.conns.control.take() {
+                        tokio::spawn(db::close(c));
+                    }
                 }
                 Event::ReadFailed {
                     why: e.to_string(),
@@ -255,10 +272,13 @@ impl ReplicaWorker {
         let stopped = match (self.conns.control.as_mut(), self.conns.dialect.clone()) {
             (Some(c), Some(d)) => {
                 self.metrics.query(QueryKind::Status);
-                match millilag_core::db::replica_status(c, &d, &self.conns.addr).await {
+                let limit = self.conns.timeouts.query;
+                match db::replica_status_within(c, &d, &self.conns.addr, limit).await {
                     Ok(s) => !s.replicating(),
                     Err(e) => {
-                        self.conns.control = None;
+                        if let Some(c) = self.conns.control.take() {
+                            tokio::spawn(db::close(c));
+                        }
                         warn!(replica = %self.conns.addr, error = %e, "Cannot read replica status.");
                         false
                     }

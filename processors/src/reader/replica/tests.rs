@@ -10,6 +10,14 @@ const T0: i64 = 1_763_000_000 * S;
 const OFFSET: i64 = 7 * MS;
 const ONE_WAY: i64 = 50;
 const INTERVAL: i64 = 10 * MS;
+/// A wait whose number the replica did not have when it was armed (the server says so).
+const BLOCKED: WaitOutcome = WaitOutcome::Reached {
+    already: Some(false),
+};
+/// A wait whose number the replica already had.
+const AT_ONCE: WaitOutcome = WaitOutcome::Reached {
+    already: Some(true),
+};
 
 fn settings(method: ReaderMethod) -> Settings {
     Settings {
@@ -61,6 +69,8 @@ struct Harness {
     t: Tracker<i64>,
     /// Every record, with whether it carried its heartbeat's ticket.
     published: Vec<(ReplicaDelay, bool)>,
+    /// Waits asked for and not answered yet: (number, armed at, gives up at), primary clock.
+    waits: Vec<(u64, i64, i64)>,
 }
 
 impl Harness {
@@ -82,6 +92,7 @@ impl Harness {
         let mut h = Harness {
             t,
             published: Vec::new(),
+            waits: Vec::new(),
         };
         h.feed(
             local(T0),
@@ -102,6 +113,11 @@ impl Harness {
                         assert_eq!(record.seq, t, "a record travels with its own ticket");
                     }
                     self.published.push((record, ticket.is_some()));
+                }
+                Command::Arm { key, wait_s } => {
+                    let gives_up = at + (wait_s * 1e6) as i64;
+                    self.waits.push((key.n, at, gives_up));
+                    rest.push(Command::Arm { key, wait_s });
                 }
                 other => rest.push(other),
             }
@@ -127,6 +143,9 @@ impl Harness {
         returned: i64,
         outcome: WaitOutcome,
     ) -> Vec<Command<i64>> {
+        if let Some(i) = self.waits.iter().position(|w| w.0 == n) {
+            self.waits.remove(i);
+        }
         self.feed(
             returned,
             Event::WaitReturned {
@@ -163,9 +182,10 @@ impl Harness {
         self.t.poll.next_poll.map(|l| l + OFFSET)
     }
 
-    /// Wake the tracker whenever it asks, up to `until` (primary clock), as the shell would:
-    /// reads answer `row_seq` 300 us later, status checks answer `stopped`. Returns when each
-    /// read was sent, and the other commands.
+    /// Wake the tracker whenever it asks, up to `until` (primary clock), as the shell would
+    /// for a replica that shows `row_seq` and applies nothing: reads answer `row_seq` 300 us
+    /// later, waits give up when their time is up, status checks answer `stopped`. Returns
+    /// when each read was sent, and the other commands.
     fn run_until(
         &mut self,
         until: i64,
@@ -173,7 +193,25 @@ impl Harness {
         stopped: bool,
     ) -> (Vec<i64>, Vec<Command<i64>>) {
         let (mut read_times, mut others) = (Vec::new(), Vec::new());
-        while let Some(at) = self.wake().filter(|w| *w <= until) {
+        loop {
+            let wake = self.wake().filter(|w| *w <= until);
+            let wait_due = self.waits.iter().map(|w| w.2).filter(|d| *d <= until).min();
+            let at = match (wake, wait_due) {
+                (None, None) => break,
+                (Some(w), Some(d)) if d < w => {
+                    let i = self.waits.iter().position(|w| w.2 == d).unwrap();
+                    let (n, armed, due) = self.waits.remove(i);
+                    others.extend(self.wait_returned(n, armed, due, WaitOutcome::TimedOut));
+                    continue;
+                }
+                (None, Some(d)) => {
+                    let i = self.waits.iter().position(|w| w.2 == d).unwrap();
+                    let (n, armed, due) = self.waits.remove(i);
+                    others.extend(self.wait_returned(n, armed, due, WaitOutcome::TimedOut));
+                    continue;
+                }
+                (Some(w), _) => w,
+            };
             let mut queue: Vec<(i64, Event<i64>)> = vec![(at, Event::Tick)];
             while let Some((t, e)) = queue.pop() {
                 for c in self.feed(t, e) {
@@ -254,36 +292,21 @@ fn steady_state_arms_ahead_and_times_each_heartbeat_by_its_own_wait() {
     // The first heartbeat: its own wait (the numbering is not known to be consecutive yet).
     let c = h.announce(commit(1) + 5 * MS, 1, true);
     assert_eq!(armed(&c), vec![1]);
-    h.wait_returned(
-        1,
-        commit(1) + 5 * MS,
-        commit(1) + 5 * MS + 150,
-        WaitOutcome::Reached,
-    );
+    h.wait_returned(1, commit(1) + 5 * MS, commit(1) + 5 * MS + 150, AT_ONCE);
     // The second shows the numbering is consecutive: waits go ahead of the announcements, up
     // to prearm_depth, for heartbeats not written yet.
     let c = h.announce(commit(2) + 5 * MS, 2, true);
     let mut ahead = armed(&c);
     ahead.sort();
     assert_eq!(ahead, vec![2, 3], "own wait, then the next number");
-    let c = h.wait_returned(
-        2,
-        commit(2) + 5 * MS,
-        commit(2) + 5 * MS + 150,
-        WaitOutcome::Reached,
-    );
+    let c = h.wait_returned(2, commit(2) + 5 * MS, commit(2) + 5 * MS + 150, AT_ONCE);
     assert_eq!(
         armed(&c),
         vec![4],
         "prearm_depth waits ahead of the replica"
     );
     // Heartbeat 3 was armed for before it was written: the replica's wake-up times it.
-    let c = h.wait_returned(
-        3,
-        commit(2) + 6 * MS,
-        commit(3) + 2 * MS,
-        WaitOutcome::Reached,
-    );
+    let c = h.wait_returned(3, commit(2) + 6 * MS, commit(3) + 2 * MS, BLOCKED);
     assert_eq!(armed(&c), vec![5], "re-armed ahead as soon as it returned");
     let c = h.announce(commit(3) + 6 * MS, 3, true);
     assert!(
@@ -311,12 +334,7 @@ fn a_burst_after_a_stall_is_caught_up_by_reads_then_waits_take_over() {
     let mut h = Harness::new(ReaderMethod::GtidWait);
     for seq in 1..=2 {
         h.announce(commit(seq) + 5 * MS, seq, true);
-        h.wait_returned(
-            seq as u64,
-            commit(seq) - MS,
-            commit(seq) + MS,
-            WaitOutcome::Reached,
-        );
+        h.wait_returned(seq as u64, commit(seq) - MS, commit(seq) + MS, BLOCKED);
     }
     // The replica stalls: heartbeats 3..=10 are announced. The waits for 3 and 4 were armed
     // ahead; 5 and 6 get waits of their own on the spare connections; the rest wait.
@@ -328,7 +346,7 @@ fn a_burst_after_a_stall_is_caught_up_by_reads_then_waits_take_over() {
     assert_eq!(h.t.awaited(), 8);
     // The stall ends 200 ms after heartbeat 3's commit: its wait returns, the backlog with it.
     let end = commit(3) + 200 * MS;
-    let c = h.wait_returned(3, commit(2), end, WaitOutcome::Reached);
+    let c = h.wait_returned(3, commit(2), end, BLOCKED);
     assert!(armed(&c).is_empty(), "catch-up reads time the backlog");
     assert_eq!(h.record(3).delay_us, 200 * MS - ONE_WAY);
     assert_eq!(h.next_read(), Some(end), "catch-up: read at once");
@@ -355,7 +373,7 @@ fn a_burst_after_a_stall_is_caught_up_by_reads_then_waits_take_over() {
             n,
             commit(n as i64) - MS,
             end + 500,
-            WaitOutcome::Reached,
+            BLOCKED,
         )));
     }
     assert_eq!(next, vec![11, 12]);
@@ -369,7 +387,7 @@ fn a_heartbeat_already_visible_at_the_first_look_is_an_upper_bound() {
     let start = commit(1) + S;
     let c = h.announce(start, 1, true);
     assert_eq!(armed(&c), vec![1]);
-    h.wait_returned(1, start, start + 200, WaitOutcome::Reached);
+    h.wait_returned(1, start, start + 200, AT_ONCE);
     let r = h.record(1);
     assert!(r.upper_bound, "{r:?}");
     assert_eq!(r.delay_us, S + 200 - ONE_WAY);
@@ -383,18 +401,22 @@ fn a_stall_longer_than_the_timeout_is_reported_at_the_deadline_and_measured_when
         Command::Arm { wait_s, .. } => *wait_s,
         other => panic!("{other:?}"),
     };
-    assert_eq!(wait_s, 2.0, "a wait blocks at most reader.timeout");
-    // Replication stopped: the heartbeat's wait gives up at its own timeout and is armed again.
-    let deadline = commit(1) + 2 * S;
-    let (reads, c) = h.run_until(deadline - 2 * MS, 0, true);
-    assert!(
-        reads.is_empty() && armed(&c).is_empty(),
-        "waiting costs no query: {c:?}"
+    assert_eq!(
+        wait_s, 0.25,
+        "a wait gives up after 250 ms (two 10 ms intervals, at least 250 ms)"
     );
-    let c = h.wait_returned(1, commit(1) + 5 * MS, deadline - MS, WaitOutcome::TimedOut);
-    assert_eq!(armed(&c), vec![1], "still watched");
-    let (_, c) = h.run_until(deadline + MS, 0, true);
-    assert!(armed(&c).is_empty());
+    // Replication stopped: each wait gives up and the heartbeat's is armed again, 4 a second.
+    let deadline = commit(1) + 2 * S;
+    let (reads, c) = h.run_until(deadline + MS, 0, true);
+    assert!(
+        reads.is_empty(),
+        "a stalled replica is watched by waits, not reads"
+    );
+    let rearmed = armed(&c);
+    assert!(
+        rearmed.iter().all(|n| *n == 1) && (7..=9).contains(&rearmed.len()),
+        "{rearmed:?}"
+    );
     let r = h.record(1);
     assert_eq!(r.status, MeasureStatus::ReplicationStopped);
     assert_eq!(r.delay_us, 2 * S);
@@ -403,9 +425,9 @@ fn a_stall_longer_than_the_timeout_is_reported_at_the_deadline_and_measured_when
         1,
         "reported, so its offset moves on, and still watched"
     );
-    // The live lag was published while it grew: every 250 ms from 100 ms on.
+    // The live lag was published while it grew: every 250 ms once a wait said it was missing.
     let samples: Vec<i64> = h.samples().iter().map(|r| r.delay_us).collect();
-    assert!(samples.len() >= 7 && samples[0] >= 100 * MS, "{samples:?}");
+    assert!(samples.len() >= 6 && samples[0] >= 250 * MS, "{samples:?}");
     assert!(
         samples.windows(2).all(|w| w[1] - w[0] >= 250 * MS),
         "{samples:?}"
@@ -415,9 +437,12 @@ fn a_stall_longer_than_the_timeout_is_reported_at_the_deadline_and_measured_when
         .iter()
         .all(|r| r.seq == 1 && r.committed_at_us == commit(1)));
     assert!((h.t.lag_us() - 2 * S).abs() < 2 * MS, "lag = its age now");
-    // 8 s into the stall replication resumes: the re-armed wait returns.
+    // 8 s into the stall replication resumes: the armed wait returns.
+    h.run_until(commit(1) + 8 * S - MS, 0, true);
     let end = commit(1) + 8 * S;
-    h.wait_returned(1, deadline - MS + 200, end, WaitOutcome::Reached);
+    let (n, armed_at, _) = h.waits[0];
+    assert_eq!(n, 1);
+    h.wait_returned(1, armed_at, end, BLOCKED);
     let ok = h.late_ok(1).expect("its real delay, once shown");
     assert!(!ok.upper_bound, "{ok:?}");
     assert_eq!(ok.delay_us, 8 * S - ONE_WAY);
@@ -580,16 +605,22 @@ fn a_reader_started_late_reports_the_backlog_as_upper_bounds_not_as_lag() {
     for seq in 1..=5 {
         h.announce(start, seq, true);
     }
+    // Before the first answer, the backlog is not lag: nothing says the replica lacks it.
+    assert_eq!(h.t.lag_us(), 0);
     // The first wait answers at once: the replica is far past it. The tracker catches up by
     // reading: the row shows 5 (nothing new since).
-    h.wait_returned(1, start, start + 200, WaitOutcome::Reached);
+    h.wait_returned(1, start, start + 200, AT_ONCE);
     h.run_until(start + 300, 5, false);
     // The other waits answered at once too.
     for n in 2..=4 {
-        h.wait_returned(n, start, start + 300 + n as i64 * 10, WaitOutcome::Reached);
+        h.wait_returned(n, start, start + 300 + n as i64 * 10, AT_ONCE);
     }
     h.run_until(start + 50 * MS, 5, false);
     assert_eq!(h.tickets(), 5);
+    assert!(
+        h.samples().is_empty(),
+        "no lag published for heartbeats never seen missing"
+    );
     for seq in 1..=5 {
         let r = h.record(seq);
         assert!(
@@ -607,7 +638,7 @@ fn a_wait_rearmed_after_its_timeout_still_brackets_the_moment_the_replica_shows_
     // wait reaches the server, so the new wait answers at once.
     let gave_up = commit(1) + 2 * S;
     h.wait_returned(1, commit(1) + 5 * MS, gave_up, WaitOutcome::TimedOut);
-    h.wait_returned(1, gave_up + 100, gave_up + 400, WaitOutcome::Reached);
+    h.wait_returned(1, gave_up + 100, gave_up + 400, AT_ONCE);
     let r = h.record(1);
     assert!(
         !r.upper_bound,
@@ -629,14 +660,14 @@ fn a_heartbeat_waits_for_its_own_wait_rather_than_a_neighbours() {
     }
     // Replication resumes; the wait for 2 happens to answer a few microseconds before 1's.
     let end = commit(1) + 3 * S;
-    h.wait_returned(2, gave_up + 100, end + 20, WaitOutcome::Reached);
+    h.wait_returned(2, gave_up + 100, end + 20, BLOCKED);
     assert!(
         h.published
             .iter()
             .all(|(r, _)| r.seq != 1 || r.status == MeasureStatus::Pending),
         "1 is left to its own wait"
     );
-    h.wait_returned(1, gave_up + 100, end, WaitOutcome::Reached);
+    h.wait_returned(1, gave_up + 100, end, BLOCKED);
     let r = h.record(1);
     assert!(!r.upper_bound, "{r:?}");
     assert_eq!(r.delay_us, 3 * S - ONE_WAY);

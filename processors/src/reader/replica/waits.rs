@@ -10,8 +10,12 @@
 use super::{Command, Tracker, WaitOutcome, MAX_WAIT};
 use crate::reader::gtid::GtidKey;
 use crate::reader::timing::{self, Observation};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 use tracing::warn;
+
+/// Shortest time one wait blocks before it gives up and is armed again.
+const PROBE_MIN: Duration = Duration::from_millis(250);
 
 /// Most heartbeats the arming horizon runs ahead of the last announcement on the writer's
 /// schedule (a writer that stopped announcing does not move it further).
@@ -35,6 +39,8 @@ pub(super) struct Reached {
     /// When an earlier wait for the same number gave up (server time, local clock): the
     /// replica did not show it then.
     pub not_reached_at: Option<i64>,
+    /// The replica had it already when this wait was armed (the server's word, if any).
+    pub already: Option<bool>,
 }
 
 /// The highest number seen reached, and when (local clock).
@@ -47,7 +53,8 @@ pub(super) struct Position {
 #[derive(Debug, Default)]
 pub(super) struct Waits {
     frontier: HashMap<String, Frontier>,
-    armed: HashSet<GtidKey>,
+    /// Numbers with a wait armed, and when it was asked for (local clock).
+    armed: HashMap<GtidKey, i64>,
     /// Numbers seen reached by a wait of their own.
     reached: HashMap<String, BTreeMap<u64, Reached>>,
     position: HashMap<String, Position>,
@@ -78,7 +85,12 @@ impl Waits {
     }
 
     pub fn is_armed(&self, key: &GtidKey) -> bool {
-        self.armed.contains(key)
+        self.armed.contains_key(key)
+    }
+
+    /// When the wait for `key` was asked for, while it is armed.
+    pub fn armed_at(&self, key: &GtidKey) -> Option<i64> {
+        self.armed.get(key).copied()
     }
 
     pub fn armed(&self) -> usize {
@@ -86,7 +98,7 @@ impl Waits {
     }
 
     fn armed_in(&self, sequence: &str) -> usize {
-        self.armed.iter().filter(|k| k.sequence == sequence).count()
+        self.armed.keys().filter(|k| k.sequence == sequence).count()
     }
 
     pub fn sequences(&self) -> Vec<String> {
@@ -207,13 +219,24 @@ impl<T> Tracker<T> {
         }
     }
 
+    /// How long one wait blocks: two heartbeat intervals, at least `PROBE_MIN` (a wait armed
+    /// ahead returns when its heartbeat is applied, so in steady state it never times out),
+    /// at most `reader.timeout` and `MAX_WAIT`. A wait that gives up is evidence that the
+    /// replica does not show the heartbeat (`lag.rs`), so a stall is known within this.
+    fn wait_for(&self) -> Duration {
+        let two_ticks = Duration::from_micros(2 * self.schedule.interval_us.max(0) as u64);
+        two_ticks
+            .max(PROBE_MIN)
+            .min(self.settings.timeout.min(MAX_WAIT))
+    }
+
     /// Ask for a wait on `key`. False when every wait connection is busy.
     pub(super) fn arm(&mut self, key: GtidKey) -> bool {
         if self.waits.armed() >= self.wait_slots() {
             return false;
         }
-        self.waits.armed.insert(key.clone());
-        let wait_s = self.settings.timeout.min(MAX_WAIT).as_secs_f64();
+        self.waits.armed.insert(key.clone(), self.now);
+        let wait_s = self.wait_for().as_secs_f64();
         self.out.push(Command::Arm { key, wait_s });
         true
     }
@@ -231,7 +254,9 @@ impl<T> Tracker<T> {
                 self.connection_failed();
                 return;
             }
-            WaitOutcome::Reached => self.on_reached(key, armed_at, returned_at),
+            WaitOutcome::Reached { already } => {
+                self.on_reached(key, armed_at, returned_at, already)
+            }
             WaitOutcome::TimedOut => {
                 // Nothing reached yet. Deadlines report the heartbeats; keep watching while the
                 // number is still wanted.
@@ -259,12 +284,13 @@ impl<T> Tracker<T> {
         self.trim_sightings();
     }
 
-    fn on_reached(&mut self, key: GtidKey, armed_at: i64, returned_at: i64) {
+    fn on_reached(&mut self, key: GtidKey, armed_at: i64, returned_at: i64, already: Option<bool>) {
         let sequence = key.sequence.clone();
         let reached = Reached {
             armed_at,
             returned_at,
             not_reached_at: self.waits.not_reached.remove(&key),
+            already,
         };
         let commit = self
             .awaited
@@ -326,6 +352,7 @@ impl<T> Tracker<T> {
             self.clock.to_primary(r.armed_at),
             self.clock.to_primary(r.returned_at),
             self.link.one_way_us,
+            r.already,
         );
         if let Some(not_reached) = r.not_reached_at {
             let at = self.clock.to_primary(not_reached);
@@ -334,18 +361,18 @@ impl<T> Tracker<T> {
         obs
     }
 
-    /// Whether the replica was seen not to have the number before this wait returned: it
-    /// blocked (armed before the commit, or took clearly longer than an immediate answer), or
-    /// an earlier wait for it gave up.
+    /// Whether the replica was seen not to have the number before this wait returned: the
+    /// server said so (or, when it could not tell, the wait was armed before the commit), or
+    /// an earlier wait for it gave up. Unknown commit: only the server's word or a wait that
+    /// gave up count.
     fn wait_blocked(&self, committed_at_us: Option<i64>, r: Reached) -> bool {
         if r.not_reached_at.is_some() {
             return true;
         }
-        match committed_at_us {
-            Some(c) => self.wait_observation(c, r).not_yet_at_us.is_some(),
-            None => {
-                r.returned_at - r.armed_at > 4 * self.link.one_way_us + timing::IMMEDIATE_SLACK_US
-            }
+        match (r.already, committed_at_us) {
+            (Some(already), _) => !already,
+            (None, Some(c)) => self.wait_observation(c, r).not_yet_at_us.is_some(),
+            (None, None) => false,
         }
     }
 }

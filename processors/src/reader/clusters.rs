@@ -1,0 +1,153 @@
+//! The clusters the reader measures: per cluster, the context its replica tasks share and one
+//! task (with a bounded queue of heartbeats) per replica; discovery adds and drops replicas.
+
+use super::discovery::Discovery;
+use super::metrics::ReaderMetrics;
+use super::publisher::{Output, Ticket};
+use super::replica::{ClusterCtx, Job, ReplicaWorker};
+use millilag_core::config::DbUrl;
+use millilag_core::events::{HeartbeatSet, MeasureStatus, ReplicaDelay};
+use millilag_core::shutdown::Shutdown;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::{info, info_span, warn, Instrument};
+
+/// Capacity of each replica task's queue of heartbeats.
+const REPLICA_QUEUE: usize = 4096;
+
+struct ClusterState {
+    ctx: Arc<ClusterCtx>,
+    replicas: BTreeMap<String, mpsc::Sender<Job>>,
+    /// Replicas from the config: discovery never drops them.
+    configured: BTreeSet<String>,
+}
+
+pub(super) struct Clusters {
+    clusters: BTreeMap<String, ClusterState>,
+    out: Arc<Output>,
+    metrics: ReaderMetrics,
+    shutdown: Shutdown,
+}
+
+impl Clusters {
+    pub fn new(out: Arc<Output>, metrics: ReaderMetrics, shutdown: Shutdown) -> Clusters {
+        Clusters {
+            clusters: BTreeMap::new(),
+            out,
+            metrics,
+            shutdown,
+        }
+    }
+
+    /// A cluster and a task for each of its configured replicas.
+    pub fn add_cluster(&mut self, ctx: Arc<ClusterCtx>, replicas: &[DbUrl]) {
+        let name = ctx.name.clone();
+        let mut state = ClusterState {
+            ctx,
+            replicas: BTreeMap::new(),
+            configured: replicas.iter().map(|r| r.address()).collect(),
+        };
+        for r in replicas {
+            self.add_replica(&mut state, r.clone());
+        }
+        self.clusters.insert(name.clone(), state);
+        self.count(&name);
+    }
+
+    fn add_replica(&self, state: &mut ClusterState, url: DbUrl) {
+        let (tx, rx) = mpsc::channel(REPLICA_QUEUE);
+        let addr = url.address();
+        let worker = ReplicaWorker::new(state.ctx.clone(), url, self.out.clone());
+        let span = info_span!("replica", cluster = %state.ctx.name, replica = %addr);
+        tokio::spawn(worker.run(rx, self.shutdown.clone()).instrument(span));
+        state.replicas.insert(addr, tx);
+    }
+
+    fn count(&self, cluster: &str) {
+        if let Some(state) = self.clusters.get(cluster) {
+            self.metrics
+                .replicas
+                .get_or_create(&vec![("cluster", cluster.to_string())])
+                .set(state.replicas.len() as i64);
+        }
+    }
+
+    /// Whether `cluster` is measured here (a shared topic may carry other deployments').
+    pub fn measures(&self, cluster: &str) -> bool {
+        self.clusters.contains_key(cluster)
+    }
+
+    /// Replica tasks of `cluster`, for a ticket's count.
+    pub fn replicas(&self, cluster: &str) -> usize {
+        self.clusters.get(cluster).map_or(0, |s| s.replicas.len())
+    }
+
+    /// Hand a heartbeat to every replica task of its cluster. A task that is hopelessly behind
+    /// (its queue full) or gone gets its record as `skipped` at once: never block the loop.
+    pub fn dispatch(&self, event: Arc<HeartbeatSet>, ticket: &Arc<Ticket>) {
+        let Some(state) = self.clusters.get(&event.cluster) else {
+            return;
+        };
+        for (addr, tx) in &state.replicas {
+            let job = Job {
+                event: event.clone(),
+                ticket: ticket.clone(),
+            };
+            if let Err(err) = tx.try_send(job) {
+                let job = match err {
+                    mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+                };
+                let rec = skipped(&state.ctx, addr, &job.event);
+                self.metrics.measured(&rec);
+                self.out.publish(rec, Some(job.ticket));
+            }
+        }
+    }
+
+    /// A replica found or lost by discovery.
+    pub fn apply(&mut self, d: Discovery) {
+        match d {
+            Discovery::Add { cluster, url } => {
+                let Some(mut state) = self.clusters.remove(&cluster) else {
+                    return;
+                };
+                if !state.replicas.contains_key(&url.address()) {
+                    info!(cluster = %cluster, replica = %url.address(), "Discovered a new replica; measuring it.");
+                    self.add_replica(&mut state, url);
+                }
+                self.clusters.insert(cluster.clone(), state);
+                self.count(&cluster);
+            }
+            Discovery::Gone { cluster, addr } => {
+                let Some(state) = self.clusters.get_mut(&cluster) else {
+                    return;
+                };
+                // Dropping the task's sender ends it: it reports what it still owed.
+                if !state.configured.contains(&addr) && state.replicas.remove(&addr).is_some() {
+                    warn!(cluster = %cluster, replica = %addr, "Replica no longer reported by the primary; stopped measuring it.");
+                    self.count(&cluster);
+                }
+            }
+        }
+    }
+}
+
+fn skipped(ctx: &ClusterCtx, replica: &str, e: &HeartbeatSet) -> ReplicaDelay {
+    let now = millilag_core::clock::now_us();
+    ReplicaDelay {
+        cluster: ctx.name.clone(),
+        replica: replica.to_string(),
+        primary: e.primary.clone(),
+        seq: e.seq,
+        committed_at_us: e.committed_at_us,
+        delay_us: (now - e.committed_at_us).max(0),
+        uncertainty_us: 0,
+        method: ctx.settings.method_for(e.gtid.as_deref()),
+        status: MeasureStatus::Skipped,
+        upper_bound: false,
+        observed_at_us: now,
+        reader_id: ctx.reader_id.clone(),
+        queries: 0,
+    }
+}

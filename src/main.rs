@@ -40,9 +40,95 @@ enum Command {
     All(ConfigArg),
     /// Validate a config, print it resolved (secrets masked) and exit.
     CheckConfig {
-        /// The TOML config file.
-        file: PathBuf,
+        /// The TOML config file (wins over --config and MILLILAG_CONFIG).
+        file: Option<PathBuf>,
+        /// The TOML config file, as the services take it.
+        #[arg(long, short, env = "MILLILAG_CONFIG")]
+        config: Option<PathBuf>,
     },
+    /// Print every replica's current delay once, read straight from the databases, and exit
+    /// like a Nagios plugin (pt-heartbeat --check).
+    #[command(long_about = CHECK_ABOUT)]
+    Check(CheckArgs),
+    /// Print every replica's delay continuously, with 1/5/15-minute averages
+    /// (pt-heartbeat --monitor).
+    #[command(long_about = MONITOR_ABOUT)]
+    Monitor {
+        #[command(flatten)]
+        check: CheckArgs,
+        /// Time between rounds.
+        #[arg(long, default_value = "1s", value_parser = duration)]
+        interval: std::time::Duration,
+        /// Stop after this many rounds (default: until Ctrl-C or SIGTERM).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+/// How check and monitor measure (a macro: `concat!` takes literals only).
+macro_rules! method_doc {
+    () => {
+        "Method: needs no Kafka and no other millilag service, only a writer (or pt-heartbeat --update) \
+writing the heartbeat table. Each round reads the primary's heartbeat row (seq, ts) and its clock in one query, \
+then every replica's copy of that row. The delay is the live lag, as the reader's millilag_replica_lag_seconds \
+defines it: the age, on the primary's clock, of the oldest heartbeat the replica does not show yet. 0 when the \
+replica shows the primary's newest heartbeat; exact when only that one is missing; otherwise the next heartbeat \
+is taken as written one writer.interval after the replica's newest, so the figure is within one interval \
+(10 ms by default) of the truth. Replica read times are converted to the primary's clock with an NTP-style offset \
+estimate (lowest round trip kept), so no clock sync is needed; each delay is printed with its uncertainty (half \
+the read's round trip plus the offset's). A row without seq (written by pt-heartbeat) gives now - ts, as \
+pt-heartbeat computes it."
+    };
+}
+
+const CHECK_ABOUT: &str = concat!(
+    "Print every replica's current delay once and exit like a Nagios plugin (pt-heartbeat --check).\n\n",
+    "Output: a status line with performance data (`MILLILAG CRITICAL - ... | 'cluster/replica'=0.012s;warn;crit;0`), \
+then one line per replica: `cluster replica delay ±uncertainty STATE detail`.\n\n",
+    "Exit codes: 0 OK; 1 WARNING (a delay above --warn-delay); 2 CRITICAL (a delay above --max-delay, a replica \
+unreachable, its replication threads stopped, or no heartbeat row on it); 3 UNKNOWN (the config does not load, \
+the primary cannot be read, or its heartbeat is older than max(1 s, 10 x writer.interval): nobody writes heartbeats).\n\n",
+    method_doc!()
+);
+
+const MONITOR_ABOUT: &str = concat!(
+    "Print every replica's delay every --interval, with its averages over 1, 5 and 15 minutes \
+(pt-heartbeat --monitor): `time cluster replica delay [ 1m, 5m, 15m ] STATE detail`. Runs until Ctrl-C/SIGTERM \
+or --count rounds.\n\n",
+    method_doc!()
+);
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Only this cluster (default: every [[cluster]] of the config).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// CRITICAL above this delay.
+    #[arg(long, default_value = "500ms", value_parser = duration)]
+    max_delay: std::time::Duration,
+    /// WARNING above this delay (default: no warning level).
+    #[arg(long, value_parser = duration)]
+    warn_delay: Option<std::time::Duration>,
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    s.parse::<millilag_core::duration::HumanDuration>()
+        .map(|d| d.0)
+}
+
+impl CheckArgs {
+    fn options(&self) -> millilag_processors::check::Options {
+        let us = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        millilag_processors::check::Options {
+            cluster: self.cluster.clone(),
+            thresholds: millilag_processors::check::verdict::Thresholds {
+                critical_us: us(self.max_delay),
+                warning_us: self.warn_delay.map(us),
+            },
+        }
+    }
 }
 
 /// Exit code for a config the user must fix (distinct from runtime failures).
@@ -51,7 +137,13 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (config_path, run) = match cli.command {
-        Command::CheckConfig { file } => {
+        Command::CheckConfig { file, config } => {
+            let Some(file) = file.or(config) else {
+                eprintln!(
+                    "millilag check-config: name the config file: check-config FILE, --config FILE or MILLILAG_CONFIG=FILE"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            };
             return match Config::load(&file) {
                 Ok(c) => {
                     print!("{}", c.to_masked_toml());
@@ -63,6 +155,12 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Check(args) => return check(&args, None),
+        Command::Monitor {
+            check: args,
+            interval,
+            count,
+        } => return check(&args, Some((interval, count))),
         Command::Writer(a) => (a.config, Service::Writer),
         Command::Reader(a) => (a.config, Service::Reader),
         Command::Processor(a) => (a.config, Service::Processor),
@@ -92,6 +190,54 @@ fn main() -> ExitCode {
             tracing::error!(error = format!("{e:#}"), "Service stopped with an error.");
             eprintln!("millilag: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `check` (monitor = None) or `monitor`: Nagios exit codes, UNKNOWN (3) when the config does
+/// not load, since a plugin's 2 would mean CRITICAL.
+fn check(args: &CheckArgs, monitor: Option<(std::time::Duration, Option<u64>)>) -> ExitCode {
+    use millilag_processors::check::verdict::State;
+    let config = match Config::load(&args.config.config) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("MILLILAG UNKNOWN - {e}");
+            return ExitCode::from(State::Unknown.exit_code());
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            println!("MILLILAG UNKNOWN - starting the runtime: {e}");
+            return ExitCode::from(State::Unknown.exit_code());
+        }
+    };
+    let opts = args.options();
+    match monitor {
+        None => ExitCode::from(rt.block_on(millilag_processors::check::check(&config, &opts))),
+        Some((interval, count)) => {
+            let done = rt.block_on(async {
+                let shutdown = Shutdown::from_future(shutdown_signal());
+                millilag_processors::check::monitor::monitor(
+                    &config,
+                    &opts,
+                    interval,
+                    count,
+                    shutdown,
+                    &mut std::io::stdout(),
+                )
+                .await
+            });
+            match done {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("millilag monitor: {e}");
+                    ExitCode::from(State::Unknown.exit_code())
+                }
+            }
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Each service's own HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process is
 //! alive) and `/readyz` (it is doing its job: connected, leading or standing by, consuming).
+//! /metrics serves the service's registry followed by `millilag_build_info` and the process
+//! metrics ([`crate::metrics::process`]).
 
 use crate::shutdown::Shutdown;
 use axum::extract::State;
@@ -44,6 +46,7 @@ impl Health {
 #[derive(Clone)]
 struct AppState {
     registry: Arc<Registry>,
+    process: Arc<Registry>,
     health: Health,
 }
 
@@ -52,12 +55,20 @@ pub fn app(registry: Arc<Registry>, health: Health) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { registry, health })
+        .with_state(AppState {
+            registry,
+            process: Arc::new(crate::metrics::process::registry()),
+            health,
+        })
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+    let encoded = encode_registry(&mut body, &s.registry)
+        .and_then(|()| encode_registry(&mut body, &s.process))
+        .and_then(|()| encode_eof(&mut body));
+    match encoded {
         Ok(()) => (
             StatusCode::OK,
             [(
@@ -139,6 +150,17 @@ mod tests {
         let (s, body) = get(app.clone(), "/metrics").await;
         assert_eq!(s, StatusCode::OK);
         assert!(body.contains("millilag_test_events_total 3"), "{body}");
+        // Build info and process metrics follow the service's own, in one exposition.
+        for name in [
+            "millilag_build_info{",
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(body.contains(name), "{name} in {body}");
+        }
+        assert!(body.ends_with("# EOF\n") && body.matches("# EOF").count() == 1);
         assert_eq!(get(app.clone(), "/healthz").await.0, StatusCode::OK);
         let (s, body) = get(app.clone(), "/readyz").await;
         assert_eq!(

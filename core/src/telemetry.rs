@@ -4,9 +4,18 @@ use crate::config::{LogConfig, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 pub fn init_logging(cfg: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // The config's level was checked at load; a bad RUST_LOG is said, not silently obeyed.
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| {
+        let ok = crate::config::check_filter(v);
+        if let Err(e) = &ok {
+            eprintln!("millilag: ignoring RUST_LOG: {e}");
+        }
+        ok.is_ok()
+    });
+    let filter = from_env
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| EnvFilter::try_new(&cfg.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -272,3 +272,51 @@ fn sighup_is_ignored_and_sigterm_still_stops_cleanly() {
     );
     assert!(read().contains("Writer stopped"), "{}", read());
 }
+
+#[test]
+fn check_config_takes_the_file_from_config_or_millilag_config() {
+    let env = [
+        ("INFLUX_TOKEN", "t"),
+        ("MILLILAG_WEBHOOK_SECRET", "h"),
+        ("MILLILAG_DB_PASSWORD", "p"),
+    ];
+    let run = |args: &[&str], extra: &[(&str, &str)]| {
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .args(args)
+            .env_clear()
+            .envs(env.iter().chain(extra).copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(run(&["--config", EXAMPLE], &[]).0, 0);
+    assert_eq!(run(&["-c", EXAMPLE], &[]).0, 0);
+    assert_eq!(run(&[], &[("MILLILAG_CONFIG", EXAMPLE)]).0, 0);
+    // The positional file wins over the environment (the image sets MILLILAG_CONFIG).
+    let (code, err) = run(&["/nonexistent.toml"], &[("MILLILAG_CONFIG", EXAMPLE)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent.toml"), "{err}");
+    let (code, err) = run(&[], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--config FILE or MILLILAG_CONFIG"), "{err}");
+}
+
+#[test]
+fn an_invalid_log_level_stops_the_service_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.toml");
+    std::fs::write(&path, "[log]\nlevel = \"infoo\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["writer", "--config"])
+        .arg(&path)
+        .env_clear()
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("log.level: \"infoo\" is not a level"), "{err}");
+}

@@ -3,17 +3,22 @@
 //! One test binary (one link); nextest runs each test in its own process, so every test starts
 //! the services it needs and they die with it.
 
+mod check;
 mod cli;
 mod common;
 mod compose;
 mod compose_tls;
 mod db;
 mod failover;
+mod grafana;
 mod ha;
 mod harness;
 mod incidents;
 mod loud;
+mod package;
 mod processor;
+mod prometheus;
+mod python;
 mod reader;
 mod statsd;
 mod tls;

@@ -40,7 +40,8 @@ pub struct ClusterConfig {
     /// Heartbeat table name (pt-heartbeat compatible superset).
     #[serde(default = "default_table")]
     pub table: String,
-    /// Environment variable holding the database password (when the URL has none).
+    /// Environment variable holding the database password (when the URL has none and no
+    /// `password_file` is set). Unset is an error; `""` means the user has no password.
     #[serde(default = "default_password_env")]
     pub password_env: String,
     /// File holding the database password (wins over `password_env`).
@@ -285,7 +286,8 @@ impl ClusterConfig {
     }
 
     /// The password from the primary's URL, else `password_file`, else `password_env`. An unset
-    /// `password_env` is no problem: the default one is often unused (passwordless dev users).
+    /// `password_env` is a start error, like an unset token: a forgotten secret would otherwise
+    /// surface as "access denied" on every server. `password_env = ""` opts out (no password).
     pub(super) fn resolve_password(
         &mut self,
         key: &str,
@@ -297,10 +299,12 @@ impl ClusterConfig {
             Some(pw) => Some(Sensitive::new(pw)),
             None => resolve_secret(
                 &format!("{key}.password"),
-                Some(&self.password_env),
+                Some(self.password_env.as_str()).filter(|n| !n.is_empty()),
                 self.password_file.as_deref(),
                 env,
-                EnvUnset::Optional,
+                EnvUnset::Problem(
+                    "export it, set password_file, or put the password in the URL (password_env = \"\" for a user without a password)",
+                ),
             )
             .unwrap_or_else(|e| {
                 p.push(e);

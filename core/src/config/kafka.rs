@@ -24,7 +24,8 @@ pub struct KafkaConfig {
     /// Partitions for topics millilag creates.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
-    /// Replication factor for topics millilag creates (1 for a single dev broker; 3 in production).
+    /// Replication factor for topics millilag creates. -1 (the default) takes the broker's
+    /// `default.replication.factor` (Kafka 2.4+, KIP-464); set it to pin one (3 in production).
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
     /// Passed to librdkafka as-is (TLS, SASL, tuning): `security.protocol`, `ssl.ca.location`,
@@ -102,8 +103,9 @@ fn default_topic_prefix() -> String {
 const fn default_partitions() -> i32 {
     6
 }
+// -1: "the broker's default" in CreateTopics (KIP-464), as kafka-topics.sh does unless told.
 const fn default_replication_factor() -> i32 {
-    1
+    -1
 }
 
 impl Default for KafkaConfig {
@@ -136,6 +138,12 @@ impl KafkaConfig {
                     "kafka.properties.\"{k}\" ({v:?}): millilag sets it itself ({why}); remove it"
                 ));
             }
+        }
+        if self.replication_factor == 0 || self.replication_factor < -1 {
+            p.push(format!(
+                "kafka.replication_factor ({}) must be -1 (the broker's default) or at least 1",
+                self.replication_factor
+            ));
         }
         if self.partitions < 1 {
             p.push(format!(

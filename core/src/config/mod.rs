@@ -16,6 +16,7 @@ mod db_url;
 mod env;
 mod http_url;
 mod kafka;
+mod listen;
 mod log;
 mod processor;
 mod reader;
@@ -28,7 +29,8 @@ pub use cluster::{validate_identifier, ClusterConfig};
 pub use db_url::{DbTls, DbUrl, TlsMode};
 pub use http_url::{HttpAuth, HttpUrl};
 pub use kafka::{is_secret_property, KafkaConfig, SASL_MECHANISMS};
-pub use log::{LogConfig, LogFormat};
+pub use listen::parse_listen;
+pub use log::{check_filter, LogConfig, LogFormat};
 pub use processor::{ProcessorConfig, StaleConfig};
 pub use reader::{ReaderConfig, ReaderMethod};
 pub use sink::{
@@ -122,18 +124,31 @@ impl Config {
         };
         let mut tree: toml::Table = toml::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
         let env: BTreeMap<String, String> = env.into_iter().collect();
-        env::apply_env_overrides(&mut tree, &env).map_err(|p| fail(vec![p]))?;
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(tree))
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner().to_string();
-                let inner = inner.trim_end();
-                fail(vec![if path.is_empty() || path == "." {
-                    inner.to_string()
-                } else {
-                    format!("{path}: {inner}")
-                }])
-            })?;
+        let mut retyped = env::apply_env_overrides(&mut tree, &env).map_err(|p| fail(vec![p]))?;
+        let mut config: Config = loop {
+            match serde_path_to_error::deserialize(toml::Value::Table(tree.clone())) {
+                Ok(c) => break c,
+                Err(e) => {
+                    let path = e.path().to_string();
+                    // An override like MILLILAG_READER__GROUP=2024 parsed as a number where
+                    // a string is wanted: take the text as written, once per key.
+                    if let Some(i) = retyped.iter().position(|r| r.key == path) {
+                        retyped
+                            .swap_remove(i)
+                            .as_string(&mut tree)
+                            .map_err(|p| fail(vec![p]))?;
+                        continue;
+                    }
+                    let inner = e.into_inner().to_string();
+                    let inner = inner.trim_end();
+                    return Err(fail(vec![if path.is_empty() || path == "." {
+                        inner.to_string()
+                    } else {
+                        format!("{path}: {inner}")
+                    }]));
+                }
+            }
+        };
         let mut problems = config.validate();
         problems.extend(config.resolve_secrets(&env));
         if problems.is_empty() {
@@ -158,6 +173,7 @@ impl Config {
         for (i, w) in self.webhooks.iter().enumerate() {
             w.validate(&format!("webhook[{i}]"), &mut p);
         }
+        self.log.validate(&mut p);
         p
     }
 

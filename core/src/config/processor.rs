@@ -40,8 +40,12 @@ pub struct ProcessorConfig {
     /// Kafka consumer group.
     #[serde(default = "default_processor_group")]
     pub group: String,
-    /// Address of /metrics, /healthz, /readyz.
-    #[serde(default = "default_processor_listen")]
+    /// Address of /metrics, /healthz, /readyz: `host:port`, `:port` (every interface) or a
+    /// host name (resolved at start). Default 127.0.0.1:8463.
+    #[serde(
+        default = "default_processor_listen",
+        deserialize_with = "super::listen::deserialize"
+    )]
     pub listen: SocketAddr,
     /// Closed windows waiting for sinks before consumption pauses (bounded memory).
     #[serde(default = "default_max_pending_windows")]
@@ -111,8 +115,10 @@ fn default_allowed_lateness() -> HumanDuration {
 fn default_processor_group() -> String {
     "millilag-processor".into()
 }
+// Outside 9100-9999, where the Prometheus exporters' default ports are allocated (9101-9103:
+// haproxy, statsd and collectd exporters).
 fn default_processor_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9103))
+    SocketAddr::from(([127, 0, 0, 1], 8463))
 }
 const fn default_max_pending_windows() -> usize {
     100_000

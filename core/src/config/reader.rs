@@ -38,8 +38,12 @@ pub struct ReaderConfig {
     /// Kafka consumer group.
     #[serde(default = "default_reader_group")]
     pub group: String,
-    /// Address of /metrics, /healthz, /readyz.
-    #[serde(default = "default_reader_listen")]
+    /// Address of /metrics, /healthz, /readyz: `host:port`, `:port` (every interface) or a
+    /// host name (resolved at start). Default 127.0.0.1:8462.
+    #[serde(
+        default = "default_reader_listen",
+        deserialize_with = "super::listen::deserialize"
+    )]
     pub listen: SocketAddr,
     /// This instance's id in records (default: hostname-pid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,8 +91,10 @@ fn default_timeout() -> HumanDuration {
 fn default_reader_group() -> String {
     "millilag-reader".into()
 }
+// Outside 9100-9999, where the Prometheus exporters' default ports are allocated (9101-9103:
+// haproxy, statsd and collectd exporters).
 fn default_reader_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9102))
+    SocketAddr::from(([127, 0, 0, 1], 8462))
 }
 const fn default_prearm_depth() -> usize {
     8

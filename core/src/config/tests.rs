@@ -218,17 +218,150 @@ fn identifiers() {
     }
 }
 
+const MINIMAL: &str =
+    "[[cluster]]\nname = \"c\"\nprimary = \"mysql://u@h:1\"\nreplicas = [\"mysql://u@h:2\"]\n";
+
 #[test]
 fn minimal_config_gets_defaults() {
-    let c = load(
-        "[[cluster]]\nname = \"c\"\nprimary = \"mysql://u@h:1\"\nreplicas = [\"mysql://u@h:2\"]\n",
-        vec![],
-    )
-    .unwrap();
+    let c = load(MINIMAL, env(&[("MILLILAG_DB_PASSWORD", "pw")])).unwrap();
     assert_eq!(c.kafka.topic_prefix, "millilag.");
     assert_eq!(c.clusters[0].table, "heartbeat");
     assert_eq!(c.writer.gtid_domain_id, 77);
-    assert!(c.clusters[0].password.is_none());
+    assert_eq!(c.clusters[0].password.as_ref().unwrap().expose(), "pw");
+}
+
+#[test]
+fn topics_take_the_brokers_replication_factor_unless_set() {
+    let pw = || env(&[("MILLILAG_DB_PASSWORD", "pw")]);
+    assert_eq!(load(MINIMAL, pw()).unwrap().kafka.replication_factor, -1);
+    let set = format!("[kafka]\nreplication_factor = 3\n{MINIMAL}");
+    assert_eq!(load(&set, pw()).unwrap().kafka.replication_factor, 3);
+    for bad in [0, -2] {
+        let e = problems(
+            &format!("[kafka]\nreplication_factor = {bad}\n{MINIMAL}"),
+            pw(),
+        );
+        assert!(
+            e.contains(&format!(
+                "kafka.replication_factor ({bad}) must be -1 (the broker's default) or at least 1"
+            )),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn default_listen_ports_are_distinct_and_clear_of_the_exporter_range() {
+    let c = Config::default();
+    let ports = [c.writer.listen, c.reader.listen, c.processor.listen].map(|a| a.port());
+    assert_eq!(ports, [8461, 8462, 8463]);
+    for p in ports {
+        // 9100-9999: the Prometheus exporters' allocated defaults (9101-9103 are haproxy,
+        // statsd and collectd exporters); 9090-9094: Prometheus, Alertmanager, Kafka.
+        assert!(!(9090..=9999).contains(&p), "{p}");
+    }
+    assert!(c.writer.listen.ip().is_loopback());
+}
+
+#[test]
+fn listen_takes_a_bare_port_and_host_names_and_names_the_key_when_wrong() {
+    let pw = || env(&[("MILLILAG_DB_PASSWORD", "pw")]);
+    let text = format!(
+        "{MINIMAL}[writer]\nlisten = \":9101\"\n[reader]\nlisten = \"localhost:8472\"\n[processor]\nlisten = \"[::1]:8473\"\n"
+    );
+    let c = load(&text, pw()).unwrap();
+    assert_eq!(c.writer.listen.to_string(), "0.0.0.0:9101");
+    assert!(c.reader.listen.ip().is_loopback() && c.reader.listen.port() == 8472);
+    assert_eq!(c.processor.listen.to_string(), "[::1]:8473");
+    // From the environment too, as a string.
+    let mut e = pw();
+    e.push(("MILLILAG_WRITER__LISTEN".into(), ":8481".into()));
+    assert_eq!(load(MINIMAL, e).unwrap().writer.listen.port(), 8481);
+    let e = problems(&format!("{MINIMAL}[reader]\nlisten = \"8462\"\n"), pw());
+    assert!(
+        e.contains("reader.listen") && e.contains("has no port"),
+        "{e}"
+    );
+    let e = problems(
+        &format!("{MINIMAL}[processor]\nlisten = \"no-such-host.invalid:1\"\n"),
+        pw(),
+    );
+    assert!(
+        e.contains("processor.listen") && e.contains("does not resolve"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_invalid_log_level_is_an_error_not_silence() {
+    let pw = || env(&[("MILLILAG_DB_PASSWORD", "pw")]);
+    for good in [
+        "info",
+        "WARN",
+        "millilag=debug,info",
+        "millilag_processors::reader=trace,warn",
+        "off",
+    ] {
+        let text = format!("{MINIMAL}[log]\nlevel = \"{good}\"\n");
+        assert!(load(&text, pw()).is_ok(), "{good}");
+    }
+    for bad in ["infoo", "verbose", "millilag=loud", "", "millilag=debug,[{"] {
+        let e = problems(&format!("{MINIMAL}[log]\nlevel = \"{bad}\"\n"), pw());
+        assert!(
+            e.contains("log.level") && e.contains("e.g. \"info\""),
+            "{bad:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn env_overrides_keep_strings_as_strings() {
+    let mut e = env(&[
+        ("MILLILAG_DB_PASSWORD", "pw"),
+        ("MILLILAG_READER__GROUP", "2024"),
+        ("MILLILAG_WRITER__WRITER_ID", "true"),
+        ("MILLILAG_CLUSTER__0__NAME", "42"),
+        ("MILLILAG_KAFKA__TOPIC_PREFIX", "1.5"),
+        // Wanted as numbers: still numbers.
+        ("MILLILAG_READER__PREARM_DEPTH", "3"),
+        ("MILLILAG_KAFKA__PARTITIONS", "12"),
+    ]);
+    let c = load(MINIMAL, e.clone()).unwrap();
+    assert_eq!(c.reader.group, "2024");
+    assert_eq!(c.writer.writer_id.as_deref(), Some("true"));
+    assert_eq!(c.clusters[0].name, "42");
+    assert_eq!(c.kafka.topic_prefix, "1.5");
+    assert_eq!((c.reader.prearm_depth, c.kafka.partitions), (3, 12));
+    // A number key given text is still an error naming the key.
+    e.push(("MILLILAG_KAFKA__PARTITIONS".into(), "many".into()));
+    let err = problems(MINIMAL, e);
+    assert!(err.contains("kafka.partitions"), "{err}");
+}
+
+#[test]
+fn a_missing_password_variable_is_an_error_like_the_tokens() {
+    let e = problems(MINIMAL, vec![]);
+    assert!(
+        e.contains("cluster[0].password_env: environment variable MILLILAG_DB_PASSWORD is not set")
+            && e.contains("password_file"),
+        "{e}"
+    );
+    let custom = MINIMAL.replace("replicas", "password_env = \"DB_PW\"\nreplicas");
+    let e = problems(&custom, env(&[("MILLILAG_DB_PASSWORD", "pw")]));
+    assert!(e.contains("DB_PW is not set"), "{e}");
+    assert_eq!(
+        load(&custom, env(&[("DB_PW", "x")])).unwrap().clusters[0]
+            .password
+            .as_ref()
+            .unwrap()
+            .expose(),
+        "x"
+    );
+    // A password in the URL, or password_env = "" (a user without one), needs no variable.
+    let in_url = MINIMAL.replace("mysql://u@h:1", "mysql://u:secret@h:1");
+    assert!(load(&in_url, vec![]).is_ok());
+    let none = MINIMAL.replace("replicas", "password_env = \"\"\nreplicas");
+    assert!(load(&none, vec![]).unwrap().clusters[0].password.is_none());
 }
 
 #[test]

@@ -10,7 +10,10 @@ const CLUSTER: &str = "[[cluster]]\nname = \"c\"\nprimary = \"mysql://u@db1:3306
                        replicas = [\"mysql://u@db2:3306\"]\n";
 
 fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    let env = env
+        .iter()
+        .chain(&[("MILLILAG_DB_PASSWORD", "db-pw")])
+        .map(|(k, v)| (k.to_string(), v.to_string()));
     Config::from_toml_with_env(text, "test.toml", env)
 }
 

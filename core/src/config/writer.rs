@@ -16,8 +16,12 @@ pub struct WriterConfig {
     /// CREATE TABLE IF NOT EXISTS the heartbeat table (needs CREATE once).
     #[serde(default = "super::default_true")]
     pub create_table: bool,
-    /// Address of /metrics, /healthz, /readyz.
-    #[serde(default = "default_writer_listen")]
+    /// Address of /metrics, /healthz, /readyz: `host:port`, `:port` (every interface) or a
+    /// host name (resolved at start). Default 127.0.0.1:8461.
+    #[serde(
+        default = "default_writer_listen",
+        deserialize_with = "super::listen::deserialize"
+    )]
     pub listen: SocketAddr,
     /// This instance's id in events and in the row's writer_id (default: hostname-pid, cut to
     /// 64 characters). At most 64 characters: the column's length.
@@ -45,8 +49,10 @@ const MAX_INTERVAL: Duration = Duration::from_secs(60);
 fn default_interval() -> HumanDuration {
     HumanDuration::from_millis(10)
 }
+// Outside 9100-9999, where the Prometheus exporters' default ports are allocated (9101-9103:
+// haproxy, statsd and collectd exporters).
 fn default_writer_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9101))
+    SocketAddr::from(([127, 0, 0, 1], 8461))
 }
 const fn default_gtid_domain() -> u32 {
     77

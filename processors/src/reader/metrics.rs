@@ -30,10 +30,7 @@ impl ReaderMetrics {
         let m = ReaderMetrics {
             measurements: Family::default(),
             delay: Family::new_with_constructor(|| {
-                // 100 us .. ~52 s
-                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                    0.0001, 2.0, 20,
-                ))
+                Histogram::new(millilag_core::metrics::delay_buckets())
             }),
             queries: Family::default(),
             upper_bounds: Family::default(),

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// The writer's metric families, labelled by cluster; [`WriterMetrics::for_cluster`] gives one
 /// cluster's series.
@@ -19,6 +20,7 @@ pub struct WriterMetrics {
     published: Family<Labels, Counter>,
     db_errors: Family<Labels, Counter>,
     leader: Family<Labels, Gauge>,
+    interval: Family<Labels, Gauge<f64, AtomicU64>>,
     commit_latency: Family<Labels, Histogram>,
 }
 
@@ -32,6 +34,7 @@ impl WriterMetrics {
             published: Family::default(),
             db_errors: Family::default(),
             leader: Family::default(),
+            interval: Family::default(),
             commit_latency: Family::new_with_constructor(|| {
                 // 100 us .. ~3.3 s
                 Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -76,6 +79,11 @@ impl WriterMetrics {
             m.leader.clone(),
         );
         r.register(
+            "interval_seconds",
+            "The configured heartbeat interval (alert rules compare the heartbeat rate with it)",
+            m.interval.clone(),
+        );
+        r.register(
             "commit_latency_seconds",
             "Round trip of the heartbeat statement",
             m.commit_latency.clone(),
@@ -84,8 +92,9 @@ impl WriterMetrics {
     }
 
     /// One cluster's series, resolved once: counting a heartbeat is then an atomic add.
-    pub fn for_cluster(&self, cluster: &str) -> ClusterMetrics {
+    pub fn for_cluster(&self, cluster: &str, interval: std::time::Duration) -> ClusterMetrics {
         let l = labels(&[("cluster", cluster)]);
+        self.interval.get_or_create(&l).set(interval.as_secs_f64());
         // One get_or_create per statement: its read guard on the family must be gone before
         // the next one may need the write lock.
         let counter = |f: &Family<Labels, Counter>| -> Counter { f.get_or_create(&l).clone() };

@@ -106,7 +106,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             gtid_domain_id: config.writer.gtid_domain_id,
             writer_id: writer_id.clone(),
             tx: tx.clone(),
-            metrics: Arc::new(metrics.for_cluster(&c.name)),
+            metrics: Arc::new(metrics.for_cluster(&c.name, config.writer.interval.0)),
         };
         let span = info_span!("writer", cluster = %c.name);
         tasks.push(tokio::spawn(

@@ -302,7 +302,10 @@ mod tests {
     #[test]
     fn each_trouble_is_counted_every_time_backs_off_and_resets_when_healthy() {
         let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = Arc::new(super::super::WriterMetrics::new(&mut registry).for_cluster("c"));
+        let metrics = Arc::new(
+            super::super::WriterMetrics::new(&mut registry)
+                .for_cluster("c", std::time::Duration::from_millis(10)),
+        );
         let health = millilag_core::http::Health::starting();
         let readiness = Readiness::new(health.clone(), ["c"]);
         let mut s = Status::new("c", readiness, metrics.clone());

@@ -7,7 +7,8 @@
 //! - [`victoria::Victoria`], [`influx::Influx`] (1.6), [`carbon::Carbon`]: the metric stores the
 //!   processor writes to, each with a read-back helper; [`statsd::Statsd`] (Etsy's, from npm)
 //!   flushing into a [`carbon::Carbon`]; [`alertmanager::Alertmanager`] routing
-//!   to a [`alertmanager::WebhookReceiver`] the test runs.
+//!   to a [`alertmanager::WebhookReceiver`] the test runs; [`prometheus::Prometheus`] scraping
+//!   the services' /metrics and evaluating rule files.
 //! - [`tls::Pki`]: a private CA made at test time, and [`tls::Terminator`] (socat) to put TLS
 //!   in front of a plaintext service; MariaDB, Tansu, VictoriaMetrics and the webhook receiver
 //!   each have a TLS variant.
@@ -21,6 +22,7 @@ pub mod carbon;
 pub mod influx;
 pub mod mariadb;
 pub mod process;
+pub mod prometheus;
 pub mod statsd;
 pub mod tls;
 pub mod victoria;

@@ -55,7 +55,6 @@ impl Pki {
             "client",
             "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
         )?;
-        // Some servers (MariaDB, socat) want the key readable by them only when they check.
         Ok(Pki { dir })
     }
 

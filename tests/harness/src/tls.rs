@@ -140,7 +140,7 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
 
 /// socat accepting TLS on a free port (with the [`Pki`] server certificate) and relaying each
 /// connection in plaintext to `upstream` on 127.0.0.1. Tansu 0.6's own TLS listener did not
-/// work with librdkafka; a terminator in front of it on the advertised port does.
+/// work with librdkafka when tried; a terminator in front of it on the advertised port does.
 pub struct Terminator {
     pub port: u16,
     guard: Guard,

@@ -174,6 +174,7 @@ fn main() -> ExitCode {
         }
     };
     millilag_core::telemetry::init_logging(&config.log);
+    millilag_core::http::install_panic_hook();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -10,20 +10,27 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-/// Readiness shared between the service and its endpoint.
+/// Readiness shared between the service and its endpoint: the service's own state (starting,
+/// shutting down) and that of each of its parts (a cluster's writer, a replica's task, the
+/// sinks), which report themselves. A task that panicked anywhere in the process makes it not
+/// ready too ([`install_panic_hook`]): a panic is never swallowed.
 #[derive(Clone, Default)]
 pub struct Health {
     /// None = ready; Some(reason) = not ready, and why (shown by /readyz).
     not_ready: Arc<Mutex<Option<String>>>,
+    /// Parts that are not doing their job, and why.
+    failing: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Health {
     pub fn starting() -> Self {
         Health {
             not_ready: Arc::new(Mutex::new(Some("starting".into()))),
+            failing: Arc::default(),
         }
     }
 
@@ -35,11 +42,76 @@ impl Health {
         *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.into());
     }
 
+    /// `part` is not doing its job, because `why`.
+    pub fn part_failing(&self, part: &str, why: impl Into<String>) {
+        self.failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(part.to_string(), why.into());
+    }
+
+    /// `part` does its job (again).
+    pub fn part_ok(&self, part: &str) {
+        self.failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(part);
+    }
+
     pub fn not_ready_reason(&self) -> Option<String> {
-        self.not_ready
+        if let Some(p) = PANICKED.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(format!("a task panicked ({p}); restart the service"));
+        }
+        if let Some(r) = self
+            .not_ready
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+        {
+            return Some(r);
+        }
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        (!failing.is_empty()).then(|| {
+            failing
+                .iter()
+                .map(|(part, why)| format!("{part}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+}
+
+/// The first panic of the process, where and what.
+static PANICKED: Mutex<Option<String>> = Mutex::new(None);
+
+/// Log every panic as an error, with its place and message, and make every service of the
+/// process not ready from then on (a task that panicked is gone; its work is not done).
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        record_panic(&panic_text(info));
+        default(info);
+    }));
+}
+
+fn panic_text(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let what = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into());
+    match info.location() {
+        Some(l) => format!("{what} at {}:{}", l.file(), l.line()),
+        None => what,
+    }
+}
+
+fn record_panic(text: &str) {
+    tracing::error!(panic = %text, "A task panicked; this service is not ready from now on.");
+    let mut p = PANICKED.lock().unwrap_or_else(|p| p.into_inner());
+    if p.is_none() {
+        *p = Some(text.to_string());
     }
 }
 
@@ -138,6 +210,22 @@ mod tests {
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
+    #[test]
+    fn a_panic_anywhere_is_logged_and_makes_the_service_not_ready() {
+        // nextest runs each test in a process of its own: the global record stays here.
+        install_panic_hook();
+        let health = Health::starting();
+        health.set_ready();
+        assert_eq!(health.not_ready_reason(), None);
+        let t = std::thread::spawn(|| panic!("replica task exploded"));
+        assert!(t.join().is_err());
+        let why = health.not_ready_reason().expect("not ready after a panic");
+        assert!(
+            why.contains("replica task exploded") && why.contains("http.rs"),
+            "{why}"
+        );
+    }
+
     #[tokio::test]
     async fn endpoints_report_metrics_and_readiness() {
         let mut reg = Registry::with_prefix("millilag");
@@ -168,6 +256,16 @@ mod tests {
             (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting\n")
         );
         health.set_ready();
+        assert_eq!(get(app.clone(), "/readyz").await.0, StatusCode::OK);
+        // A part that fails makes the service not ready, saying which and why.
+        health.part_failing("replica db2:3306", "its task stopped");
+        let (s, body) = get(app.clone(), "/readyz").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.contains("replica db2:3306: its task stopped"),
+            "{body}"
+        );
+        health.part_ok("replica db2:3306");
         assert_eq!(get(app, "/readyz").await.0, StatusCode::OK);
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Starts a MariaDB primary and two replicas (GTID replication), Tansu (the Kafka-protocol
 //! broker) and VictoriaMetrics on free 127.0.0.1 ports, runs the writer, reader and processor
-//! in this process, stalls replica 1's SQL thread now and then, and prints every 1 s window the
-//! processor publishes. Ctrl-C stops everything it started (the services are killed by PID).
+//! in this process, stalls replica 1's SQL thread now and then (once for longer than the
+//! reader's 2 s timeout), and prints every 1 s window the processor publishes, the replica's
+//! live lag while it lags, and alert transitions. Ctrl-C stops everything it started (the
+//! services are killed by PID).
 
 use anyhow::Context;
 use millilag_core::events::{Alert, AlertState, DelayWindow, Record};
@@ -18,8 +20,9 @@ use rdkafka::message::Message;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Stall lengths the injector cycles through (replica 1 only; replica 2 stays healthy).
-const STALLS_MS: [u64; 5] = [150, 600, 80, 1500, 300];
+/// Stall lengths the injector cycles through (replica 1 only; replica 2 stays healthy). The
+/// second is longer than the reader's timeout: the lag and the alert show while it lasts.
+const STALLS_MS: [u64; 5] = [600, 5_000, 150, 1_500, 80];
 /// Quiet time between stalls.
 const STALL_EVERY: Duration = Duration::from_secs(6);
 
@@ -83,7 +86,16 @@ pub async fn run(mut shutdown: Shutdown, run_for: Option<Duration>) -> anyhow::R
             services_shutdown.clone(),
         )),
     ];
-    let display = tokio::spawn(display(config.clone(), names, services_shutdown.clone()));
+    let display = tokio::spawn(display(
+        config.clone(),
+        names.clone(),
+        services_shutdown.clone(),
+    ));
+    let lag = tokio::spawn(show_live_lag(
+        config.reader.listen,
+        names,
+        services_shutdown.clone(),
+    ));
     let injector = {
         let mut stop = services_shutdown.clone();
         let cluster = &cluster;
@@ -97,8 +109,9 @@ pub async fn run(mut shutdown: Shutdown, run_for: Option<Duration>) -> anyhow::R
                 let ms = STALLS_MS[i % STALLS_MS.len()];
                 i += 1;
                 println!("          >>> stalling replica1's SQL thread for {ms} ms");
-                if let Err(e) = cluster.stall(0, Duration::from_millis(ms)).await {
-                    println!("          stall failed: {e:#}");
+                match cluster.stall(0, Duration::from_millis(ms)).await {
+                    Ok(_) => println!("          <<< replica1's SQL thread runs again"),
+                    Err(e) => println!("          stall failed: {e:#}"),
                 }
             }
         }
@@ -122,6 +135,7 @@ pub async fn run(mut shutdown: Shutdown, run_for: Option<Duration>) -> anyhow::R
         }
     }
     display.abort();
+    lag.abort();
     drop(cluster);
     drop(vm);
     drop(broker);
@@ -153,6 +167,7 @@ listen = "127.0.0.1:{w}"
 
 [reader]
 method = "auto"
+timeout = "2s"
 group = "millilag-demo-reader"
 listen = "127.0.0.1:{r}"
 
@@ -240,6 +255,9 @@ async fn display(config: Config, names: BTreeMap<String, String>, mut shutdown: 
                 "replication stopped"
             } else if w.timeouts > 0 {
                 "timeouts"
+            } else if w.count > 0 && w.upper_bounds == w.count {
+                // The reader looked late (its start): at most this, not a lag.
+                "upper bounds (reader catching up)"
             } else if w.max_us.unwrap_or(0) > 100_000 {
                 "LAGGING"
             } else {
@@ -268,6 +286,58 @@ async fn display(config: Config, names: BTreeMap<String, String>, mut shutdown: 
             );
         }
     }
+}
+
+/// Every second, each replica's live lag from the reader's gauge while it is over 100 ms: how
+/// long the oldest heartbeat it does not show has been waiting (it grows during a stall).
+async fn show_live_lag(
+    reader: std::net::SocketAddr,
+    names: BTreeMap<String, String>,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.wait() => return,
+        }
+        let Some(text) = get_metrics(reader).await else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("millilag_replica_lag_seconds{") else {
+                continue;
+            };
+            let (labels, value) = rest.split_once("} ").unwrap_or((rest, "0"));
+            let lag: f64 = value.trim().parse().unwrap_or(0.0);
+            let replica = labels
+                .split("replica=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default();
+            if lag > 0.1 {
+                let name = names.get(replica).map_or(replica, |n| n.as_str());
+                println!("          ... {name} live lag {lag:.2} s (the oldest heartbeat it does not show yet)");
+            }
+        }
+    }
+}
+
+/// GET /metrics with a bare HTTP/1.0 request (no HTTP client in the demo).
+async fn get_metrics(addr: std::net::SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.ok()?;
+        buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(1), fetch)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// HH:MM:SS (UTC) of a microsecond Unix time, without a date crate.

@@ -39,12 +39,17 @@ fn demo_shows_a_stalled_replica_lagging_and_ctrl_c_stops_everything() {
     });
     let mut lines = Vec::new();
     let mut ports = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    // Until a stall was injected and replica1's window shows it while replica2 stays healthy.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    // Until the stall longer than the reader's timeout is over: replica1's windows show the
+    // stalls while replica2 stays healthy, and the lag alert fires while the long stall lasts.
     let mut stalled = false;
     let mut lagging = false;
     let mut replica2_ok = false;
-    while !(stalled && lagging && replica2_ok) {
+    let mut in_long_stall = false;
+    let mut fired_during_long_stall = false;
+    let mut live_lag_shown = false;
+    let mut long_stall_over = false;
+    while !(stalled && lagging && replica2_ok && long_stall_over) {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
             .recv_timeout(left)
@@ -57,9 +62,30 @@ fn demo_shows_a_stalled_replica_lagging_and_ctrl_c_stops_everything() {
         {
             ports.push(port);
         }
+        assert!(
+            stalled || !line.contains("FIRING"),
+            "no alert before any stall (a reader starting is not lag): {line}\n{}",
+            lines.join("\n")
+        );
         stalled |= line.contains("stalling replica1");
         lagging |= stalled && line.contains("replica1") && line.ends_with("LAGGING");
         replica2_ok |= stalled && line.contains("replica2") && line.ends_with(" ok");
+        if line.contains("stalling replica1's SQL thread for 5000 ms") {
+            in_long_stall = true;
+        }
+        if in_long_stall {
+            fired_during_long_stall |= line.contains("FIRING on replica1");
+            live_lag_shown |= line.contains("replica1 live lag");
+            if line.contains("runs again") {
+                in_long_stall = false;
+                long_stall_over = true;
+                assert!(
+                    fired_during_long_stall && live_lag_shown,
+                    "the lag alert and the live lag show while the stall lasts:\n{}",
+                    lines.join("\n")
+                );
+            }
+        }
         lines.push(line);
     }
     assert!(

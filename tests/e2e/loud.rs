@@ -546,3 +546,60 @@ async fn a_dead_writer_fires_heartbeats_stale_and_its_windows_count_the_missing_
         "the readers were fine: {notes:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reader_down_fires_measurements_stale_for_each_replica_until_one_is_back() {
+    let env = Env::start(1).await;
+    let receiver = WebhookReceiver::start().await.unwrap();
+    let config = pipeline_config(&env, &receiver, "");
+    create_topics(&config).await;
+    let notices = Notices::start(receiver);
+    let windows = Windows::start(&env);
+    let replica = env.cluster.replica(0).address();
+    let processor = Pipeline::processor(&config);
+    let writer = Pipeline::start(&config, true, false);
+    let reader = Pipeline::start(&config, false, true);
+    let t0 = now_us();
+    windows
+        .until("windows", Duration::from_secs(30), |all| {
+            Windows::count_for(all, &replica, t0) >= 2
+        })
+        .await;
+    // The only reader group dies; the writer goes on announcing.
+    reader.kill();
+    let killed = now_us();
+    let fired = notices
+        .until("measurements-stale", Duration::from_secs(30), |n| {
+            n.rule == "measurements-stale" && n.state == "firing"
+        })
+        .await;
+    assert_eq!(fired.replica, replica);
+    let reader = Pipeline::start(&config, false, true);
+    notices
+        .until(
+            "measurements-stale resolved",
+            Duration::from_secs(30),
+            |n| n.rule == "measurements-stale" && n.state == "resolved",
+        )
+        .await;
+    reader.stop().await;
+    writer.stop().await;
+    processor.stop().await;
+    eprintln!(
+        "readers down: measurements-stale after {:.2} s",
+        (fired.at_us - killed) as f64 / 1e6
+    );
+    let notes = notices.all();
+    assert!(
+        !notes.iter().any(|n| n.rule == "heartbeats-stale"),
+        "the writer was fine: {notes:?}"
+    );
+    assert_eq!(
+        notes
+            .iter()
+            .filter(|n| n.rule == "measurements-stale")
+            .count(),
+        2,
+        "{notes:?}"
+    );
+}

@@ -24,10 +24,11 @@ use tracing::warn;
 /// seconds, so 100 ms costs nothing.
 const FETCH_WAIT_MS: &str = "100";
 
-/// When each cluster's newest heartbeat arrived (processor clock, microseconds).
+/// When each cluster's newest heartbeat arrived (processor clock, microseconds), and the
+/// writer's interval it announced.
 #[derive(Clone, Default)]
 pub struct HeartbeatWatch {
-    last: Arc<Mutex<HashMap<String, i64>>>,
+    last: Arc<Mutex<HashMap<String, (i64, i64)>>>,
 }
 
 impl HeartbeatWatch {
@@ -37,7 +38,7 @@ impl HeartbeatWatch {
         // Every configured cluster is expected to announce, from now on.
         let now = now_us();
         for c in &config.clusters {
-            watch.seen(&c.name, now);
+            watch.seen(&c.name, now, 0);
         }
         let w = watch.clone();
         let config = config.clone();
@@ -45,12 +46,17 @@ impl HeartbeatWatch {
         watch
     }
 
-    fn seen(&self, cluster: &str, at: i64) {
+    fn seen(&self, cluster: &str, at: i64, interval_us: i64) {
         let mut m = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match m.get_mut(cluster) {
-            Some(t) => *t = (*t).max(at),
+            Some((t, i)) => {
+                *t = (*t).max(at);
+                if interval_us > 0 {
+                    *i = interval_us;
+                }
+            }
             None => {
-                m.insert(cluster.to_string(), at);
+                m.insert(cluster.to_string(), (at, interval_us));
             }
         }
     }
@@ -58,7 +64,16 @@ impl HeartbeatWatch {
     /// Each known cluster and when its newest heartbeat arrived.
     pub fn clusters(&self) -> Vec<(String, i64)> {
         let m = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        m.iter().map(|(c, t)| (c.clone(), *t)).collect()
+        m.iter().map(|(c, (t, _))| (c.clone(), *t)).collect()
+    }
+
+    /// Each cluster whose writer announced its interval, with it.
+    pub fn intervals(&self) -> Vec<(String, i64)> {
+        let m = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter()
+            .filter(|(_, (_, i))| *i > 0)
+            .map(|(c, (_, i))| (c.clone(), *i))
+            .collect()
     }
 
     async fn follow(self, config: Config, mut shutdown: Shutdown) {
@@ -84,7 +99,7 @@ impl HeartbeatWatch {
                 match m {
                     Ok(m) => {
                         if let Some(Ok(h)) = m.payload().map(HeartbeatSet::decode) {
-                            self.seen(&h.cluster, now_us());
+                            self.seen(&h.cluster, now_us(), h.interval_us);
                         }
                     }
                     // librdkafka reconnects by itself; a partition count change needs a new

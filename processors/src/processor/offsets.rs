@@ -30,6 +30,8 @@ pub struct PendingBatch {
     pub sinks_left: usize,
     /// The processor-state write after the sinks.
     pub state_done: bool,
+    /// When it was handed to the sinks (processor clock).
+    pub pushed_at_us: i64,
 }
 
 #[derive(Debug, Default)]
@@ -59,8 +61,14 @@ impl OffsetTracker {
             hold,
             sinks_left: sinks,
             state_done: false,
+            pushed_at_us: millilag_core::clock::now_us(),
         });
         id
+    }
+
+    /// How long the oldest batch has been waiting for the sinks or the state write.
+    pub fn oldest_pending_us(&self, now_us: i64) -> Option<i64> {
+        self.pending.front().map(|b| now_us - b.pushed_at_us)
     }
 
     /// A sink accepted batch `id`. Returns the batch's flush marks when every sink has, so

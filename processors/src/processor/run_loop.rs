@@ -35,6 +35,8 @@ const DISPATCH_EVERY: Duration = Duration::from_millis(20);
 const DISPATCH_BATCH: usize = 1_000;
 /// On shutdown, how long closed windows may take to reach every sink.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
+/// Windows waiting for the sinks longer than this: the pipeline is stuck (/readyz).
+const SINKS_STUCK_AFTER_US: i64 = 30_000_000;
 /// How often the rules on silence are evaluated (their thresholds are seconds).
 const STALE_EVERY_US: i64 = 250_000;
 
@@ -65,6 +67,7 @@ pub struct RunLoop<'a> {
     pub next_stale_at: i64,
     /// Whether silence can be told (the broker answers, consumption runs).
     pub liveness: Liveness,
+    pub health: millilag_core::http::Health,
     /// statsd timers: each exact measurement, once, as it is decoded.
     pub timings: Timings,
 }
@@ -192,18 +195,24 @@ impl RunLoop<'_> {
     async fn on_tick(&mut self) {
         self.rebalanced().await;
         let now = now_us();
+        // Arrival stamps (no clock read per record) follow the wall clock, live input or not.
+        self.windows.set_now(now);
         // Silence means something only while the input is live (see liveness.rs).
         let paused = self.backpressure.paused();
         if self.liveness.can_tell(now, paused, self.idle_us) {
             self.windows.close_idle(now, self.idle_us, &mut self.closed);
             if now >= self.next_stale_at {
                 self.next_stale_at = now + STALE_EVERY_US;
+                for (cluster, interval) in self.heartbeats.intervals() {
+                    self.windows.set_interval(&cluster, interval);
+                }
                 self.check_silence(now);
             }
         }
         self.timings.flush();
         self.dispatch_closed();
         self.store_offsets();
+        self.check_sinks(now);
         self.backpressure.update(
             self.source,
             self.tracker.pending_windows(),
@@ -211,6 +220,31 @@ impl RunLoop<'_> {
             &self.metrics.paused,
         );
         self.update_gauges();
+    }
+
+    /// Tell /readyz when the sink pipeline is dead or stuck: a sink task that ended, or windows
+    /// waiting for the sinks longer than [`SINKS_STUCK_AFTER_US`] (a sink outage: the windows
+    /// are kept and retried, but this processor is not doing its job meanwhile).
+    fn check_sinks(&self, now: i64) {
+        for s in self.dispatch.sinks {
+            let part = format!("sink {}", s.name);
+            if s.stopped() {
+                self.health.part_failing(&part, "its task stopped");
+            } else {
+                self.health.part_ok(&part);
+            }
+        }
+        match self.tracker.oldest_pending_us(now) {
+            Some(age) if age > SINKS_STUCK_AFTER_US => self.health.part_failing(
+                "sinks",
+                format!(
+                    "{} windows waiting, the oldest for {} s",
+                    self.tracker.pending_windows(),
+                    age / 1_000_000
+                ),
+            ),
+            _ => self.health.part_ok("sinks"),
+        }
     }
 
     /// The rules on silence: heartbeats (the owner of partition 0) and each replica owned here.

@@ -5,10 +5,13 @@ use super::discovery::Discovery;
 use super::metrics::ReaderMetrics;
 use super::publisher::{Output, Ticket};
 use super::replica::{ClusterCtx, Job, ReplicaWorker};
+use millilag_core::clock::now_us;
 use millilag_core::config::DbUrl;
 use millilag_core::events::{HeartbeatSet, MeasureStatus, ReplicaDelay};
+use millilag_core::http::Health;
 use millilag_core::shutdown::Shutdown;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{info, info_span, warn, Instrument};
@@ -16,9 +19,21 @@ use tracing::{info, info_span, warn, Instrument};
 /// Capacity of each replica task's queue of heartbeats.
 const REPLICA_QUEUE: usize = 4096;
 
+/// One replica's task, as the watchdog sees it.
+struct ReplicaTask {
+    jobs: mpsc::Sender<Job>,
+    /// When its loop last went round.
+    beat: Arc<AtomicI64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A replica task whose loop has not gone round for this long is stuck (its loop goes round
+/// every 5 s when idle, and every database call is bounded).
+const STUCK_AFTER_US: i64 = 60_000_000;
+
 struct ClusterState {
     ctx: Arc<ClusterCtx>,
-    replicas: BTreeMap<String, mpsc::Sender<Job>>,
+    replicas: BTreeMap<String, ReplicaTask>,
     /// Replicas from the config: discovery never drops them.
     configured: BTreeSet<String>,
 }
@@ -28,15 +43,45 @@ pub(super) struct Clusters {
     out: Arc<Output>,
     metrics: ReaderMetrics,
     shutdown: Shutdown,
+    health: Health,
 }
 
 impl Clusters {
-    pub fn new(out: Arc<Output>, metrics: ReaderMetrics, shutdown: Shutdown) -> Clusters {
+    pub fn new(
+        out: Arc<Output>,
+        metrics: ReaderMetrics,
+        shutdown: Shutdown,
+        health: Health,
+    ) -> Clusters {
         Clusters {
             clusters: BTreeMap::new(),
             out,
             metrics,
             shutdown,
+            health,
+        }
+    }
+
+    /// Tell /readyz about replica tasks that stopped or make no progress (a panic is also
+    /// reported by the panic hook).
+    pub fn check_tasks(&self) {
+        let now = now_us();
+        for state in self.clusters.values() {
+            for (addr, t) in &state.replicas {
+                let part = format!("replica {}/{addr}", state.ctx.name);
+                let silent = now - t.beat.load(Ordering::Relaxed);
+                if t.task.is_finished() {
+                    self.health
+                        .part_failing(&part, "its task stopped; it is no longer measured");
+                } else if silent > STUCK_AFTER_US {
+                    self.health.part_failing(
+                        &part,
+                        format!("its task made no progress for {} s", silent / 1_000_000),
+                    );
+                } else {
+                    self.health.part_ok(&part);
+                }
+            }
         }
     }
 
@@ -58,10 +103,18 @@ impl Clusters {
     fn add_replica(&self, state: &mut ClusterState, url: DbUrl) {
         let (tx, rx) = mpsc::channel(REPLICA_QUEUE);
         let addr = url.address();
-        let worker = ReplicaWorker::new(state.ctx.clone(), url, self.out.clone());
+        let beat = Arc::new(AtomicI64::new(now_us()));
+        let worker = ReplicaWorker::new(state.ctx.clone(), url, self.out.clone(), beat.clone());
         let span = info_span!("replica", cluster = %state.ctx.name, replica = %addr);
-        tokio::spawn(worker.run(rx, self.shutdown.clone()).instrument(span));
-        state.replicas.insert(addr, tx);
+        let task = tokio::spawn(worker.run(rx, self.shutdown.clone()).instrument(span));
+        state.replicas.insert(
+            addr,
+            ReplicaTask {
+                jobs: tx,
+                beat,
+                task,
+            },
+        );
     }
 
     fn count(&self, cluster: &str) {
@@ -89,12 +142,12 @@ impl Clusters {
         let Some(state) = self.clusters.get(&event.cluster) else {
             return;
         };
-        for (addr, tx) in &state.replicas {
+        for (addr, t) in &state.replicas {
             let job = Job {
                 event: event.clone(),
                 ticket: ticket.clone(),
             };
-            if let Err(err) = tx.try_send(job) {
+            if let Err(err) = t.jobs.try_send(job) {
                 let job = match err {
                     mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
                 };
@@ -126,6 +179,7 @@ impl Clusters {
                 // Dropping the task's sender ends it: it reports what it still owed.
                 if !state.configured.contains(&addr) && state.replicas.remove(&addr).is_some() {
                     warn!(cluster = %cluster, replica = %addr, "Replica no longer reported by the primary; stopped measuring it.");
+                    self.health.part_ok(&format!("replica {cluster}/{addr}"));
                     self.count(&cluster);
                 }
             }

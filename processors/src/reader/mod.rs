@@ -22,6 +22,9 @@ mod replica;
 mod timing;
 
 pub use metrics::{QueryKind, ReaderMetrics, ReplicaMetrics};
+
+/// How often /readyz learns whether every replica task still makes progress.
+const WATCHDOG_EVERY: Duration = Duration::from_secs(5);
 pub use publisher::{Output, Ticket};
 
 use crate::consumer::{Decoded, KafkaConsumer, Source};
@@ -89,7 +92,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     };
 
     let (disc_tx, mut disc_rx) = mpsc::unbounded_channel();
-    let mut clusters = Clusters::new(out.clone(), metrics.clone(), shutdown.clone());
+    let mut clusters = Clusters::new(
+        out.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+        health.clone(),
+    );
     let mut background = Vec::new();
     for c in &config.clusters {
         let clock = Arc::new(Mutex::new(OffsetEstimator::new(32)));
@@ -141,10 +149,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     info!(reader_id = %reader_id, group = %rc.group, method = ?rc.method, "Reader started.");
 
     let mut stop = shutdown.clone();
+    let mut watchdog = tokio::time::interval(WATCHDOG_EVERY);
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             _ = stop.wait() => break,
+            _ = watchdog.tick() => clusters.check_tasks(),
             Some((p, o)) = done_rx.recv() => {
                 // The reader keeps nothing per partition beyond what the source drops itself.
                 source.rebalanced();

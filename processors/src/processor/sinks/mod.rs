@@ -59,6 +59,11 @@ pub struct SinkHandle {
 }
 
 impl SinkHandle {
+    /// The sink's task ended (it only ends when closed, or when it panicked).
+    pub fn stopped(&self) -> bool {
+        self.task.is_finished()
+    }
+
     pub fn send(&self, batch: Batch) -> bool {
         self.tx.send(batch).is_ok()
     }

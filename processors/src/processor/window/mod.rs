@@ -96,6 +96,8 @@ struct KeyState {
     partition: i32,
     /// The reader's latest live-lag sample, while the replica lags.
     lag: Option<LiveLag>,
+    /// The interval its writer announces (heartbeat-set), preferred to the estimate.
+    announced_interval_us: i64,
     /// A record of it came since this processor owns its partition (not only a flush mark
     /// read at start): the replica is measured, and silence from it means something.
     seen: bool,
@@ -107,7 +109,11 @@ impl KeyState {
     fn close_ctx(&self, silent: bool) -> CloseCtx {
         CloseCtx {
             lag: self.lag,
-            interval_us: self.interval.get(),
+            interval_us: if self.announced_interval_us > 0 {
+                self.announced_interval_us
+            } else {
+                self.interval.get()
+            },
             silent,
         }
     }
@@ -181,6 +187,7 @@ impl Windows {
             last_arrival_us: self.now_us,
             partition: -1,
             lag: None,
+            announced_interval_us: 0,
             seen: false,
             interval: IntervalEstimate::default(),
             lanes: self.specs.iter().map(|_| Lane::default()).collect(),
@@ -417,6 +424,17 @@ impl Windows {
         }
         self.open_count -= dropped;
         (dropped, moved_keys)
+    }
+
+    /// The heartbeat interval `cluster`'s writer announces: it says how many heartbeats a
+    /// window should have better than the commit times do.
+    pub fn set_interval(&mut self, cluster: &str, interval_us: i64) {
+        let Some(replicas) = self.index.get(cluster) else {
+            return;
+        };
+        for k in replicas.values() {
+            self.keys[*k as usize].announced_interval_us = interval_us;
+        }
     }
 
     /// The newest event time seen for `cluster`/`replica` (its watermark before lateness).

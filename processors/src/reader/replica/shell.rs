@@ -15,6 +15,7 @@ use millilag_core::shutdown::Shutdown;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -72,10 +73,16 @@ pub struct ReplicaWorker {
     waits_rx: mpsc::UnboundedReceiver<WaitDone>,
     /// Commands of the event being handled, reused.
     commands: Vec<Command<Arc<Ticket>>>,
+    /// When the loop last went round (local clock): the reader's watchdog tells a stuck task.
+    beat: Arc<AtomicI64>,
 }
 
+/// The loop goes round at least this often, even with nothing to do, so that a task that
+/// stopped making progress can be told from an idle one.
+const BEAT_EVERY: Duration = Duration::from_secs(5);
+
 impl ReplicaWorker {
-    pub fn new(ctx: Arc<ClusterCtx>, url: DbUrl, out: Arc<Output>) -> Self {
+    pub fn new(ctx: Arc<ClusterCtx>, url: DbUrl, out: Arc<Output>, beat: Arc<AtomicI64>) -> Self {
         let (waits_tx, waits_rx) = mpsc::unbounded_channel();
         let who = Identity {
             cluster: ctx.name.clone(),
@@ -97,6 +104,7 @@ impl ReplicaWorker {
             waits_tx,
             waits_rx,
             commands: Vec::new(),
+            beat,
         }
     }
 
@@ -104,7 +112,13 @@ impl ReplicaWorker {
         let first = self.connect().await;
         self.feed(first).await;
         loop {
-            let wake = self.tracker.next_wake().map(local_to_instant);
+            self.beat.store(now_us(), Ordering::Relaxed);
+            let idle_beat = Instant::now() + BEAT_EVERY;
+            let wake = Some(
+                self.tracker
+                    .next_wake()
+                    .map_or(idle_beat, |w| local_to_instant(w).min(idle_beat)),
+            );
             let event = tokio::select! {
                 biased;
                 _ = shutdown.wait() => break,

@@ -39,14 +39,19 @@ pub enum Error {
     },
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("database {address}: {source}")]
+    #[error("database {address}: {source}{}", hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default())]
     Database {
         address: String,
         #[source]
         source: mysql_async::Error,
+        /// What to fix, when the failure says (a TLS mismatch, a server that wants TLS).
+        hint: Option<String>,
     },
     #[error("{0}")]
     Unsupported(String),
+    /// A service that did not answer or refused us at start, with what to fix.
+    #[error("{0}")]
+    Unreachable(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -56,14 +61,23 @@ impl Error {
         Error::Database {
             address: address.into(),
             source,
+            hint: None,
         }
+    }
+
+    /// Adds what to fix to a [`Error::Database`]; other errors are returned as they are.
+    pub fn with_hint(mut self, new: Option<String>) -> Self {
+        if let Error::Database { hint, .. } = &mut self {
+            *hint = new;
+        }
+        self
     }
 
     pub fn domain(&self) -> ErrorDomain {
         match self {
             Error::Config(_) | Error::Unsupported(_) => ErrorDomain::User,
             Error::Decode(_) => ErrorDomain::Data,
-            Error::Kafka(_) => ErrorDomain::External,
+            Error::Kafka(_) | Error::Unreachable(_) => ErrorDomain::External,
             Error::Database { source, .. } => match source {
                 // The server answered with an error: usually privileges or schema, the user's to
                 // fix; the transient ones (shutting down, read-only in a failover, lock waits)
@@ -91,7 +105,7 @@ impl Error {
 
     pub fn retry_hint(&self) -> RetryHint {
         match self {
-            Error::Kafka(_) => RetryHint::Retry,
+            Error::Kafka(_) | Error::Unreachable(_) => RetryHint::Retry,
             Error::Database { source, .. } => match source {
                 mysql_async::Error::Server(e) if !is_transient_server_error(e.code) => {
                     RetryHint::NoRetry

@@ -18,6 +18,7 @@ pub mod retry;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use error::{Error, ErrorDomain, Result, RetryHint};

@@ -42,6 +42,92 @@ impl Serialize for Sensitive {
     }
 }
 
+/// Query parameters whose values are credentials (`?token=...`, `?api_key=...`, `?sig=...`).
+fn is_secret_query_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "token",
+        "key",
+        "secret",
+        "pass",
+        "sig",
+        "auth",
+        "code",
+        "credential",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+/// A URL as it may be printed: the password in `user:password@` becomes `***` and so do the
+/// values of query parameters that look like credentials. The userinfo ends at the *last* `@`
+/// before the path, as URL parsers read it, so a password containing `@` is masked whole.
+/// With `hide_path`, everything after the host is `/***` too (Slack-style webhook URLs, whose
+/// path is the credential).
+pub fn mask_url(raw: &str, hide_path: bool) -> String {
+    let (scheme, rest) = match raw.find("://") {
+        Some(i) => raw.split_at(i + 3),
+        None => ("", raw),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let mut out = String::with_capacity(raw.len());
+    out.push_str(scheme);
+    match authority.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = (&authority[..at], &authority[at + 1..]);
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push(':');
+                    out.push_str(MASK);
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push('@');
+            out.push_str(host);
+        }
+        None => out.push_str(authority),
+    }
+    if hide_path {
+        if !tail.is_empty() {
+            out.push('/');
+            out.push_str(MASK);
+        }
+        return out;
+    }
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (tail, None),
+    };
+    out.push_str(path);
+    if let Some(q) = query {
+        let (q, fragment) = match q.split_once('#') {
+            Some((q, f)) => (q, Some(f)),
+            None => (q, None),
+        };
+        out.push('?');
+        for (i, pair) in q.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((k, _)) if is_secret_query_key(k) => {
+                    out.push_str(k);
+                    out.push('=');
+                    out.push_str(MASK);
+                }
+                _ => out.push_str(pair),
+            }
+        }
+        if let Some(f) = fragment {
+            out.push('#');
+            out.push_str(f);
+        }
+    }
+    out
+}
+
 /// What a secret named by an environment variable that is not set means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnvUnset {
@@ -89,6 +175,40 @@ mod tests {
         assert_eq!(format!("{s} {s:?}"), "*** ***");
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"");
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn urls_lose_passwords_and_secret_parameters() {
+        let cases = [
+            ("mysql://mon:pa55@db:3306", "mysql://mon:***@db:3306"),
+            // The password has '@' (and ':') in it: masked whole, the host survives.
+            (
+                "mysql://mon:p@ss:w@rd@db:3306/x",
+                "mysql://mon:***@db:3306/x",
+            ),
+            (
+                "https://u:p@s@h:8086/write?db=m&u=x&p=1",
+                "https://u:***@h:8086/write?db=m&u=x&p=1",
+            ),
+            (
+                "https://h/api?token=abc&org=o",
+                "https://h/api?token=***&org=o",
+            ),
+            (
+                "https://h/x?api_key=abc#frag",
+                "https://h/x?api_key=***#frag",
+            ),
+            ("https://user@h/", "https://user@h/"),
+            ("http://h:9093/api/v2/alerts", "http://h:9093/api/v2/alerts"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(mask_url(raw, false), want, "{raw}");
+        }
+        assert_eq!(
+            mask_url("https://hooks.slack.com/services/T0/B0/XYZ", true),
+            "https://hooks.slack.com/***"
+        );
+        assert_eq!(mask_url("https://a:b@h", true), "https://a:***@h");
     }
 
     #[test]

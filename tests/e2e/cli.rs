@@ -82,6 +82,77 @@ fn unknown_key_exits_2() {
     assert!(err.contains("reader") && err.contains("methd"), "{err}");
 }
 
+/// check-config on a TLS config: URLs with passwords (one with '@' in it), a Slack URL, the
+/// SASL password and inline key material never reach stdout or stderr, valid or not.
+#[test]
+fn check_config_masks_tls_and_sasl_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tls.toml");
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/core/testdata/ca.pem");
+    let text = format!(
+        r#"[kafka]
+sasl_password_env = "KPW"
+[kafka.properties]
+"security.protocol" = "sasl_ssl"
+"ssl.ca.location" = "{ca}"
+"sasl.mechanisms" = "SCRAM-SHA-256"
+"sasl.username" = "mon"
+"ssl.key.pem" = "secret-pem-1"
+[[cluster]]
+name = "c"
+primary = "mysql://mon:secret@pw-2@db1:3306"
+replicas = ["mysql://mon:secret@pw-2@db2:3306"]
+tls = "verify-identity"
+tls_ca_file = "{ca}"
+[[sink.influxdb]]
+url = "https://u:secret-influx-3@influx:8086"
+api = "v1"
+database = "d"
+tls_ca_file = "{ca}"
+[[webhook]]
+url = "https://hooks.slack.com/services/T0/B0/secret-slack-4"
+format = "slack"
+"#
+    );
+    std::fs::write(&path, &text).unwrap();
+    let secrets = [
+        "secret-kafka-5",
+        "secret-pem-1",
+        "pw-2",
+        "secret-influx-3",
+        "secret-slack-4",
+    ];
+    let (code, out, err) = check_config(path.to_str().unwrap(), &[("KPW", "secret-kafka-5")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("https://hooks.slack.com/***"), "{out}");
+    assert!(out.contains("mysql://mon:***@db1:3306"), "{out}");
+    for s in secrets {
+        assert!(
+            !out.contains(s) && !err.contains(s),
+            "{s} leaked:\n{out}{err}"
+        );
+    }
+    // Refused (no KPW, a password in properties): the problems name keys, not secrets.
+    std::fs::write(
+        &path,
+        text.replace(
+            "\"ssl.key.pem\"",
+            "\"sasl.password\" = \"secret-kafka-5\"\n\"ssl.key.pem\"",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = check_config(path.to_str().unwrap(), &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("kafka.properties.\"sasl.password\""), "{err}");
+    assert!(err.contains("kafka.sasl_password_env"), "{err}");
+    for s in secrets {
+        assert!(
+            !out.contains(s) && !err.contains(s),
+            "{s} leaked:\n{out}{err}"
+        );
+    }
+}
+
 /// A config whose services start without any server: an unreachable primary (the writer retries
 /// it), topics not created (so no broker is needed to start).
 fn offline_config(dir: &std::path::Path, processor_listen: &str) -> std::path::PathBuf {

@@ -4,7 +4,6 @@ use millilag_core::events::ReplicaDelay;
 use millilag_core::shutdown::{shutdown_pair, ShutdownTrigger};
 use millilag_core::Config;
 use millilag_harness::{free_port, Broker, Cluster};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -105,8 +104,9 @@ group = "{group}"
 
     /// A consumer of `suffix` from the beginning, in a fresh group.
     pub fn consumer(&self, suffix: &str) -> StreamConsumer {
-        let c: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.broker.brokers())
+        let c: StreamConsumer = self
+            .broker
+            .client_config()
             .set("group.id", unique("observer"))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")

@@ -412,10 +412,10 @@ fn compose_millilag_services_pass_check_config_and_health_checks_ask_their_ready
             }
         }
         for s in &cfg.sink.influxdb {
-            hosts.push(("sink.influxdb.url".into(), host_of(&s.url)));
+            hosts.push(("sink.influxdb.url".into(), host_of(s.url.expose())));
         }
         for w in &cfg.webhooks {
-            hosts.push(("webhook.url".into(), host_of(&w.url)));
+            hosts.push(("webhook.url".into(), host_of(w.url.expose())));
         }
         for (key, host) in hosts {
             assert!(

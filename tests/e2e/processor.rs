@@ -825,6 +825,36 @@ async fn processor_alert_reaches_alertmanager_resolves_and_restart_sends_no_dupl
     );
 }
 
+/// A receiver's check of `X-Millilag-Timestamp` and `X-Millilag-Signature` (README, "Webhook
+/// signatures"): HMAC-SHA256 over "<timestamp>.<body>", and a timestamp within 5 minutes.
+fn verify_signature(
+    key: &[u8],
+    r: &millilag_harness::alertmanager::Received,
+    now_s: u64,
+) -> Result<(), &'static str> {
+    let ts = r
+        .headers
+        .get("x-millilag-timestamp")
+        .ok_or("no timestamp")?;
+    let sig = r
+        .headers
+        .get("x-millilag-signature")
+        .and_then(|s| s.strip_prefix("sha256="))
+        .ok_or("no signature")?;
+    let sig = hex::decode(sig).map_err(|_| "signature is not hex")?;
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).map_err(|_| "key")?;
+    mac.update(ts.as_bytes());
+    mac.update(b".");
+    mac.update(&r.body);
+    // verify_slice compares in constant time.
+    mac.verify_slice(&sig).map_err(|_| "bad signature")?;
+    let ts: u64 = ts.parse().map_err(|_| "timestamp is not a number")?;
+    if ts.abs_diff(now_s) > 300 {
+        return Err("stale timestamp");
+    }
+    Ok(())
+}
+
 /// Also: a receiver that fails twice gets the same signed body a third time (retries).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processor_webhook_signature_verifies_with_the_shared_secret() {
@@ -872,19 +902,27 @@ hmac_secret_env = "HOOK_SECRET"
         attempts.iter().all(|a| a.body == attempts[0].body),
         "same body on retry"
     );
+    // Every attempt is signed afresh and verifies the way README's receiver does it.
+    let now_s = (millilag_core::clock::now_us() / 1_000_000) as u64;
+    for a in &attempts {
+        verify_signature(secret.as_bytes(), a, now_s).expect("a valid signature");
+    }
     let r = attempts.pop().unwrap();
-    let sig = r.headers.get("x-millilag-signature").expect("signed");
-    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(&r.body);
     assert_eq!(
-        sig,
-        &format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+        verify_signature(b"other", &r, now_s),
+        Err("bad signature"),
+        "a wrong key does not verify"
     );
-    let mut wrong = <Hmac<sha2::Sha256> as Mac>::new_from_slice(b"other").unwrap();
-    wrong.update(&r.body);
-    assert_ne!(
-        sig,
-        &format!("sha256={}", hex::encode(wrong.finalize().into_bytes()))
+    assert_eq!(
+        verify_signature(secret.as_bytes(), &r, now_s + 3600),
+        Err("stale timestamp"),
+        "an hour later the same request is a replay"
+    );
+    let mut tampered = r.clone();
+    tampered.body.push(b' ');
+    assert_eq!(
+        verify_signature(secret.as_bytes(), &tampered, now_s),
+        Err("bad signature")
     );
     assert_eq!(r.json()["rule"], "any-lag");
     assert_eq!(

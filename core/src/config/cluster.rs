@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
+use super::db_url::{DbTls, TlsMode};
 use super::{DbUrl, ENV_PREFIX};
 use crate::db::DbTimeouts;
 use crate::duration::HumanDuration;
@@ -53,6 +54,22 @@ pub struct ClusterConfig {
     /// writer whose heartbeat takes longer steps down and reconnects.
     #[serde(default = "default_query_timeout")]
     pub query_timeout: HumanDuration,
+    /// TLS to the primary and every replica (discovered ones too): `off`, `require` (encrypted,
+    /// certificate not checked), `verify-ca` (signed by `tls_ca_file`), `verify-identity` (and
+    /// naming the host in the URL). MySQL's `--ssl-mode` meanings.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// CA certificate(s), PEM, the servers' certificates must chain to. Absent: the built-in
+    /// web roots (Mozilla's), which do not hold RDS's or a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM chain) for servers that want one (`REQUIRE X509`); with
+    /// `tls_key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM, unencrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
     /// Resolved at load time from the URL, `password_file` or `password_env`.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub password: Option<Sensitive>,
@@ -176,6 +193,95 @@ impl ClusterConfig {
                     "{key}.replicas: none listed and discover_replicas = false; list replicas or enable discovery"
                 ));
             }
+        }
+    }
+
+    /// Reads and checks the TLS files, then gives every server URL of the cluster the
+    /// resulting settings.
+    pub(super) fn resolve_tls(&mut self, key: &str, p: &mut Vec<String>) {
+        let before = p.len();
+        let files = [
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ];
+        if self.tls == TlsMode::Off {
+            for (name, f) in files {
+                if f.is_some() {
+                    p.push(format!(
+                        "{key}.{name} is set but {key}.tls = \"off\"; set tls = \"verify-identity\" \
+                         (or \"verify-ca\", \"require\") or remove {name}"
+                    ));
+                }
+            }
+            // Plaintext, but errors can still say which key turns TLS on.
+            self.set_tls(DbTls {
+                mode: TlsMode::Off,
+                ssl: None,
+                key: key.to_string(),
+            });
+            return;
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            if let Err(e) = crate::tls::read_ca_file(&format!("{key}.tls_ca_file"), ca) {
+                p.push(e);
+            }
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(k)) => {
+                if let Err(e) = crate::tls::read_certificates(&format!("{key}.tls_cert_file"), cert)
+                {
+                    p.push(e);
+                }
+                if let Err(e) = crate::tls::check_private_key(&format!("{key}.tls_key_file"), k) {
+                    p.push(e);
+                }
+            }
+            (Some(_), None) => p.push(format!(
+                "{key}.tls_cert_file is set without tls_key_file; set both or neither"
+            )),
+            (None, Some(_)) => p.push(format!(
+                "{key}.tls_key_file is set without tls_cert_file; set both or neither"
+            )),
+            (None, None) => {}
+        }
+        if p.len() > before {
+            return;
+        }
+        self.set_tls(DbTls {
+            mode: self.tls,
+            ssl: Some(self.ssl_opts()),
+            key: key.to_string(),
+        });
+    }
+
+    fn set_tls(&mut self, tls: DbTls) {
+        for r in self.primaries.iter_mut().chain(&mut self.replicas) {
+            r.set_tls(tls.clone());
+        }
+    }
+
+    /// mysql_async's options for `tls`. The files are given as paths: read at each connect, so
+    /// rotated certificates are picked up.
+    fn ssl_opts(&self) -> mysql_async::SslOpts {
+        let mut ssl = mysql_async::SslOpts::default();
+        if let Some(ca) = &self.tls_ca_file {
+            // A private CA replaces the web roots rather than adding to them.
+            ssl = ssl
+                .with_root_certs(vec![ca.clone().into()])
+                .with_disable_built_in_roots(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) {
+            ssl = ssl.with_client_identity(Some(mysql_async::ClientIdentity::new(
+                cert.clone().into(),
+                key.clone().into(),
+            )));
+        }
+        match self.tls {
+            TlsMode::Require => ssl.with_danger_accept_invalid_certs(true),
+            // Name checks are skipped in db::connect (mysql_async 0.37's own switch for it
+            // does not work with rustls 0.23: blackbeam/mysql_async#404).
+            TlsMode::Off | TlsMode::VerifyCa | TlsMode::VerifyIdentity => ssl,
         }
     }
 

@@ -7,6 +7,45 @@ use std::fmt;
 pub struct DbUrl {
     raw: String,
     opts: mysql_async::Opts,
+    /// How connections to this server are secured (the cluster's `tls` keys).
+    tls: DbTls,
+}
+
+/// `[[cluster]] tls`: how connections to the primary and every replica are secured. The names
+/// and meanings are MySQL's `--ssl-mode` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plaintext.
+    #[default]
+    Off,
+    /// Encrypted; the server's certificate is not checked (protects from eavesdropping only).
+    Require,
+    /// Encrypted; the certificate must chain to `tls_ca_file` (or to the built-in web roots),
+    /// whatever name it carries.
+    VerifyCa,
+    /// As verify-ca, and the certificate must name the host in the URL (the safe choice).
+    VerifyIdentity,
+}
+
+impl TlsMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TlsMode::Off => "off",
+            TlsMode::Require => "require",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyIdentity => "verify-identity",
+        }
+    }
+}
+
+/// The TLS settings a [`DbUrl`] connects with, and the config key they came from (for hints).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DbTls {
+    pub mode: TlsMode,
+    pub ssl: Option<mysql_async::SslOpts>,
+    /// `cluster[0]`: the prefix of the keys a hint names.
+    pub key: String,
 }
 
 impl DbUrl {
@@ -22,7 +61,18 @@ impl DbUrl {
         Ok(DbUrl {
             raw: raw.to_string(),
             opts,
+            tls: DbTls::default(),
         })
+    }
+
+    /// Connect with these TLS settings (set once at load from the cluster's `tls` keys; kept by
+    /// [`DbUrl::with_address`], so discovered replicas are secured like the listed ones).
+    pub fn set_tls(&mut self, tls: DbTls) {
+        self.tls = tls;
+    }
+
+    pub fn tls(&self) -> &DbTls {
+        &self.tls
     }
 
     /// host:port: how this server is named in records, tags and logs.
@@ -51,11 +101,30 @@ impl DbUrl {
     /// always qualified), Nagle off (heartbeats are tiny and latency is the product) and TCP
     /// keepalive on (a vanished server is noticed on an idle connection too).
     pub fn opts(&self, password: Option<&str>) -> mysql_async::Opts {
+        self.opts_with_server_name(password, None)
+    }
+
+    /// [`DbUrl::opts`], verifying the server's certificate against `server_name` instead of the
+    /// host connected to (how verify-ca accepts any name its CA signed; see `db::connect`).
+    pub fn opts_with_server_name(
+        &self,
+        password: Option<&str>,
+        server_name: Option<&str>,
+    ) -> mysql_async::Opts {
         let mut b = mysql_async::OptsBuilder::from_opts(self.opts.clone())
             .prefer_socket(false)
             .tcp_nodelay(true)
             .tcp_keepalive(Some(crate::db::TCP_KEEPALIVE))
             .stmt_cache_size(32);
+        if let Some(ssl) = &self.tls.ssl {
+            let ssl = match server_name {
+                Some(name) => ssl
+                    .clone()
+                    .with_danger_tls_hostname_override(Some(name.to_string())),
+                None => ssl.clone(),
+            };
+            b = b.ssl_opts(ssl);
+        }
         if self.opts.pass().is_none() {
             b = b.pass(password.map(str::to_string));
         }
@@ -72,22 +141,14 @@ impl DbUrl {
         DbUrl {
             raw: format!("mysql://{user}{host}:{port}"),
             opts,
+            tls: self.tls.clone(),
         }
     }
 }
 
-/// The URL with any password replaced by `***`.
+/// The URL with any password replaced by `***` (the whole password, '@' and all).
 fn mask(raw: &str) -> String {
-    let Some(rest) = raw.strip_prefix("mysql://") else {
-        return raw.to_string();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("mysql://{user}:***@{host}"),
-            None => raw.to_string(),
-        },
-        None => raw.to_string(),
-    }
+    crate::secret::mask_url(raw, false)
 }
 
 impl fmt::Display for DbUrl {
@@ -129,6 +190,14 @@ mod tests {
     }
 
     #[test]
+    fn a_password_with_at_signs_is_masked_whole_and_still_used() {
+        let u = DbUrl::parse("mysql://mon:p@ss:w@rd@10.0.0.1:3307").unwrap();
+        assert_eq!(u.to_string(), "mysql://mon:***@10.0.0.1:3307");
+        assert_eq!(u.address(), "10.0.0.1:3307");
+        assert_eq!(u.password(), Some("p@ss:w@rd"));
+    }
+
+    #[test]
     fn rejects_other_schemes() {
         assert!(DbUrl::parse("postgres://x@y:1").is_err());
         assert!(DbUrl::parse("127.0.0.1:3306").is_err());
@@ -150,5 +219,20 @@ mod tests {
         let s = u.with_address("10.0.0.2", 3310);
         assert_eq!(s.address(), "10.0.0.2:3310");
         assert_eq!(s.user(), Some("mon"));
+    }
+
+    #[test]
+    fn siblings_keep_the_tls_settings() {
+        let mut u = DbUrl::parse("mysql://mon@10.0.0.1:3306").unwrap();
+        u.set_tls(DbTls {
+            mode: TlsMode::VerifyIdentity,
+            ssl: Some(mysql_async::SslOpts::default()),
+            key: "cluster[0]".into(),
+        });
+        let s = u.with_address("10.0.0.2", 3310);
+        assert_eq!(s.tls().mode, TlsMode::VerifyIdentity);
+        assert!(s.opts(None).ssl_opts().is_some());
+        let plain = DbUrl::parse("mysql://mon@10.0.0.1:3306").unwrap();
+        assert!(plain.opts(None).ssl_opts().is_none());
     }
 }

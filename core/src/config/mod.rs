@@ -14,6 +14,7 @@ pub mod alert;
 mod cluster;
 mod db_url;
 mod env;
+mod http_url;
 mod kafka;
 mod listen;
 mod log;
@@ -25,8 +26,9 @@ mod writer;
 
 pub use alert::{AlertCondition, AlertMetric, AlertRuleConfig, Comparison};
 pub use cluster::{validate_identifier, ClusterConfig};
-pub use db_url::DbUrl;
-pub use kafka::{is_secret_property, KafkaConfig};
+pub use db_url::{DbTls, DbUrl, TlsMode};
+pub use http_url::{HttpAuth, HttpUrl};
+pub use kafka::{is_secret_property, KafkaConfig, SASL_MECHANISMS};
 pub use listen::parse_listen;
 pub use log::{check_filter, LogConfig, LogFormat};
 pub use processor::{ProcessorConfig, StaleConfig};
@@ -44,7 +46,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::MASK;
 use sink::default_sink_timeout;
 
 /// The environment prefix for overrides and for `MILLILAG_DB_PASSWORD`.
@@ -179,8 +180,10 @@ impl Config {
     /// Reads every password, token and HMAC key from its file or environment variable.
     fn resolve_secrets(&mut self, env: &BTreeMap<String, String>) -> Vec<String> {
         let mut p = Vec::new();
+        self.kafka.resolve_secrets(env, &mut p);
         for (i, c) in self.clusters.iter_mut().enumerate() {
             c.resolve_password(&format!("cluster[{i}]"), env, &mut p);
+            c.resolve_tls(&format!("cluster[{i}]"), &mut p);
         }
         self.sink.resolve_secrets(env, &mut p);
         for (i, w) in self.webhooks.iter_mut().enumerate() {
@@ -192,11 +195,7 @@ impl Config {
     /// The resolved config as TOML, secrets as `***` (for `check-config`).
     pub fn to_masked_toml(&self) -> String {
         let mut c = self.clone();
-        for (k, v) in c.kafka.properties.iter_mut() {
-            if is_secret_property(k) {
-                *v = MASK.into();
-            }
-        }
+        c.kafka.properties = c.kafka.masked_properties();
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot print config: {e}"))
     }
 
@@ -214,12 +213,9 @@ const fn default_true() -> bool {
     true
 }
 
-/// Sink and webhook URLs: only HTTP(S) is spoken.
-fn is_http_url(url: &str) -> bool {
-    url.starts_with("http://") || url.starts_with("https://")
-}
-
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_secure;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::is_http_url;
+use super::http_url::{check_tls_ca, HttpAuth, HttpUrl};
 use crate::duration::HumanDuration;
 use crate::secret::{resolve_secret, EnvUnset, Sensitive};
 
@@ -36,8 +36,12 @@ pub enum InfluxApi {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxSinkConfig {
-    /// Base URL, e.g. http://127.0.0.1:8086.
-    pub url: String,
+    /// Base URL, e.g. http://127.0.0.1:8086 or https://influx.example:8086.
+    pub url: HttpUrl,
+    /// CA certificate(s), PEM, the server's certificate must chain to (https). Absent: the
+    /// system's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
     /// v2 (org, bucket, token) or v1 (database).
     #[serde(default = "default_influx_api")]
     pub api: InfluxApi,
@@ -50,13 +54,14 @@ pub struct InfluxSinkConfig {
     /// v1 database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
-    /// Environment variable with the v2 token (or v1 password).
+    /// Environment variable with the v2 token; for v1, the password of `username` (basic
+    /// auth), or without `username` a bearer token (`Authorization: Bearer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
     /// File with the v2 token (or v1 password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
-    /// v1 user name (with the token as password).
+    /// v1 user name (basic auth, with the token as password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// Measurement name of the window points.
@@ -68,6 +73,9 @@ pub struct InfluxSinkConfig {
     /// Resolved from token_env / token_file.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub token: Option<Sensitive>,
+    /// v1: what `username` and the token resolve to.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<HttpAuth>,
 }
 
 const fn default_influx_api() -> InfluxApi {
@@ -180,12 +188,6 @@ impl SinkConfig {
         for (i, s) in self.influxdb.iter().enumerate() {
             let key = format!("sink.influxdb[{i}]");
             check_timeout(&format!("{key}.timeout"), s.timeout, p);
-            if !is_http_url(&s.url) {
-                p.push(format!(
-                    "{key}.url ({:?}) must start with http:// or https://",
-                    s.url
-                ));
-            }
             match s.api {
                 InfluxApi::V2 => {
                     if s.org.is_none() || s.bucket.is_none() {
@@ -232,6 +234,15 @@ impl SinkConfig {
                     "{key}: api = \"v2\" needs a token; set token_env or token_file"
                 ));
             }
+            s.auth = match (s.api, &s.username, &s.token) {
+                (InfluxApi::V1, Some(u), t) => Some(HttpAuth::Basic {
+                    username: u.clone(),
+                    password: t.clone().unwrap_or_default(),
+                }),
+                (InfluxApi::V1, None, Some(t)) => Some(HttpAuth::Bearer { token: t.clone() }),
+                _ => None,
+            };
+            check_tls_ca(&key, &s.url, s.tls_ca_file.as_deref(), p);
         }
     }
 }

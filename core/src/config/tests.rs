@@ -49,24 +49,66 @@ fn example_config_loads_with_its_secrets() {
 
 #[test]
 fn masked_print_hides_every_secret() {
-    let text = EXAMPLE.replace(
-        "\"security.protocol\" = \"plaintext\"",
-        "\"security.protocol\" = \"sasl_ssl\"\n\"sasl.password\" = \"kafka-pw\"",
+    let text = EXAMPLE
+        .replace(
+            "\"security.protocol\" = \"plaintext\"",
+            "\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\
+             \"sasl.username\" = \"mon\"\n\"ssl.key.pem\" = \"-----BEGIN PRIVATE KEY----- inline-key\"\n\
+             \"sasl.oauthbearer.config\" = \"principal=x secret=oauth-cfg\"",
+        )
+        .replace(
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\nsasl_password_env = \"KAFKA_PW\"",
+        );
+    let text = text
+        .replace(
+            "mysql://millilag@127.0.0.1:3307",
+            "mysql://millilag:url-pw@127.0.0.1:3307",
+        )
+        .replace(
+            "mysql://millilag@127.0.0.1:3306",
+            "mysql://millilag:p@ss-w@rd@127.0.0.1:3306",
+        )
+        .replace(
+            "url = \"http://127.0.0.1:8086\"",
+            "url = \"https://influx:in@flux-pw@127.0.0.1:8086\"",
+        )
+        .replace(
+            "url = \"http://127.0.0.1:9093/api/v2/alerts\"",
+            "url = \"https://hooks.slack.com/services/T0/B0/slack-path-secret\"",
+        );
+    let mut e = example_env();
+    e.push(("KAFKA_PW".into(), "kafka-pw".into()));
+    let c = load(&text, e).unwrap();
+    assert_eq!(c.kafka.sasl_password.as_ref().unwrap().expose(), "kafka-pw");
+    assert_eq!(
+        c.kafka.librdkafka_properties()["sasl.password"],
+        "kafka-pw",
+        "the resolved password reaches librdkafka"
     );
-    let text = text.replace(
-        "mysql://millilag@127.0.0.1:3307",
-        "mysql://millilag:url-pw@127.0.0.1:3307",
-    );
-    let c = load(&text, example_env()).unwrap();
     let printed = c.to_masked_toml();
-    for secret in ["tok-123", "hmac-key", "dbpw", "kafka-pw", "url-pw"] {
+    let debug = format!("{c:?}");
+    for secret in [
+        "tok-123",
+        "hmac-key",
+        "dbpw",
+        "kafka-pw",
+        "url-pw",
+        "ss-w",
+        "rd@",
+        "flux-pw",
+        "slack-path-secret",
+        "inline-key",
+        "oauth-cfg",
+    ] {
         assert!(!printed.contains(secret), "{secret} leaked:\n{printed}");
+        assert!(!debug.contains(secret), "{secret} leaked:\n{debug}");
     }
     assert!(printed.contains("***"));
-    assert!(!format!("{c:?}").contains("tok-123"));
     // Resolved secrets show as present-but-masked, so an operator sees they were found.
     assert!(printed.contains("password = \"***\""), "{printed}");
     assert!(printed.contains("token = \"***\""), "{printed}");
+    assert!(printed.contains("https://hooks.slack.com/***"), "{printed}");
 }
 
 #[test]
@@ -459,10 +501,13 @@ fn kafka_properties_that_at_least_once_depends_on_are_refused() {
         );
         assert!(e.contains("remove it"), "{e}");
     }
-    // Tuning and security properties stay the user's.
+    // Tuning and security properties stay the user's (the CA file must exist: it is read).
     let text = EXAMPLE.replace(
         "\"security.protocol\" = \"plaintext\"",
-        "\"security.protocol\" = \"ssl\"\n\"linger.ms\" = \"5\"\n\"ssl.ca.location\" = \"/ca.pem\"",
+        &format!(
+            "\"security.protocol\" = \"ssl\"\n\"linger.ms\" = \"5\"\n\"ssl.ca.location\" = \"{}/testdata/ca.pem\"",
+            env!("CARGO_MANIFEST_DIR")
+        ),
     );
     assert!(load(&text, example_env()).is_ok());
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{default_sink_timeout, is_http_url, sink::check_timeout};
+use super::http_url::{check_tls_ca, HttpAuth, HttpUrl};
+use super::{default_sink_timeout, sink::check_timeout};
 use crate::duration::HumanDuration;
 use crate::secret::{resolve_secret, EnvUnset, Sensitive};
 
@@ -20,13 +21,35 @@ pub enum WebhookFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// Where to POST (for alertmanager: the /api/v2/alerts URL).
-    pub url: String,
+    /// Where to POST (for alertmanager: the /api/v2/alerts URL). Printed with its password,
+    /// credential-like query values and, for Slack-style URLs, its path masked.
+    pub url: HttpUrl,
     /// json | alertmanager | slack.
     #[serde(default = "default_webhook_format")]
     pub format: WebhookFormat,
+    /// CA certificate(s), PEM, the receiver's certificate must chain to (https). Absent: the
+    /// system's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// User name for HTTP basic authentication (the password from `password_env` or
+    /// `password_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Environment variable with the basic-auth password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// File with the basic-auth password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable with a bearer token (`Authorization: Bearer <token>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_env: Option<String>,
+    /// File with the bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
     /// Environment variable with the HMAC-SHA256 key; when set, requests carry
-    /// `X-Millilag-Signature: sha256=<hex of HMAC(body)>`.
+    /// `X-Millilag-Timestamp: <unix seconds>` and
+    /// `X-Millilag-Signature: sha256=<hex of HMAC(key, "<timestamp>.<body>")>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmac_secret_env: Option<String>,
     /// File with the HMAC key.
@@ -41,6 +64,9 @@ pub struct WebhookConfig {
     /// Resolved HMAC key.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub hmac_secret: Option<Sensitive>,
+    /// Resolved `Authorization`.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<HttpAuth>,
 }
 
 const fn default_webhook_format() -> WebhookFormat {
@@ -58,10 +84,22 @@ impl WebhookConfig {
                 "{key}.give_up_after (0s) must be more than zero; e.g. \"10m\" (the default)"
             ));
         }
-        if !is_http_url(&self.url) {
+        let basic = self.username.is_some();
+        let basic_pw = self.password_env.is_some() || self.password_file.is_some();
+        let bearer = self.bearer_token_env.is_some() || self.bearer_token_file.is_some();
+        if basic_pw && !basic {
             p.push(format!(
-                "{key}.url ({:?}) must start with http:// or https://",
-                self.url
+                "{key}.password_env/password_file is set without {key}.username; set username (basic auth)"
+            ));
+        }
+        if basic && !basic_pw {
+            p.push(format!(
+                "{key}.username is set without password_env or password_file; set one of them"
+            ));
+        }
+        if basic && bearer {
+            p.push(format!(
+                "{key}: username (basic auth) and bearer_token_* are both set; keep one"
             ));
         }
     }
@@ -72,16 +110,37 @@ impl WebhookConfig {
         env: &BTreeMap<String, String>,
         p: &mut Vec<String>,
     ) {
-        self.hmac_secret = resolve_secret(
-            &format!("{key}.hmac_secret"),
-            self.hmac_secret_env.as_deref(),
-            self.hmac_secret_file.as_deref(),
-            env,
-            EnvUnset::Problem("export it or remove the key"),
-        )
-        .unwrap_or_else(|e| {
-            p.push(e);
-            None
-        });
+        let mut get = |name: &str, env_name: &Option<String>, file: &Option<PathBuf>| {
+            resolve_secret(
+                &format!("{key}.{name}"),
+                env_name.as_deref(),
+                file.as_deref(),
+                env,
+                EnvUnset::Problem("export it or remove the key"),
+            )
+            .unwrap_or_else(|e| {
+                p.push(e);
+                None
+            })
+        };
+        self.hmac_secret = get("hmac_secret", &self.hmac_secret_env, &self.hmac_secret_file);
+        let password = get("password", &self.password_env, &self.password_file);
+        let bearer = get(
+            "bearer_token",
+            &self.bearer_token_env,
+            &self.bearer_token_file,
+        );
+        self.auth = match (&self.username, password, bearer) {
+            (Some(u), Some(pw), _) => Some(HttpAuth::Basic {
+                username: u.clone(),
+                password: pw,
+            }),
+            (None, _, Some(token)) => Some(HttpAuth::Bearer { token }),
+            _ => None,
+        };
+        if self.format == WebhookFormat::Slack {
+            self.url.hide_path();
+        }
+        check_tls_ca(key, &self.url, self.tls_ca_file.as_deref(), p);
     }
 }

@@ -3,7 +3,8 @@
 //! connection closed without waiting for its server ([`close`]). Also the read-only check that
 //! tells the writable primary among several candidates.
 
-use crate::config::{ClusterConfig, DbUrl};
+use super::tls;
+use crate::config::{ClusterConfig, DbUrl, TlsMode};
 use crate::error::{Error, Result};
 use mysql_async::prelude::*;
 use mysql_async::Conn;
@@ -85,14 +86,41 @@ pub async fn connect(url: &DbUrl, password: Option<&str>) -> Result<Conn> {
 
 /// Open one connection, bounded by `timeouts.connect` as a whole, in autocommit with READ
 /// COMMITTED: every poll sees the newest committed row instead of a REPEATABLE READ snapshot.
+/// Secured as the cluster's `tls` keys say (see [`super::tls`] for verify-ca); a failure that
+/// TLS explains carries a hint naming the key to fix.
 pub async fn connect_with(
     url: &DbUrl,
     password: Option<&str>,
     timeouts: &DbTimeouts,
 ) -> Result<Conn> {
+    let verify_ca = url.tls().mode == TlsMode::VerifyCa;
+    let name = if verify_ca {
+        tls::learned_name(url)
+    } else {
+        None
+    };
+    let mut result = open(url, password, name.as_deref(), timeouts).await;
+    if verify_ca {
+        if let Some(learned) = result.as_ref().err().and_then(|e| tls::learn_name(url, e)) {
+            result = open(url, password, Some(&learned), timeouts).await;
+        }
+    }
+    result.map_err(|e| {
+        let hint = tls::hint(url, &e);
+        e.with_hint(hint)
+    })
+}
+
+/// One connection attempt, verifying the server's certificate against `server_name` when given.
+async fn open(
+    url: &DbUrl,
+    password: Option<&str>,
+    server_name: Option<&str>,
+    timeouts: &DbTimeouts,
+) -> Result<Conn> {
     let addr = url.address();
     let open = async {
-        let mut conn = Conn::new(url.opts(password)).await?;
+        let mut conn = Conn::new(url.opts_with_server_name(password, server_name)).await?;
         // The statement form works on every MySQL and MariaDB version (the variable was renamed).
         conn.query_drop(
             "SET autocommit = 1; SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",

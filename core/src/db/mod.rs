@@ -11,6 +11,7 @@
 //! state: hand it to [`close`] and open another.
 
 mod connect;
+mod tls;
 
 pub use connect::{
     bounded, close, connect, connect_primary, connect_with, is_read_only, is_timeout,

@@ -28,6 +28,7 @@ pub mod alerts;
 mod backpressure;
 mod dispatch;
 mod heartbeats;
+pub mod http_client;
 pub mod input;
 mod liveness;
 pub mod metrics;
@@ -84,6 +85,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         .map(alerts::Rule::from_config)
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
+    // A wrong CA or name is a config mistake: say so now, not at the first window.
+    http_client::check_endpoints(&config).await?;
 
     kafka::ensure_topics(
         &config,
@@ -248,7 +251,7 @@ fn build_sinks(
     let mut out = Vec::new();
     for (i, c) in config.sink.influxdb.iter().enumerate() {
         let name = format!("influxdb[{i}]");
-        let sink = sinks::influx::InfluxSink::new(c).with_context(|| format!("sink.{name}"))?;
+        let sink = sinks::influx::InfluxSink::new(&format!("sink.{name}"), c)?;
         out.push(sinks::spawn(
             name.clone(),
             sink,

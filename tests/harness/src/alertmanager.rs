@@ -114,6 +114,7 @@ pub struct WebhookReceiver {
     pub port: u16,
     rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Received>>,
     task: tokio::task::JoinHandle<()>,
+    tls: Option<crate::tls::Terminator>,
 }
 
 impl WebhookReceiver {
@@ -132,9 +133,14 @@ impl WebhookReceiver {
         let (tx, rx) = mpsc::unbounded_channel::<Received>();
         let failures_left = Arc::new(AtomicUsize::new(fail_first));
         let handler = |State((tx, left)): State<Shared>,
+                       method: axum::http::Method,
                        uri: Uri,
                        headers: HeaderMap,
                        body: axum::body::Bytes| async move {
+            // The processor's start-time TLS check (HEAD) is not a notification.
+            if method == axum::http::Method::HEAD {
+                return (StatusCode::OK, "ok");
+            }
             let fail = left
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
@@ -170,11 +176,26 @@ impl WebhookReceiver {
             port,
             rx: tokio::sync::Mutex::new(rx),
             task,
+            tls: None,
         })
+    }
+
+    /// Also reachable over https (a socat terminator with `pki`'s server certificate).
+    pub async fn start_tls(pki: &crate::tls::Pki) -> Result<WebhookReceiver> {
+        let mut r = Self::start_failing(0).await?;
+        r.tls = Some(crate::tls::Terminator::start(pki, r.port).await?);
+        Ok(r)
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The https address (on a [`WebhookReceiver::start_tls`] receiver).
+    pub fn https_url(&self, path: &str) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|t| format!("https://127.0.0.1:{}{path}", t.port))
     }
 
     /// The next request within `timeout`.

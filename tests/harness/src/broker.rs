@@ -3,22 +3,46 @@
 //! sqlite rather than memory: Tansu 0.6's memory engine never returns records to a consumer
 //! that resumes from a committed offset inside a batch. Tansu 0.6 does not auto-create topics;
 //! [`Broker::create_topics`] does it through the admin API, as the services do at start.
+//!
+//! [`Broker::start_secured`]: TLS through a socat terminator on the advertised port (Tansu
+//! listens in plaintext on another), SASL through Tansu's `--authentication` with a SCRAM user.
 
 use crate::process::Guard;
+use crate::tls::{Pki, Terminator};
 use crate::{free_port, wait_for};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 pub struct Broker {
+    /// The port clients bootstrap from (the TLS terminator's on a TLS broker).
     pub port: u16,
+    /// Tansu's own (plaintext) listener.
+    plain_port: u16,
+    /// Tansu runs with `--authentication` (SASL required).
+    authentication: bool,
+    /// librdkafka properties a client needs (TLS, SASL), beyond bootstrap.servers.
+    properties: BTreeMap<String, String>,
     guard: Guard,
+    terminator: Option<Terminator>,
     _dir: tempfile::TempDir,
+}
+
+/// What a [`Broker`] requires from its clients.
+#[derive(Default, Clone, Copy)]
+pub struct Security<'a> {
+    /// TLS on the advertised port (a socat terminator in front of Tansu; see `tls.rs`).
+    pub tls: Option<&'a Pki>,
+    /// SASL required (`tansu broker --authentication`), with this SCRAM-SHA-512 user created.
+    /// Tansu 0.6 verifies SCRAM passwords against the stored credential; its PLAIN accepts
+    /// any password.
+    pub scram_user: Option<(&'a str, &'a str)>,
 }
 
 pub fn tansu_binary() -> Result<PathBuf> {
@@ -33,10 +57,15 @@ pub fn tansu_binary() -> Result<PathBuf> {
 
 impl Broker {
     pub async fn start() -> Result<Broker> {
+        Self::start_secured(Security::default()).await
+    }
+
+    /// A broker clients reach over TLS and/or SASL; [`Broker::properties`] are what they need.
+    pub async fn start_secured(security: Security<'_>) -> Result<Broker> {
         let mut last_err = None;
         // The free port can be taken between picking and binding: try a few.
         for _ in 0..3 {
-            match Self::try_start().await {
+            match Self::try_start(security).await {
                 Ok(b) => return Ok(b),
                 Err(e) => last_err = Some(e),
             }
@@ -44,44 +73,98 @@ impl Broker {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("tansu did not start")))
     }
 
-    async fn try_start() -> Result<Broker> {
+    async fn try_start(security: Security<'_>) -> Result<Broker> {
         let dir = tempfile::Builder::new()
             .prefix("millilag-tansu-")
             .tempdir()?;
-        let port = free_port();
-        let guard = Self::spawn(dir.path(), port, "tansu.log").await?;
-        Ok(Broker {
+        let plain_port = free_port();
+        let port = if security.tls.is_some() {
+            free_port()
+        } else {
+            plain_port
+        };
+        let mut properties = BTreeMap::new();
+        let tls = security.tls.is_some();
+        let sasl = security.scram_user.is_some();
+        let protocol = match (tls, sasl) {
+            (false, false) => "plaintext",
+            (true, false) => "ssl",
+            (false, true) => "sasl_plaintext",
+            (true, true) => "sasl_ssl",
+        };
+        properties.insert("security.protocol".into(), protocol.into());
+        if let Some(pki) = security.tls {
+            properties.insert("ssl.ca.location".into(), pki.ca().display().to_string());
+        }
+        if let Some((user, password)) = security.scram_user {
+            properties.insert("sasl.mechanisms".into(), "SCRAM-SHA-512".into());
+            properties.insert("sasl.username".into(), user.into());
+            properties.insert("sasl.password".into(), password.into());
+            // SCRAM credentials live in Tansu's storage: create the user while no
+            // authentication is required, then restart requiring it.
+            let mut open = Self::spawn(dir.path(), plain_port, port, false, "tansu-setup.log")?;
+            let created = wait_for("tansu user create", Duration::from_secs(20), || async {
+                let out = tokio::process::Command::new(tansu_binary().ok()?)
+                    .args(["user", "create", "--mechanism", "scram512", "--broker"])
+                    .arg(format!("tcp://127.0.0.1:{plain_port}"))
+                    .args([user, password])
+                    .output()
+                    .await
+                    .ok()?;
+                out.status.success().then_some(())
+            })
+            .await;
+            if let Err(e) = created {
+                bail!("{e}; log:\n{}", open.log_tail(20));
+            }
+            open.kill();
+        }
+        let guard = Self::spawn(dir.path(), plain_port, port, sasl, "tansu.log")?;
+        let terminator = match security.tls {
+            Some(pki) => Some(Terminator::start_on(pki, port, plain_port).await?),
+            None => None,
+        };
+        let mut broker = Broker {
             port,
+            plain_port,
+            authentication: sasl,
+            properties,
             guard,
+            terminator,
             _dir: dir,
-        })
+        };
+        broker.wait_ready().await?;
+        Ok(broker)
     }
 
-    /// Tansu on `port` with its sqlite storage in `dir`, once it answers metadata requests.
-    async fn spawn(dir: &Path, port: u16, log: &str) -> Result<Guard> {
-        let url = format!("tcp://127.0.0.1:{port}");
+    /// Tansu listening on `listen`, advertising `advertised`, with its sqlite storage in `dir`.
+    fn spawn(dir: &Path, listen: u16, advertised: u16, auth: bool, log: &str) -> Result<Guard> {
         let mut cmd = Command::new(tansu_binary()?);
         cmd.arg("broker")
             .arg("--listener-url")
-            .arg(&url)
+            .arg(format!("tcp://127.0.0.1:{listen}"))
             .arg("--advertised-listener-url")
-            .arg(&url)
+            .arg(format!("tcp://127.0.0.1:{advertised}"))
             .arg("--storage-engine")
             // Tansu reads the path after sqlite:// as relative (sqlite:///tmp/x opens ./tmp/x),
             // so run it inside its temp dir.
             .arg("sqlite://tansu.db")
             .current_dir(dir)
             .env("RUST_LOG", "warn");
-        let mut guard = Guard::spawn("tansu", cmd, &dir.join(log))?;
-        let brokers = format!("127.0.0.1:{port}");
+        if auth {
+            cmd.arg("--authentication");
+        }
+        Guard::spawn("tansu", cmd, &dir.join(log))
+    }
+
+    /// Until the broker answers a metadata request the way clients will ask (TLS, SASL).
+    async fn wait_ready(&mut self) -> Result<()> {
+        let config = self.client_config();
         let ready = wait_for("tansu metadata", Duration::from_secs(20), || {
-            let brokers = brokers.clone();
+            let config = config.clone();
             async move {
                 tokio::task::spawn_blocking(move || {
-                    let c: BaseConsumer = ClientConfig::new()
-                        .set("bootstrap.servers", &brokers)
-                        .create()
-                        .ok()?;
+                    let c: BaseConsumer = config.create().ok()?;
                     c.fetch_metadata(None, Duration::from_millis(500))
                         .ok()
                         .map(|_| ())
@@ -93,10 +176,25 @@ impl Broker {
         })
         .await;
         if let Err(e) = ready {
-            let alive = guard.is_running();
-            anyhow::bail!("{e} (running: {alive}); log:\n{}", guard.log_tail(20));
+            let alive = self.guard.is_running();
+            anyhow::bail!("{e} (running: {alive}); log:\n{}", self.guard.log_tail(20));
         }
-        Ok(guard)
+        Ok(())
+    }
+
+    /// librdkafka properties a client of this broker needs (security.protocol, CA, SASL).
+    pub fn properties(&self) -> &BTreeMap<String, String> {
+        &self.properties
+    }
+
+    /// bootstrap.servers plus [`Broker::properties`].
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.brokers());
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
     }
 
     /// SIGKILL the broker (an outage; its storage stays).
@@ -107,8 +205,19 @@ impl Broker {
     /// Start it again on the same port with the same storage.
     pub async fn restart(&mut self) -> Result<()> {
         self.guard.kill();
-        self.guard = Self::spawn(self._dir.path(), self.port, "tansu-restarted.log").await?;
-        Ok(())
+        self.guard = Self::spawn(
+            self._dir.path(),
+            self.plain_port,
+            self.port,
+            self.authentication,
+            "tansu-restarted.log",
+        )?;
+        self.wait_ready().await
+    }
+
+    /// The TLS terminator's PID, on a TLS broker.
+    pub fn terminator_pid(&self) -> Option<u32> {
+        self.terminator.as_ref().map(|t| t.pid())
     }
 
     pub fn brokers(&self) -> String {
@@ -121,9 +230,7 @@ impl Broker {
 
     /// Create topics (1 partition unless given); existing ones are fine.
     pub async fn create_topics(&self, names: &[&str], partitions: i32) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
-            .create()?;
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
         let topics: Vec<NewTopic> = names
             .iter()
             .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))

@@ -9,6 +9,9 @@
 //!   flushing into a [`carbon::Carbon`]; [`alertmanager::Alertmanager`] routing
 //!   to a [`alertmanager::WebhookReceiver`] the test runs; [`prometheus::Prometheus`] scraping
 //!   the services' /metrics and evaluating rule files.
+//! - [`tls::Pki`]: a private CA made at test time, and [`tls::Terminator`] (socat) to put TLS
+//!   in front of a plaintext service; MariaDB, Tansu, VictoriaMetrics and the webhook receiver
+//!   each have a TLS variant.
 //!
 //! Readiness is always checked by doing the real thing (a query as the user the test will use,
 //! a metadata request), never by sleeping.
@@ -21,6 +24,7 @@ pub mod mariadb;
 pub mod process;
 pub mod prometheus;
 pub mod statsd;
+pub mod tls;
 pub mod victoria;
 
 pub use broker::Broker;

@@ -6,6 +6,10 @@
 //! The users the services use are created on the primary and replicate: replicas start from
 //! the primary's first binlog.
 //!
+//! [`Cluster::start_tls`] gives every server a certificate from a test [`crate::tls::Pki`]
+//! (`ssl_cert`, `ssl_key`, `ssl_ca`) and creates the service user `REQUIRE SSL` (and
+//! [`X509_USER`] `REQUIRE X509`), so plaintext logins fail as on a TLS-only production server.
+//!
 //! Ground truth for accuracy tests: [`Cluster::install_truth_probe`] adds an AFTER trigger on a
 //! replica's heartbeat table that records `SYSDATE(6)` (the replica's wall clock at apply; NOW(6)
 //! would be the primary's timestamp replayed) and the seq into a side table. All instances run
@@ -27,6 +31,8 @@ pub const PASSWORD: &str = "millilag-pw";
 /// A TCP user with every privilege, for tools like pt-heartbeat.
 pub const ADMIN_USER: &str = "admin";
 pub const ADMIN_PASSWORD: &str = "admin-pw";
+/// On TLS clusters: a user that must present a client certificate signed by the test CA.
+pub const X509_USER: &str = "millilag_x509";
 const REPL_USER: &str = "repl";
 const REPL_PASSWORD: &str = "repl-pw";
 /// Bump when the install options change, so stale templates are not reused.
@@ -51,6 +57,8 @@ pub struct Server {
     dir: PathBuf,
     extra_args: Vec<String>,
     guard: Option<Guard>,
+    /// The CA of a TLS cluster: [`Server::connect`] verifies the server with it.
+    tls_ca: Option<PathBuf>,
 }
 
 impl Server {
@@ -88,14 +96,21 @@ impl Server {
             .with_context(|| format!("connecting to {} as root over its socket", self.name))
     }
 
-    /// A TCP connection as the service user.
+    /// A TCP connection as the service user (over TLS on a TLS cluster).
     pub async fn connect(&self) -> Result<Conn> {
-        let opts = OptsBuilder::default()
+        let mut opts = OptsBuilder::default()
             .ip_or_hostname("127.0.0.1")
             .tcp_port(self.port)
             .user(Some(USER))
             .pass(Some(PASSWORD))
             .prefer_socket(false);
+        if let Some(ca) = &self.tls_ca {
+            opts = opts.ssl_opts(
+                mysql_async::SslOpts::default()
+                    .with_root_certs(vec![ca.clone().into()])
+                    .with_disable_built_in_roots(true),
+            );
+        }
         Conn::new(opts)
             .await
             .with_context(|| format!("connecting to {} as {USER}", self.name))
@@ -325,6 +340,16 @@ impl Cluster {
     /// A primary and `replicas` replicas replicating with GTIDs, users created, replication
     /// proven by a row written on the primary and read on every replica.
     pub async fn start(replicas: usize) -> Result<Cluster> {
+        Self::start_with(replicas, None).await
+    }
+
+    /// [`Cluster::start`] with TLS on every server, certificates from `pki`; the service user
+    /// can log in only over TLS (see the module doc).
+    pub async fn start_tls(replicas: usize, pki: &crate::tls::Pki) -> Result<Cluster> {
+        Self::start_with(replicas, Some(pki)).await
+    }
+
+    async fn start_with(replicas: usize, pki: Option<&crate::tls::Pki>) -> Result<Cluster> {
         // Blocking, once per machine (then a cached stat): fine on any runtime flavour.
         let template = template_datadir()?;
         let dir = tempfile::Builder::new()
@@ -342,8 +367,18 @@ impl Cluster {
                 dir: sdir,
                 extra_args: extra,
                 guard: None,
+                tls_ca: pki.map(|p| p.ca()),
             })
         };
+        let tls_args: Vec<String> = pki
+            .map(|p| {
+                vec![
+                    format!("--ssl-ca={}", p.ca().display()),
+                    format!("--ssl-cert={}", p.server_cert().display()),
+                    format!("--ssl-key={}", p.server_key().display()),
+                ]
+            })
+            .unwrap_or_default();
         let pdir = dir.path().join("primary");
         let mut primary = make(
             "primary",
@@ -353,6 +388,7 @@ impl Cluster {
                 "--binlog-format=ROW".into(),
             ],
         )?;
+        primary.extra_args.extend(tls_args.iter().cloned());
         let mut reps = Vec::new();
         for i in 0..replicas {
             let name = format!("replica{}", i + 1);
@@ -366,6 +402,7 @@ impl Cluster {
                 "--report-host=127.0.0.1".into(),
                 format!("--report-port={}", s.port),
             ];
+            s.extra_args.extend(tls_args.iter().cloned());
             reps.push(s);
         }
         primary.spawn()?;
@@ -381,12 +418,22 @@ impl Cluster {
             replicas: reps,
             _dir: dir,
         };
-        cluster.setup_replication().await?;
+        cluster.setup_replication(pki.is_some()).await?;
         Ok(cluster)
     }
 
-    async fn setup_replication(&self) -> Result<()> {
+    async fn setup_replication(&self, tls: bool) -> Result<()> {
         let mut p = self.primary.admin().await?;
+        let require = if tls { " REQUIRE SSL" } else { "" };
+        if tls {
+            p.query_drop(format!(
+                "CREATE USER '{X509_USER}'@'127.0.0.1' IDENTIFIED BY '{PASSWORD}' REQUIRE X509;
+                 GRANT SELECT, INSERT, UPDATE, CREATE ON `millilag`.* TO '{X509_USER}'@'127.0.0.1';
+                 GRANT BINLOG REPLAY, SLAVE MONITOR, REPLICATION MASTER ADMIN ON *.* TO '{X509_USER}'@'127.0.0.1';"
+            ))
+            .await
+            .context("creating the X509 user on the primary")?;
+        }
         // The privileges the README documents for each service, nothing more: tests prove they
         // are enough. BINLOG REPLAY lets the writer set gtid_domain_id; SLAVE MONITOR lets the
         // reader read replica status; REPLICATION MASTER ADMIN allows SHOW SLAVE HOSTS.
@@ -395,7 +442,7 @@ impl Cluster {
         p.query_drop(format!(
             "CREATE USER '{REPL_USER}'@'127.0.0.1' IDENTIFIED BY '{REPL_PASSWORD}';
              GRANT REPLICATION SLAVE ON *.* TO '{REPL_USER}'@'127.0.0.1';
-             CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY '{PASSWORD}';
+             CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY '{PASSWORD}'{require};
              GRANT SELECT, INSERT, UPDATE, CREATE ON `millilag`.* TO '{USER}'@'127.0.0.1';
              GRANT BINLOG REPLAY, SLAVE MONITOR, REPLICATION MASTER ADMIN ON *.* TO '{USER}'@'127.0.0.1';
              CREATE USER '{ADMIN_USER}'@'127.0.0.1' IDENTIFIED BY '{ADMIN_PASSWORD}';

@@ -5,6 +5,7 @@
 //! (a selector polled before its series exists must not cache the miss) and
 //! `-dedup.minScrapeInterval=1ms` (a point written twice — a replay — counts once, as in
 //! InfluxDB). [`Victoria::kill`] and [`Victoria::restart`] keep the ports and data dir.
+//! [`Victoria::start_tls`] serves https only (`-tls`), with a certificate from a test CA.
 
 use crate::process::Guard;
 use crate::{free_port, wait_for};
@@ -20,6 +21,8 @@ pub struct Victoria {
     dir: tempfile::TempDir,
     guard: Option<Guard>,
     client: reqwest::Client,
+    /// https with this certificate and key.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// One series from /api/v1/export.
@@ -54,6 +57,23 @@ fn binary() -> Result<PathBuf> {
 
 impl Victoria {
     pub async fn start() -> Result<Victoria> {
+        Self::start_with(None).await
+    }
+
+    /// https only, with `pki`'s server certificate; the harness's own client trusts its CA.
+    pub async fn start_tls(pki: &crate::tls::Pki) -> Result<Victoria> {
+        Self::start_with(Some(pki)).await
+    }
+
+    async fn start_with(pki: Option<&crate::tls::Pki>) -> Result<Victoria> {
+        let mut client = reqwest::Client::builder();
+        if let Some(pki) = pki {
+            let pem = std::fs::read(pki.ca())?;
+            client = client
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        let client = client.build()?;
         let mut last = None;
         for _ in 0..3 {
             let dir = tempfile::Builder::new().prefix("millilag-vm-").tempdir()?;
@@ -62,7 +82,8 @@ impl Victoria {
                 graphite_port: free_port(),
                 dir,
                 guard: None,
-                client: reqwest::Client::new(),
+                client: client.clone(),
+                tls: pki.map(|p| (p.server_cert(), p.server_key())),
             };
             match vm.spawn_and_wait().await {
                 Ok(()) => return Ok(vm),
@@ -88,6 +109,11 @@ impl Victoria {
         .arg("-search.disableCache")
         .arg("-dedup.minScrapeInterval=1ms")
         .arg("-loggerLevel=WARN");
+        if let Some((cert, key)) = &self.tls {
+            cmd.arg("-tls")
+                .arg(format!("-tlsCertFile={}", cert.display()))
+                .arg(format!("-tlsKeyFile={}", key.display()));
+        }
         let guard = Guard::spawn("victoria-metrics", cmd, &self.dir.path().join("vm.log"))?;
         self.guard = Some(guard);
         let url = format!("{}/health", self.url());
@@ -113,7 +139,8 @@ impl Victoria {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.http_port)
     }
 
     pub fn graphite_address(&self) -> String {

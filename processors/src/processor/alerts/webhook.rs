@@ -11,9 +11,16 @@
 //!   so Alertmanager does not resolve it on its own after `resolve_timeout` (default 5m).
 //! - `slack`: `{"text": "..."}` (Slack, Mattermost and other incoming-webhook receivers).
 //!
-//! With `hmac_secret` set, every request carries `X-Millilag-Signature: sha256=<hex>`, the
-//! HMAC-SHA256 of the exact body bytes with that key.
+//! With `hmac_secret` set, every request carries `X-Millilag-Timestamp: <unix seconds>` (the
+//! moment of this attempt) and `X-Millilag-Signature: sha256=<hex>`, the HMAC-SHA256 with that
+//! key of the timestamp, a `.`, and the exact body bytes. A receiver recomputes it over the
+//! header and the raw body, compares in constant time, and rejects a timestamp more than a few
+//! minutes from its clock (a replay; README, "Webhook signatures"). Retries are signed afresh.
+//!
+//! https with `tls_ca_file` or the system's roots, and basic or bearer auth, come from
+//! `processor/http_client.rs`. The URL is never logged as it is (a Slack URL is its secret).
 
+use crate::processor::http_client;
 use crate::processor::metrics::{labels, Metrics};
 use hmac::{Hmac, Mac};
 use millilag_core::config::{WebhookConfig, WebhookFormat};
@@ -32,11 +39,15 @@ pub const QUEUE: usize = 1_000;
 /// How often firing alerts are re-posted to Alertmanager.
 pub const ALERTMANAGER_REPOST: Duration = Duration::from_secs(60);
 pub const SIGNATURE_HEADER: &str = "X-Millilag-Signature";
+/// Unix seconds when the request was signed; part of what the signature covers.
+pub const TIMESTAMP_HEADER: &str = "X-Millilag-Timestamp";
 
-/// `sha256=<hex HMAC-SHA256(key, body)>`.
-pub fn signature(key: &[u8], body: &[u8]) -> String {
+/// `sha256=<hex HMAC-SHA256(key, "<timestamp>.<body>")>`.
+pub fn signature(key: &[u8], timestamp: i64, body: &[u8]) -> String {
     // HMAC accepts keys of any length: new_from_slice cannot fail for it.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -139,7 +150,7 @@ impl Webhooks {
         for (i, c) in configs.iter().enumerate() {
             let name = format!("webhook[{i}]");
             let (tx, rx) = mpsc::channel(QUEUE);
-            let client = reqwest::Client::builder().timeout(c.timeout.0).build()?;
+            let client = http_client::client(&name, c.timeout.0, c.tls_ca_file.as_deref())?;
             let worker = Worker {
                 name: name.clone(),
                 config: c.clone(),
@@ -256,19 +267,19 @@ impl Worker {
         let l = labels(&[("webhook", &self.name)]);
         let started = Instant::now();
         let mut backoff = RetryPolicy::DELIVERY.backoff();
-        let sig = self
-            .config
-            .hmac_secret
-            .as_ref()
-            .map(|k| signature(k.expose().as_bytes(), &body));
         loop {
             let mut req = self
                 .client
-                .post(&self.config.url)
+                .post(self.config.url.expose())
                 .header("Content-Type", "application/json")
                 .body(body.clone());
-            if let Some(s) = &sig {
-                req = req.header(SIGNATURE_HEADER, s);
+            req = http_client::authorize(req, self.config.auth.as_ref());
+            if let Some(k) = &self.config.hmac_secret {
+                let ts = millilag_core::clock::now_us().div_euclid(1_000_000);
+                req = req.header(TIMESTAMP_HEADER, ts.to_string()).header(
+                    SIGNATURE_HEADER,
+                    signature(k.expose().as_bytes(), ts, &body),
+                );
             }
             let outcome = match req.send().await {
                 Ok(r) if r.status().is_success() => {
@@ -281,7 +292,10 @@ impl Worker {
                     let final_ = s.is_client_error() && s.as_u16() != 408 && s.as_u16() != 429;
                     (format!("{s}: {}", text.trim()), final_)
                 }
-                Err(e) => (e.to_string(), false),
+                Err(e) => (
+                    http_client::describe(e, &self.name, self.config.url.is_https()),
+                    false,
+                ),
             };
             self.metrics.webhook_failures.get_or_create(&l).inc();
             let delay = backoff.next_delay();
@@ -318,11 +332,16 @@ mod tests {
     }
 
     #[test]
-    fn signature_is_hmac_sha256_hex() {
-        // RFC 4231 test case 2.
+    fn signature_is_hmac_sha256_of_timestamp_dot_body() {
+        // Python: hmac.new(b"Jefe", b'1763000000.{"a":1}', hashlib.sha256).hexdigest()
         assert_eq!(
-            signature(b"Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+            signature(b"Jefe", 1_763_000_000, br#"{"a":1}"#),
+            "sha256=3b859fe4a833bf6cccb41cbc3998f8df765f423ed7d9ada76dac7f876ed33e8c"
+        );
+        // The timestamp is covered: a replay with a fresh timestamp does not verify.
+        assert_ne!(
+            signature(b"Jefe", 1_763_000_001, br#"{"a":1}"#),
+            signature(b"Jefe", 1_763_000_000, br#"{"a":1}"#)
         );
     }
 

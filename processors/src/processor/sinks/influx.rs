@@ -1,72 +1,81 @@
-//! InfluxDB sink: v2 through the `influxdb2` client (org, bucket, token), v1 as a plain
-//! `POST /write?db=...&precision=ms` with line protocol. Both write the same lines; see the
-//! table in `sinks/mod.rs` for names.
+//! InfluxDB sink: v2 `POST /api/v2/write?org=..&bucket=..&precision=ms` with
+//! `Authorization: Token <token>`, v1 `POST /write?db=...&precision=ms` with basic auth or a
+//! bearer token. Both write the same lines; see the table in `sinks/mod.rs` for names. http or
+//! https (rustls; `tls_ca_file` or the system's roots: `processor/http_client.rs`).
 
 use super::{fields, Sink};
+use crate::processor::http_client;
 use anyhow::{bail, Context};
-use millilag_core::config::{InfluxApi, InfluxSinkConfig};
+use millilag_core::config::{HttpAuth, InfluxApi, InfluxSinkConfig};
 use millilag_core::events::DelayWindow;
+use millilag_core::secret::Sensitive;
 use std::fmt::Write as _;
-use std::time::Duration;
-
-enum Api {
-    V1 {
-        client: reqwest::Client,
-        url: reqwest::Url,
-        auth: Option<(String, String)>,
-    },
-    V2 {
-        client: influxdb2::Client,
-        org: String,
-        bucket: String,
-    },
-}
 
 pub struct InfluxSink {
-    api: Api,
+    /// `sink.influxdb[i]`, for error texts.
+    key: String,
+    client: reqwest::Client,
+    /// The write endpoint with its query (never logged: the base URL may hold a password).
+    url: reqwest::Url,
+    /// What error texts call the request.
+    shown: &'static str,
+    auth: Authorization,
     measurement: String,
-    timeout: Duration,
     body: String,
 }
 
+enum Authorization {
+    None,
+    /// v1: basic auth or a bearer token.
+    Http(HttpAuth),
+    /// v2: `Authorization: Token <token>` (InfluxDB 2's scheme).
+    Token(Sensitive),
+}
+
 impl InfluxSink {
-    pub fn new(c: &InfluxSinkConfig) -> anyhow::Result<InfluxSink> {
-        let base = reqwest::Url::parse(&c.url).with_context(|| format!("url {:?}", c.url))?;
-        let token = c.token.as_ref().map(|t| t.expose().to_string());
-        let api = match c.api {
-            InfluxApi::V1 => {
-                let mut url = base.join("write")?;
-                url.query_pairs_mut()
-                    .append_pair("db", c.database.as_deref().unwrap_or_default())
-                    .append_pair("precision", "ms");
-                Api::V1 {
-                    client: reqwest::Client::builder()
-                        .timeout(c.timeout.0)
-                        .build()
-                        .context("building the HTTP client")?,
-                    url,
-                    auth: c
-                        .username
-                        .as_ref()
-                        .map(|u| (u.clone(), token.clone().unwrap_or_default())),
-                }
-            }
-            InfluxApi::V2 => Api::V2 {
-                client: influxdb2::ClientBuilder::new(
-                    base.as_str(),
-                    c.org.clone().unwrap_or_default(),
-                    token.unwrap_or_default(),
-                )
-                .build()
-                .context("building the InfluxDB v2 client")?,
-                org: c.org.clone().unwrap_or_default(),
-                bucket: c.bucket.clone().unwrap_or_default(),
-            },
+    pub fn new(key: &str, c: &InfluxSinkConfig) -> anyhow::Result<InfluxSink> {
+        let mut base = reqwest::Url::parse(c.url.expose())
+            .with_context(|| format!("{key}.url ({})", c.url))?;
+        // A base behind a path prefix (https://proxy/influx) keeps it: join() would replace
+        // the last segment without the trailing slash.
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let (path, auth) = match c.api {
+            InfluxApi::V1 => (
+                "write",
+                c.auth
+                    .clone()
+                    .map_or(Authorization::None, Authorization::Http),
+            ),
+            InfluxApi::V2 => (
+                "api/v2/write",
+                c.token
+                    .clone()
+                    .map_or(Authorization::None, Authorization::Token),
+            ),
         };
+        let mut url = base.join(path)?;
+        {
+            let mut q = url.query_pairs_mut();
+            match c.api {
+                InfluxApi::V1 => q.append_pair("db", c.database.as_deref().unwrap_or_default()),
+                InfluxApi::V2 => q
+                    .append_pair("org", c.org.as_deref().unwrap_or_default())
+                    .append_pair("bucket", c.bucket.as_deref().unwrap_or_default()),
+            };
+            q.append_pair("precision", "ms");
+        }
         Ok(InfluxSink {
-            api,
+            key: key.to_string(),
+            client: http_client::client(key, c.timeout.0, c.tls_ca_file.as_deref())?,
+            url,
+            shown: match c.api {
+                InfluxApi::V1 => "POST /write",
+                InfluxApi::V2 => "POST /api/v2/write",
+            },
+            auth,
             measurement: c.measurement.clone(),
-            timeout: c.timeout.0,
             body: String::new(),
         })
     }
@@ -78,39 +87,28 @@ impl Sink for InfluxSink {
         for w in windows {
             line(&mut self.body, &self.measurement, w);
         }
-        match &self.api {
-            Api::V1 { client, url, auth } => {
-                let mut req = client.post(url.clone()).body(self.body.clone());
-                if let Some((u, p)) = auth {
-                    req = req.basic_auth(u, Some(p));
-                }
-                let resp = req.send().await.context("POST /write")?;
-                let status = resp.status();
-                if !status.is_success() {
-                    let text = resp.text().await.unwrap_or_default();
-                    bail!("POST /write: {status}: {}", text.trim());
-                }
-                Ok(())
-            }
-            Api::V2 {
-                client,
-                org,
-                bucket,
-            } => {
-                let write = client.write_line_protocol_with_precision(
-                    org,
-                    bucket,
-                    self.body.clone(),
-                    influxdb2::api::write::TimestampPrecision::Milliseconds,
-                );
-                tokio::time::timeout(self.timeout, write)
-                    .await
-                    .map_err(|_| {
-                        anyhow::anyhow!("POST /api/v2/write: no answer in {:?}", self.timeout)
-                    })?
-                    .context("POST /api/v2/write")
-            }
+        let req = self.client.post(self.url.clone()).body(self.body.clone());
+        let req = match &self.auth {
+            Authorization::None => req,
+            Authorization::Http(a) => http_client::authorize(req, Some(a)),
+            Authorization::Token(t) => req.header(
+                reqwest::header::AUTHORIZATION,
+                format!("Token {}", t.expose()),
+            ),
+        };
+        let resp = req.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}",
+                self.shown,
+                http_client::describe(e, &self.key, self.url.scheme() == "https")
+            )
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            bail!("{}: {status}: {}", self.shown, text.trim());
         }
+        Ok(())
     }
 }
 
@@ -143,6 +141,34 @@ pub fn line(out: &mut String, measurement: &str, w: &DelayWindow) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_urls_keep_a_path_prefix() {
+        let load = |url: &str, api: &str| {
+            let text = format!(
+                "[[sink.influxdb]]\nurl = \"{url}\"\napi = \"{api}\"\norg = \"o\"\nbucket = \"b\"\n\
+                 database = \"d\"\ntoken_env = \"T\"\n"
+            );
+            let env = [("T".to_string(), "t".to_string())];
+            let c = millilag_core::Config::from_toml_with_env(&text, "t", env).unwrap();
+            InfluxSink::new("sink.influxdb[0]", &c.sink.influxdb[0])
+                .unwrap()
+                .url
+                .to_string()
+        };
+        assert_eq!(
+            load("https://h:8086", "v2"),
+            "https://h:8086/api/v2/write?org=o&bucket=b&precision=ms"
+        );
+        assert_eq!(
+            load("https://proxy/influx", "v2"),
+            "https://proxy/influx/api/v2/write?org=o&bucket=b&precision=ms"
+        );
+        assert_eq!(
+            load("http://proxy/influx/", "v1"),
+            "http://proxy/influx/write?db=d&precision=ms"
+        );
+    }
 
     #[test]
     fn line_protocol_has_tags_integer_fields_and_ms_timestamp() {

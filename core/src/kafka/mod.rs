@@ -17,6 +17,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use std::time::Duration;
 
+pub mod check;
+
 /// Topic suffixes (after `kafka.topic_prefix`).
 pub mod topics {
     pub const HEARTBEAT_SET: &str = "heartbeat-set";
@@ -47,7 +49,7 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     // A monitor should see its broker again within a second of its return (librdkafka's default
     // backoff grows to 10 s, which measured here as up to 9 s of extra catch-up).
     c.set("reconnect.backoff.max.ms", "1000");
-    for (k, v) in &kafka.properties {
+    for (k, v) in &kafka.librdkafka_properties() {
         c.set(k, v);
     }
     c
@@ -61,7 +63,7 @@ fn with_overrides(
     for (k, v) in ours {
         base.set(*k, *v);
     }
-    for (k, v) in &kafka.properties {
+    for (k, v) in &kafka.librdkafka_properties() {
         base.set(k, v);
     }
     base
@@ -115,12 +117,15 @@ pub fn consumer_with_context<C: ConsumerContext + 'static>(
     .create_with_context(context)?)
 }
 
-/// Create the topics that do not exist yet. "Already exists" is success; anything else is an
-/// error naming the topic.
+/// Reach the brokers, then create the topics that do not exist yet. "Already exists" is
+/// success; anything else is an error naming the topic. An unreachable broker (wrong CA, TLS
+/// against a plaintext port, refused SASL credentials...) is an error saying which key to fix
+/// (see [`check::reach`]).
 pub async fn ensure_topics(config: &Config, suffixes: &[&str]) -> Result<()> {
     if !config.kafka.create_topics {
         return Ok(());
     }
+    check::reach(&config.kafka, check::REACH_TIMEOUT).await?;
     let admin: AdminClient<DefaultClientContext> = client_config(&config.kafka).create()?;
     let names: Vec<String> = suffixes.iter().map(|s| config.topic(s)).collect();
     let new: Vec<NewTopic> = names
@@ -211,4 +216,27 @@ pub async fn dead_letter(
         &bytes,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    /// The `ssl` feature of rdkafka is what gives TLS and SCRAM (README, "TLS"); a dependency
+    /// change that drops it fails here rather than at a user's broker.
+    #[test]
+    fn librdkafka_is_built_with_tls_and_sasl() {
+        let native = rdkafka::config::ClientConfig::new()
+            .create_native_config()
+            .unwrap();
+        let features = native.get("builtin.features").unwrap();
+        for want in ["ssl", "sasl_plain", "sasl_scram", "sasl_oauthbearer"] {
+            assert!(
+                features.split(',').any(|f| f == want),
+                "{want} missing from {features}"
+            );
+        }
+        assert!(
+            !features.split(',').any(|f| f == "sasl_gssapi"),
+            "GSSAPI is built in after all: update SASL_MECHANISMS and the README"
+        );
+    }
 }

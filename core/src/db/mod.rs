@@ -97,15 +97,18 @@ impl Dialect {
     }
 
     /// One blocking query that returns when the replica has applied `gtid` (or times out).
-    /// Parameters: the GTID (set) and the timeout in seconds. The first column is the
-    /// replica's applied position read just before waiting (select expressions are evaluated
-    /// in order): whether the wait blocked is then the server's word (see
-    /// [`Dialect::gtid_included`]), not a guess from how long the answer took.
+    /// Parameters: the GTID (set) and the timeout in seconds. Select expressions are evaluated
+    /// in order, so the row is: the replica's clock when the wait began, its applied position
+    /// then (whether the wait blocked is the server's word, see [`Dialect::gtid_included`]),
+    /// the wait's result, and the replica's clock when it woke: the wait is timed by the
+    /// replica itself, and the reader's scheduling drops out of the measurement.
     pub fn gtid_wait_sql(&self) -> &'static str {
         match self {
-            Dialect::MariaDb { .. } => "SELECT @@gtid_slave_pos, MASTER_GTID_WAIT(?, ?)",
+            Dialect::MariaDb { .. } => {
+                "SELECT UNIX_TIMESTAMP(SYSDATE(6)), @@gtid_slave_pos, MASTER_GTID_WAIT(?, ?), UNIX_TIMESTAMP(SYSDATE(6))"
+            }
             Dialect::MySql { .. } => {
-                "SELECT @@global.gtid_executed, WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
+                "SELECT UNIX_TIMESTAMP(SYSDATE(6)), @@global.gtid_executed, WAIT_FOR_EXECUTED_GTID_SET(?, ?), UNIX_TIMESTAMP(SYSDATE(6))"
             }
         }
     }
@@ -365,6 +368,9 @@ pub struct WaitAnswer {
     /// The replica had it already when the wait began (it did not block), when the server's
     /// position tells ([`Dialect::gtid_included`]).
     pub already: Option<bool>,
+    /// The replica's clock when the wait began and when it woke (microseconds).
+    pub began_us: Option<i64>,
+    pub woke_us: Option<i64>,
 }
 
 /// One GTID wait ([`Dialect::gtid_wait_sql`]) for `gtid`, at most `wait_s` seconds on the
@@ -382,16 +388,19 @@ pub async fn gtid_wait(
     let limit = Duration::try_from_secs_f64(wait_s.max(0.0))
         .unwrap_or(crate::duration::MAX_DURATION)
         .saturating_add(slack);
-    let row: Option<(Option<String>, Option<i64>)> = bounded(
+    type Row = (Option<String>, Option<String>, Option<i64>, Option<String>);
+    let row: Option<Row> = bounded(
         limit,
         addr,
         conn.exec_first(dialect.gtid_wait_sql(), (gtid, wait_s)),
     )
     .await?;
-    let (position, reached) = row.unwrap_or((None, None));
+    let (began, position, reached, woke) = row.unwrap_or((None, None, None, None));
     Ok(WaitAnswer {
         reached: dialect.gtid_wait_reached(reached),
         already: position.and_then(|p| dialect.gtid_included(&p, gtid)),
+        began_us: began.as_deref().and_then(unix_text_to_us),
+        woke_us: woke.as_deref().and_then(unix_text_to_us),
     })
 }
 
@@ -482,10 +491,9 @@ mod tests {
             }
         );
         assert_eq!(maria.replica_status_sql(), "SHOW SLAVE STATUS");
-        assert_eq!(
-            maria.gtid_wait_sql(),
-            "SELECT @@gtid_slave_pos, MASTER_GTID_WAIT(?, ?)"
-        );
+        assert!(maria
+            .gtid_wait_sql()
+            .contains("@@gtid_slave_pos, MASTER_GTID_WAIT(?, ?), UNIX_TIMESTAMP(SYSDATE(6))"));
         assert_eq!(
             maria.gtid_domain_sql(77, "x").unwrap(),
             "SET SESSION gtid_domain_id = 77"
@@ -496,10 +504,9 @@ mod tests {
         assert_eq!(my84.replica_status_sql(), "SHOW REPLICA STATUS");
         assert_eq!(my84.replica_hosts_sql(), "SHOW REPLICAS");
         assert_eq!(my84.binlog_status_sql(), "SHOW BINARY LOG STATUS");
-        assert_eq!(
-            my84.gtid_wait_sql(),
-            "SELECT @@global.gtid_executed, WAIT_FOR_EXECUTED_GTID_SET(?, ?)"
-        );
+        assert!(my84
+            .gtid_wait_sql()
+            .contains("WAIT_FOR_EXECUTED_GTID_SET(?, ?), UNIX_TIMESTAMP(SYSDATE(6))"));
         assert_eq!(
             my84.gtid_domain_sql(77, "millilag").unwrap(),
             "SET SESSION gtid_next = 'AUTOMATIC:millilag'"

@@ -6,12 +6,50 @@
 //! connections are left to finish and their connections are dropped (the generation tells
 //! them apart).
 
-use millilag_core::clock::now_us;
+use millilag_core::clock::{sample_offset, OffsetEstimator, OffsetSample};
 use millilag_core::config::DbUrl;
 use millilag_core::db::{self, DbTimeouts, Dialect};
 use millilag_core::secret::Sensitive;
-use mysql_async::prelude::*;
 use mysql_async::Conn;
+
+/// A wait's connection: pooled, or to be opened by the wait's task.
+pub(super) enum WaitConn {
+    Idle(Conn),
+    New(Box<Connector>),
+}
+
+/// What opening one more connection to the replica takes.
+pub(super) struct Connector {
+    url: DbUrl,
+    password: Option<Sensitive>,
+    timeouts: DbTimeouts,
+}
+
+impl Connector {
+    pub async fn connect(&self) -> Result<Conn, String> {
+        db::connect_with(
+            &self.url,
+            self.password.as_ref().map(|p| p.expose()),
+            &self.timeouts,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
+
+impl WaitConn {
+    pub async fn open(self) -> Result<Conn, String> {
+        match self {
+            WaitConn::Idle(c) => Ok(c),
+            WaitConn::New(c) => c.connect().await,
+        }
+    }
+}
+
+/// Replica clock samples kept (the fastest round trip of these is used).
+/// Samples of the replica's clock kept: every wait and read adds one, so this is about the last
+/// second at 100 heartbeats/s, with the fastest exchange in it answering.
+const CLOCK_SAMPLES: usize = 64;
 
 pub(super) struct Connections {
     url: DbUrl,
@@ -26,6 +64,8 @@ pub(super) struct Connections {
     pub generation: u64,
     /// Every connect and statement is bounded by these (the cluster's).
     pub timeouts: DbTimeouts,
+    /// The replica's clock against the local one (NTP-style, lowest round trips kept).
+    clock: OffsetEstimator,
 }
 
 impl Connections {
@@ -46,6 +86,7 @@ impl Connections {
             max_waits,
             generation: 0,
             timeouts,
+            clock: OffsetEstimator::new(CLOCK_SAMPLES),
         }
     }
 
@@ -59,8 +100,9 @@ impl Connections {
         .map_err(|e| e.to_string())
     }
 
-    /// A fresh control connection (the old one, if any, is dropped). Returns half its fastest
-    /// ping: how long an answer takes to reach us.
+    /// A fresh control connection (the old one, if any, is dropped), with a few samples of
+    /// the replica's clock. Returns half its fastest round trip: how long an answer takes to
+    /// reach us.
     pub async fn connect_control(&mut self) -> Result<i64, String> {
         self.control = None;
         let mut c = self.connect().await?;
@@ -70,15 +112,40 @@ impl Connections {
             .map_err(|e| e.to_string())?;
         let mut best = i64::MAX;
         for _ in 0..3 {
-            let t0 = now_us();
-            db::bounded(limit, &self.addr, c.query_drop("SELECT 1"))
+            let sample = db::bounded(limit, &self.addr, sample_offset(&mut c))
                 .await
                 .map_err(|e| e.to_string())?;
-            best = best.min(now_us() - t0);
+            best = best.min(sample.rtt_us);
+            self.clock.add(sample);
         }
         self.dialect = Some(dialect);
         self.control = Some(c);
         Ok(best / 2)
+    }
+
+    /// One more sample of the replica's clock on the control connection (a failure is left to
+    /// the next read to notice).
+    pub async fn sample_clock(&mut self) {
+        let limit = self.timeouts.query;
+        let Some(c) = self.control.as_mut() else {
+            return;
+        };
+        if let Ok(s) = db::bounded(limit, &self.addr, sample_offset(c)).await {
+            self.clock.add(s);
+        }
+    }
+
+    /// A statement that reported the replica's clock was also a sample of it.
+    pub fn add_clock_sample(&mut self, sample: OffsetSample) {
+        self.clock.add(sample);
+    }
+
+    /// The replica's clock against the local one (replica = local + offset), once sampled.
+    pub fn replica_clock(&self) -> Option<super::ClockOffset> {
+        self.clock.best().map(|s| super::ClockOffset {
+            offset_us: s.offset_us,
+            uncertainty_us: (s.rtt_us + 1) / 2,
+        })
     }
 
     /// The control connection, connected if needed.
@@ -91,17 +158,21 @@ impl Connections {
             .ok_or_else(|| "no control connection".to_string())
     }
 
-    /// A connection for one wait: an idle one, or a new one while under the cap.
-    pub async fn take_wait_conn(&mut self) -> Result<Conn, String> {
+    /// A connection for one wait: an idle one, or the means to open a new one while under the
+    /// cap (opened by the wait's own task: the replica's loop never waits for a connect).
+    pub fn take_wait_conn(&mut self) -> Result<WaitConn, String> {
         if let Some(c) = self.idle.pop() {
-            return Ok(c);
+            return Ok(WaitConn::Idle(c));
         }
         if self.open_waits >= self.max_waits {
             return Err(format!("all {} wait connections are busy", self.max_waits));
         }
-        let c = self.connect().await?;
         self.open_waits += 1;
-        Ok(c)
+        Ok(WaitConn::New(Box::new(Connector {
+            url: self.url.clone(),
+            password: self.password.clone(),
+            timeouts: self.timeouts,
+        })))
     }
 
     /// A wait finished: its connection goes back to the pool if it still works and belongs to

@@ -34,16 +34,9 @@ impl<T> Tracker<T> {
                         .filter(|r| r.seq < seq)
                         .map(|r| r.earliest_us)
                         .into_iter()
-                        .chain(
-                            self.waits
-                                .not_reached(key)
-                                .map(|at| self.clock.to_primary(at)),
-                        )
+                        .chain(self.waits.not_reached(key))
                         .max();
-                    return Some(timing::read_observation(
-                        not_yet,
-                        self.clock.to_primary(pos.at - self.link.one_way_us),
-                    ));
+                    return Some(timing::read_observation(not_yet, pos.at));
                 }
             }
         }

@@ -101,7 +101,7 @@ impl<T> Tracker<T> {
             seq: a.event.seq,
             committed_at_us: a.event.committed_at_us,
             delay_us: lag,
-            uncertainty_us: self.clock.uncertainty_us,
+            uncertainty_us: self.clock_uncertainty(),
             method: a.method(),
             status: MeasureStatus::Pending,
             upper_bound: false,

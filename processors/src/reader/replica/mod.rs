@@ -122,19 +122,23 @@ impl ClockOffset {
 pub enum Event<T> {
     /// A heartbeat to time, with the token that completes when its record is acknowledged.
     Announced { event: Arc<HeartbeatSet>, ticket: T },
-    /// A GTID wait returned.
+    /// A GTID wait returned (`armed_at`, `returned_at`: local clock; `server`: the replica's
+    /// own clock when it began and woke, when it said).
     WaitReturned {
         key: GtidKey,
         armed_at: i64,
         returned_at: i64,
+        server: Option<ServerTimes>,
         outcome: WaitOutcome,
     },
     /// A read of the heartbeat row answered: `seq` (0 when the row is absent), the read was
-    /// sent at `sent_at` and answered at `returned_at`.
+    /// sent at `sent_at` and answered at `returned_at` (local clock); `server_at`: the
+    /// replica's clock when it read, when it said.
     ReadReturned {
         sent_at: i64,
         returned_at: i64,
         seq: i64,
+        server_at: Option<i64>,
     },
     /// A read failed: `connection_lost` when the connection is gone, otherwise the server
     /// answered with an error (a missing table, a privilege).
@@ -149,6 +153,13 @@ pub enum Event<T> {
     Tick,
     /// The replica is no longer in the cluster (discovery dropped it).
     Removed,
+}
+
+/// A wait's times on the replica's own clock (microseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTimes {
+    pub began_us: i64,
+    pub woke_us: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +244,9 @@ pub struct Tracker<T> {
     settings: Settings,
     who: Identity,
     clock: ClockOffset,
+    /// The local clock's offset to the replica's (replica = local + offset), when sampled:
+    /// then waits and reads are timed by the replica itself (see `from_replica`).
+    replica_clock: Option<ClockOffset>,
     /// The time of the event being handled (local microseconds).
     now: i64,
     /// Announced heartbeats not shown yet, by seq: unreported ones and owed ones.
@@ -261,6 +275,7 @@ impl<T> Tracker<T> {
             settings,
             who,
             clock: ClockOffset::default(),
+            replica_clock: None,
             now,
             awaited: BTreeMap::new(),
             unreported: BTreeSet::new(),
@@ -292,6 +307,26 @@ impl<T> Tracker<T> {
         self.clock = clock;
     }
 
+    /// The latest estimate of the replica's clock against the local one (None: it could not
+    /// be sampled; the reader's own stamps are used instead).
+    pub fn set_replica_clock(&mut self, clock: Option<ClockOffset>) {
+        self.replica_clock = clock;
+    }
+
+    /// A replica-clock time on the primary's clock, when the replica's clock is known. The
+    /// moment happened between `earliest` and `latest` on the local clock (the statement was
+    /// sent, the answer arrived): an offset estimate gone stale is held to that.
+    fn replica_to_primary(&self, replica_us: i64, earliest: i64, latest: i64) -> Option<i64> {
+        let r = self.replica_clock?;
+        let local = (replica_us - r.offset_us).clamp(earliest, latest.max(earliest));
+        Some(self.clock.to_primary(local))
+    }
+
+    /// How far a time converted to the primary's clock may be off: the offset estimates'.
+    fn clock_uncertainty(&self) -> i64 {
+        self.clock.uncertainty_us + self.replica_clock.map_or(0, |r| r.uncertainty_us)
+    }
+
     /// Heartbeats not shown yet (reported at their deadline or not).
     #[cfg(test)]
     pub fn awaited(&self) -> usize {
@@ -307,13 +342,15 @@ impl<T> Tracker<T> {
                 key,
                 armed_at,
                 returned_at,
+                server,
                 outcome,
-            } => self.on_wait_returned(key, armed_at, returned_at, outcome),
+            } => self.on_wait_returned(key, armed_at, returned_at, server, outcome),
             Event::ReadReturned {
                 sent_at,
                 returned_at,
                 seq,
-            } => self.on_read(sent_at, returned_at, seq),
+                server_at,
+            } => self.on_read(sent_at, returned_at, seq, server_at),
             Event::ReadFailed {
                 why,
                 connection_lost,
@@ -557,8 +594,8 @@ impl<T> Tracker<T> {
         }
         self.next_trim_at = self.now + TRIM_EVERY_US;
         let cutoff = self.now - SIGHTING_TTL_US;
-        self.waits.forget_reached_before(cutoff);
         let primary_cutoff = self.clock.to_primary(cutoff);
+        self.waits.forget_reached_before(cutoff, primary_cutoff);
         self.sightings.retain(|_, o| o.seen_at_us > primary_cutoff);
     }
 }

@@ -152,18 +152,33 @@ impl<T> Tracker<T> {
         self.out.push(Command::Read { server_id });
     }
 
-    pub(super) fn on_read(&mut self, sent_at: i64, returned_at: i64, seen_seq: i64) {
+    pub(super) fn on_read(
+        &mut self,
+        sent_at: i64,
+        returned_at: i64,
+        seen_seq: i64,
+        server_at: Option<i64>,
+    ) {
         if self.poll.retry_at.take().is_some() {
             self.poll.backoff.reset();
         }
         self.poll.since_hit += 1;
         let one_way = self.link.one_way_us;
-        let read = LastRead {
-            earliest_us: self.clock.to_primary(sent_at + one_way),
-            latest_us: self
-                .clock
-                .to_primary((returned_at - one_way).max(sent_at + one_way)),
-            seq: seen_seq,
+        // The replica's clock says when it read; otherwise the read happened somewhere in its
+        // round trip.
+        let read = match server_at.and_then(|t| self.replica_to_primary(t, sent_at, returned_at)) {
+            Some(at) => LastRead {
+                earliest_us: at,
+                latest_us: at,
+                seq: seen_seq,
+            },
+            None => LastRead {
+                earliest_us: self.clock.to_primary(sent_at + one_way),
+                latest_us: self
+                    .clock
+                    .to_primary((returned_at - one_way).max(sent_at + one_way)),
+                seq: seen_seq,
+            },
         };
         let prev = self.poll.last_read;
         // What appeared since the previous read appeared after that read looked (no earlier
@@ -189,7 +204,7 @@ impl<T> Tracker<T> {
         for seq in ready {
             self.try_resolve(seq);
         }
-        self.waits.note_row_seq(seen_seq, returned_at);
+        self.waits.note_row_seq(seen_seq, read.latest_us);
         if let Some(mut progress_at) = self.catch_up_progress {
             if progressed {
                 progress_at = self.now;

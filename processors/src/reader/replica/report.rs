@@ -20,7 +20,7 @@ impl<T> Tracker<T> {
         let m = timing::measure(
             p.event.committed_at_us,
             obs,
-            self.clock.uncertainty_us,
+            self.clock_uncertainty(),
             TIGHT_US,
         );
         let queries = p.queries + std::mem::take(&mut self.poll.since_hit);
@@ -59,7 +59,7 @@ impl<T> Tracker<T> {
             seq: e.seq,
             committed_at_us: e.committed_at_us,
             delay_us: (now - e.committed_at_us).max(0),
-            uncertainty_us: self.clock.uncertainty_us,
+            uncertainty_us: self.clock_uncertainty(),
             method,
             status,
             upper_bound: false,

@@ -3,10 +3,10 @@
 //! the [`Command`]s that come back. It decides nothing itself.
 
 use super::connections::Connections;
-use super::{ClockOffset, Command, Event, Identity, Settings, Tracker, WaitOutcome};
+use super::{ClockOffset, Command, Event, Identity, ServerTimes, Settings, Tracker, WaitOutcome};
 use crate::reader::gtid::GtidKey;
 use crate::reader::{Output, QueryKind, ReplicaMetrics, Ticket};
-use millilag_core::clock::{now_us, OffsetEstimator};
+use millilag_core::clock::{now_us, OffsetEstimator, OffsetSample};
 use millilag_core::config::DbUrl;
 use millilag_core::db::{self, DbTimeouts};
 use millilag_core::events::HeartbeatSet;
@@ -59,6 +59,8 @@ struct WaitDone {
     conn: Option<Conn>,
     generation: u64,
     outcome: WaitOutcome,
+    /// The replica's clock when it began and woke.
+    server: Option<ServerTimes>,
     armed_at: i64,
     returned_at: i64,
 }
@@ -76,6 +78,9 @@ pub struct ReplicaWorker {
     /// When the loop last went round (local clock): the reader's watchdog tells a stuck task.
     beat: Arc<AtomicI64>,
 }
+
+/// How often the replica's clock is sampled again (it drifts slowly against ours).
+const REPLICA_CLOCK_EVERY: Duration = Duration::from_secs(10);
 
 /// The loop goes round at least this often, even with nothing to do, so that a task that
 /// stopped making progress can be told from an idle one.
@@ -111,8 +116,13 @@ impl ReplicaWorker {
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>, mut shutdown: Shutdown) {
         let first = self.connect().await;
         self.feed(first).await;
+        let mut next_clock_sample = Instant::now() + REPLICA_CLOCK_EVERY;
         loop {
             self.beat.store(now_us(), Ordering::Relaxed);
+            if Instant::now() >= next_clock_sample {
+                next_clock_sample = Instant::now() + REPLICA_CLOCK_EVERY;
+                self.conns.sample_clock().await;
+            }
             let idle_beat = Instant::now() + BEAT_EVERY;
             let wake = Some(
                 self.tracker
@@ -124,10 +134,16 @@ impl ReplicaWorker {
                 _ = shutdown.wait() => break,
                 Some(done) = self.waits_rx.recv() => {
                     self.conns.wait_finished(done.generation, done.conn);
+                    if let Some(t) = done.server {
+                        self.conns.add_clock_sample(OffsetSample::from_exchange(
+                            done.armed_at, t.began_us, t.woke_us, done.returned_at,
+                        ));
+                    }
                     Event::WaitReturned {
                         key: done.key,
                         armed_at: done.armed_at,
                         returned_at: done.returned_at,
+                        server: done.server,
                         outcome: done.outcome,
                     }
                 }
@@ -151,6 +167,7 @@ impl ReplicaWorker {
         let mut events = VecDeque::from([event]);
         while let Some(event) = events.pop_front() {
             self.tracker.set_clock(self.ctx.clock_offset());
+            self.tracker.set_replica_clock(self.conns.replica_clock());
             self.commands.extend(self.tracker.handle(now_us(), event));
             let commands = std::mem::take(&mut self.commands);
             for c in commands {
@@ -197,7 +214,7 @@ impl ReplicaWorker {
                 })
             }
         };
-        let conn = match self.conns.take_wait_conn().await {
+        let conn = match self.conns.take_wait_conn() {
             Ok(c) => c,
             Err(why) => return Some(Event::ConnectFailed { why }),
         };
@@ -206,24 +223,43 @@ impl ReplicaWorker {
         let generation = self.conns.generation;
         let (addr, slack) = (self.conns.addr.clone(), self.conns.timeouts.query);
         tokio::spawn(async move {
-            let mut conn = conn;
+            let mut conn = match conn.open().await {
+                Ok(c) => c,
+                Err(why) => {
+                    let now = now_us();
+                    let _ = tx.send(WaitDone {
+                        key,
+                        conn: None,
+                        generation,
+                        outcome: WaitOutcome::Failed(why),
+                        server: None,
+                        armed_at: now,
+                        returned_at: now,
+                    });
+                    return;
+                }
+            };
             let gtid = key.to_string();
             let armed_at = now_us();
             let answer = db::gtid_wait(&mut conn, &dialect, &addr, &gtid, wait_s, slack).await;
             let returned_at = now_us();
-            let (outcome, conn) = match answer {
+            let (outcome, conn, server) = match answer {
                 Ok(a) => {
                     let outcome = match a.reached {
                         Some(true) => WaitOutcome::Reached { already: a.already },
                         Some(false) => WaitOutcome::TimedOut,
                         None => WaitOutcome::Unsupported,
                     };
-                    (outcome, Some(conn))
+                    let server = a
+                        .began_us
+                        .zip(a.woke_us)
+                        .map(|(began_us, woke_us)| ServerTimes { began_us, woke_us });
+                    (outcome, Some(conn), server)
                 }
                 Err(e) => {
                     // Hung or broken: closed in the background, never reused.
                     tokio::spawn(db::close(conn));
-                    (WaitOutcome::Failed(e.to_string()), None)
+                    (WaitOutcome::Failed(e.to_string()), None, None)
                 }
             };
             let _ = tx.send(WaitDone {
@@ -231,6 +267,7 @@ impl ReplicaWorker {
                 conn,
                 generation,
                 outcome,
+                server,
                 armed_at,
                 returned_at,
             });
@@ -240,8 +277,9 @@ impl ReplicaWorker {
 
     /// One read of the heartbeat row.
     async fn read(&mut self, server_id: i64) -> Event<Arc<Ticket>> {
+        // The replica's clock in the same statement: when it read, not when we sent or heard.
         let sql = format!(
-            "SELECT CAST(seq AS SIGNED) FROM {} WHERE server_id = {server_id}",
+            "SELECT CAST(seq AS SIGNED), UNIX_TIMESTAMP(SYSDATE(6)) FROM {} WHERE server_id = {server_id}",
             self.ctx.table
         );
         let (addr, limit) = (self.conns.addr.clone(), self.conns.timeouts.query);
@@ -256,14 +294,28 @@ impl ReplicaWorker {
         };
         self.metrics.query(QueryKind::Poll);
         let sent_at = now_us();
-        let res: Result<Option<i64>, _> = db::bounded(limit, &addr, c.query_first(sql)).await;
+        let res: Result<Option<(Option<i64>, Option<String>)>, _> =
+            db::bounded(limit, &addr, c.query_first(sql)).await;
         let returned_at = now_us();
         match res {
-            Ok(seq) => Event::ReadReturned {
-                sent_at,
-                returned_at,
-                seq: seq.unwrap_or(0),
-            },
+            Ok(row) => {
+                let (seq, at) = row.unwrap_or((None, None));
+                let server_at = at.as_deref().and_then(db::unix_text_to_us);
+                if let Some(t) = server_at {
+                    self.conns.add_clock_sample(OffsetSample::from_exchange(
+                        sent_at,
+                        t,
+                        t,
+                        returned_at,
+                    ));
+                }
+                Event::ReadReturned {
+                    sent_at,
+                    returned_at,
+                    seq: seq.unwrap_or(0),
+                    server_at,
+                }
+            }
             Err(e) => {
                 // The server refused the statement (a missing table, a privilege): the
                 // connection is fine. Anything else (gone, hung) loses it.

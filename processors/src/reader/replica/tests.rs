@@ -152,6 +152,7 @@ impl Harness {
                 key: key(n),
                 armed_at: local(armed),
                 returned_at: local(returned),
+                server: None,
                 outcome,
             },
         )
@@ -164,6 +165,7 @@ impl Harness {
                 sent_at: local(sent),
                 returned_at: local(returned),
                 seq,
+                server_at: None,
             },
         )
     }
@@ -224,6 +226,7 @@ impl Harness {
                                     sent_at: local(t),
                                     returned_at: local(t + 300),
                                     seq: row_seq,
+                                    server_at: None,
                                 },
                             ));
                         }
@@ -349,9 +352,7 @@ fn a_burst_after_a_stall_is_caught_up_by_reads_then_waits_take_over() {
     let c = h.wait_returned(3, commit(2), end, BLOCKED);
     assert!(armed(&c).is_empty(), "catch-up reads time the backlog");
     assert_eq!(h.record(3).delay_us, 200 * MS - ONE_WAY);
-    assert_eq!(h.next_read(), Some(end), "catch-up: read at once");
-    let c = h.tick(end);
-    assert_eq!(reads(&c), 1);
+    assert_eq!(reads(&c), 1, "catch-up: read at once, in the same breath");
     // One read sees the replica at 10: 4..=10 appeared between the wait's return and the read.
     let c = h.read(end + 100, end + 400, 10);
     assert_eq!(h.t.awaited(), 0);
@@ -609,8 +610,9 @@ fn a_reader_started_late_reports_the_backlog_as_upper_bounds_not_as_lag() {
     assert_eq!(h.t.lag_us(), 0);
     // The first wait answers at once: the replica is far past it. The tracker catches up by
     // reading: the row shows 5 (nothing new since).
-    h.wait_returned(1, start, start + 200, AT_ONCE);
-    h.run_until(start + 300, 5, false);
+    let c = h.wait_returned(1, start, start + 200, AT_ONCE);
+    assert_eq!(reads(&c), 1);
+    h.read(start + 200, start + 300, 5);
     // The other waits answered at once too.
     for n in 2..=4 {
         h.wait_returned(n, start, start + 300 + n as i64 * 10, AT_ONCE);
@@ -671,4 +673,96 @@ fn a_heartbeat_waits_for_its_own_wait_rather_than_a_neighbours() {
     let r = h.record(1);
     assert!(!r.upper_bound, "{r:?}");
     assert_eq!(r.delay_us, 3 * S - ONE_WAY);
+}
+
+#[test]
+fn the_replica_times_its_waits_and_reads_when_its_clock_is_known() {
+    let mut h = Harness::new(ReaderMethod::GtidWait);
+    // The replica's clock runs 3 ms ahead of ours (sampled within 40 us).
+    const REPLICA_AHEAD: i64 = 3 * MS;
+    h.t.set_replica_clock(Some(ClockOffset {
+        offset_us: REPLICA_AHEAD,
+        uncertainty_us: 40,
+    }));
+    let on_replica = |primary: i64| local(primary) + REPLICA_AHEAD;
+    h.announce(commit(1) + 5 * MS, 1, true);
+    h.wait_returned(1, commit(1) + 5 * MS, commit(1) + 5 * MS + 200, AT_ONCE);
+    h.announce(commit(2) + 5 * MS, 2, true);
+    // Heartbeat 3, armed ahead, woke on the replica 1.5 ms after its commit; the reader was
+    // busy and stamped the answer 8 ms late. The replica's word counts.
+    let woke = commit(3) + 1_500;
+    let c = h.feed(
+        woke + 8 * MS,
+        Event::WaitReturned {
+            key: key(3),
+            armed_at: local(commit(2) + 6 * MS),
+            returned_at: local(woke + 8 * MS),
+            server: Some(ServerTimes {
+                began_us: on_replica(commit(2) + 6 * MS),
+                woke_us: on_replica(woke),
+            }),
+            outcome: BLOCKED,
+        },
+    );
+    drop(c);
+    h.announce(commit(3) + 9 * MS, 3, true);
+    let r = h.record(3);
+    assert!(!r.upper_bound);
+    assert_eq!(
+        r.delay_us, 1_500,
+        "the replica's wake-up, not the reader's late stamp"
+    );
+    assert_eq!(r.uncertainty_us, 20 + 40, "both clock estimates' bounds");
+    // Reads too: a stall, two reads 1 ms apart on the replica's clock bracket 4.
+    h.announce(commit(4) + 5 * MS, 4, true);
+    h.announce(commit(5) + 5 * MS, 5, true);
+    let end = commit(4) + 300 * MS;
+    h.wait_returned(4, commit(3), end, BLOCKED);
+    h.feed(
+        end + 5 * MS,
+        Event::ReadReturned {
+            sent_at: local(end),
+            returned_at: local(end + 5 * MS),
+            seq: 5,
+            server_at: Some(on_replica(end + MS)),
+        },
+    );
+    let r5 = h.record(5);
+    assert!(!r5.upper_bound);
+    assert!(
+        r5.uncertainty_us < MS,
+        "bracketed by the replica's own times, not a 5 ms round trip: {r5:?}"
+    );
+}
+
+#[test]
+fn a_stale_replica_clock_estimate_is_held_to_the_round_trip() {
+    let mut h = Harness::new(ReaderMethod::GtidWait);
+    // The estimate says the replica's clock is level with ours; it has stepped 5 ms ahead.
+    h.t.set_replica_clock(Some(ClockOffset {
+        offset_us: 0,
+        uncertainty_us: 40,
+    }));
+    const STEPPED: i64 = 5 * MS;
+    h.announce(commit(1) + 5 * MS, 1, true);
+    let woke = commit(1) + 2 * MS;
+    let c = h.feed(
+        woke + 300,
+        Event::WaitReturned {
+            key: key(1),
+            armed_at: local(commit(1) - MS),
+            returned_at: local(woke + 300),
+            server: Some(ServerTimes {
+                began_us: local(commit(1) - MS) + 100 + STEPPED,
+                woke_us: local(woke) + STEPPED,
+            }),
+            outcome: BLOCKED,
+        },
+    );
+    drop(c);
+    let r = h.record(1);
+    assert!(
+        (2 * MS..=2 * MS + 300).contains(&r.delay_us),
+        "no later than the answer arrived, not 5 ms late: {r:?}"
+    );
 }

@@ -7,7 +7,7 @@
 //! numbers each wait saw reached, and the replica's [`Position`] (the highest number seen
 //! reached, by a wait or a row read).
 
-use super::{Command, Tracker, WaitOutcome, MAX_WAIT};
+use super::{Command, ServerTimes, Tracker, WaitOutcome, MAX_WAIT};
 use crate::reader::gtid::GtidKey;
 use crate::reader::timing::{self, Observation};
 use std::collections::{BTreeMap, HashMap};
@@ -31,19 +31,23 @@ pub(super) struct Frontier {
     pub consecutive: bool,
 }
 
-/// When a wait saw its number reached (local clock).
+/// When a wait saw its number reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Reached {
+    /// When the wait was armed and returned (local clock).
     pub armed_at: i64,
     pub returned_at: i64,
-    /// When an earlier wait for the same number gave up (server time, local clock): the
-    /// replica did not show it then.
+    /// When it began and woke on the replica, on the primary's clock (when the replica said
+    /// and its clock is known): the replica's own timing, free of the reader's scheduling.
+    pub server: Option<(i64, i64)>,
+    /// When an earlier wait for the same number gave up (primary clock): the replica did not
+    /// show it then.
     pub not_reached_at: Option<i64>,
     /// The replica had it already when this wait was armed (the server's word, if any).
     pub already: Option<bool>,
 }
 
-/// The highest number seen reached, and when (local clock).
+/// The highest number seen reached, and when (primary clock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Position {
     pub n: u64,
@@ -58,8 +62,8 @@ pub(super) struct Waits {
     /// Numbers seen reached by a wait of their own.
     reached: HashMap<String, BTreeMap<u64, Reached>>,
     position: HashMap<String, Position>,
-    /// Numbers a wait gave up on (its timeout passed first), and when (server time, local
-    /// clock): evidence that the replica did not show them yet, kept for their next wait.
+    /// Numbers a wait gave up on (its timeout passed first), and when (primary clock):
+    /// evidence that the replica did not show them yet, kept for their next wait.
     not_reached: HashMap<GtidKey, i64>,
 }
 
@@ -116,14 +120,15 @@ impl Waits {
         self.not_reached.clear();
     }
 
-    pub fn forget_reached_before(&mut self, cutoff: i64) {
+    /// Forget what waits saw before `cutoff` (local clock; `primary_cutoff` on the primary's).
+    pub fn forget_reached_before(&mut self, cutoff: i64, primary_cutoff: i64) {
         for m in self.reached.values_mut() {
             m.retain(|_, r| r.returned_at > cutoff);
         }
-        self.not_reached.retain(|_, at| *at > cutoff);
+        self.not_reached.retain(|_, at| *at > primary_cutoff);
     }
 
-    /// When a wait for `key` last gave up (server time, local clock).
+    /// When a wait for `key` last gave up (primary clock).
     pub fn not_reached(&self, key: &GtidKey) -> Option<i64> {
         self.not_reached.get(key).copied()
     }
@@ -146,7 +151,7 @@ impl Waits {
         }
     }
 
-    /// A row read saw heartbeat `seq` at local time `at`: in every consecutive sequence that is
+    /// A row read saw heartbeat `seq` at `at` (primary clock): in every consecutive sequence that is
     /// also the replica's position, so waits armed after a catch-up start from where the
     /// replica really is.
     pub fn note_row_seq(&mut self, seq: i64, at: i64) {
@@ -246,8 +251,23 @@ impl<T> Tracker<T> {
         key: GtidKey,
         armed_at: i64,
         returned_at: i64,
+        server: Option<ServerTimes>,
         outcome: WaitOutcome,
     ) {
+        // The replica's own times, on the primary's clock, when it gave them and its clock is
+        // known; otherwise the reader's stamps (the answer left the replica half a round trip
+        // before it arrived).
+        let server = server.and_then(|t| {
+            let waited = (t.woke_us - t.began_us).max(0);
+            Some((
+                self.replica_to_primary(t.began_us, armed_at, returned_at - waited)?,
+                self.replica_to_primary(t.woke_us, armed_at + waited, returned_at)?,
+            ))
+        });
+        let woke = server.map_or_else(
+            || self.clock.to_primary(returned_at - self.link.one_way_us),
+            |(_, w)| w,
+        );
         self.waits.armed.remove(&key);
         match outcome {
             WaitOutcome::Failed(_) => {
@@ -255,14 +275,12 @@ impl<T> Tracker<T> {
                 return;
             }
             WaitOutcome::Reached { already } => {
-                self.on_reached(key, armed_at, returned_at, already)
+                self.on_reached(key, armed_at, returned_at, server, woke, already)
             }
             WaitOutcome::TimedOut => {
                 // Nothing reached yet. Deadlines report the heartbeats; keep watching while the
                 // number is still wanted.
-                self.waits
-                    .not_reached
-                    .insert(key.clone(), returned_at - self.link.one_way_us);
+                self.waits.not_reached.insert(key.clone(), woke);
                 let wanted = self.awaited.values().any(|p| p.key.as_ref() == Some(&key));
                 if wanted {
                     self.arm(key);
@@ -284,11 +302,20 @@ impl<T> Tracker<T> {
         self.trim_sightings();
     }
 
-    fn on_reached(&mut self, key: GtidKey, armed_at: i64, returned_at: i64, already: Option<bool>) {
+    fn on_reached(
+        &mut self,
+        key: GtidKey,
+        armed_at: i64,
+        returned_at: i64,
+        server: Option<(i64, i64)>,
+        woke: i64,
+        already: Option<bool>,
+    ) {
         let sequence = key.sequence.clone();
         let reached = Reached {
             armed_at,
             returned_at,
+            server,
             not_reached_at: self.waits.not_reached.remove(&key),
             already,
         };
@@ -303,7 +330,7 @@ impl<T> Tracker<T> {
             .entry(sequence.clone())
             .or_default()
             .insert(key.n, reached);
-        self.waits.advance(&sequence, key.n, returned_at);
+        self.waits.advance(&sequence, key.n, woke);
         let resolved_seq = self.waits.seq_of(&key);
         self.resolve_reached(&sequence);
         let behind = self.awaited.values().any(|p| {
@@ -317,10 +344,11 @@ impl<T> Tracker<T> {
             // this heartbeat (within the wake-up latency), not yet the ones after it. One that
             // answered at once says nothing about when the replica got there.
             if let Some(s) = resolved_seq.filter(|_| blocked) {
-                let at = self.clock.to_primary(returned_at - self.link.one_way_us);
-                self.poll.note_wait_as_read(at, s);
+                self.poll.note_wait_as_read(woke, s);
             }
-            self.poll.next_poll = Some(self.now);
+            // Read at once, before arming anything: the sooner the read, the tighter the
+            // bracket around the backlog the replica is applying right now.
+            self.start_read();
         }
         self.top_up(&sequence);
     }
@@ -347,15 +375,20 @@ impl<T> Tracker<T> {
 
     /// What a wait that returned tells about the heartbeat committed at `committed_at_us`.
     pub(super) fn wait_observation(&self, committed_at_us: i64, r: Reached) -> Observation {
-        let mut obs = timing::gtid_wait_observation(
-            committed_at_us,
-            self.clock.to_primary(r.armed_at),
-            self.clock.to_primary(r.returned_at),
-            self.link.one_way_us,
-            r.already,
-        );
-        if let Some(not_reached) = r.not_reached_at {
-            let at = self.clock.to_primary(not_reached);
+        let mut obs = match r.server {
+            // The replica's own clock: began and woke are where they happened.
+            Some((began, woke)) => {
+                timing::gtid_wait_observation(committed_at_us, began, woke, 0, r.already)
+            }
+            None => timing::gtid_wait_observation(
+                committed_at_us,
+                self.clock.to_primary(r.armed_at),
+                self.clock.to_primary(r.returned_at),
+                self.link.one_way_us,
+                r.already,
+            ),
+        };
+        if let Some(at) = r.not_reached_at {
             obs.not_yet_at_us = Some(obs.not_yet_at_us.map_or(at, |t| t.max(at)));
         }
         obs

@@ -2,7 +2,7 @@
 //! times under injected stalls (both methods), DB load, failures and poison records.
 
 use crate::common::{create_topics, next_record, Collected, Env, Pipeline};
-use millilag_core::events::{DeadLetter, MeasureMethod, MeasureStatus, ReplicaDelay};
+use millilag_core::events::{DeadLetter, MeasureMethod, MeasureStatus, Record, ReplicaDelay};
 use mysql_async::prelude::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::{BTreeMap, HashMap};
@@ -455,6 +455,36 @@ async fn garbage_on_the_heartbeat_topic_goes_to_dead_letter_and_measuring_contin
     );
     assert!(dl.reason.contains("single-object"), "{}", dl.reason);
     assert_eq!(dl.service, "reader");
+    // Well-formed, but a number no writer announces (a commit time at the end of i64): refused
+    // before any arithmetic, with the reason.
+    let newest = got.snapshot().iter().map(|r| r.seq).max().unwrap();
+    let wild = millilag_core::events::HeartbeatSet {
+        cluster: "main".into(),
+        primary: env.cluster.primary.address(),
+        server_id: 1,
+        writer_id: "wild".into(),
+        writer_epoch: 1,
+        seq: newest + 1_000_000,
+        committed_at_us: i64::MAX,
+        gtid: None,
+        binlog_file: None,
+        binlog_pos: None,
+        interval_us: 10_000,
+        commit_rtt_us: 0,
+    };
+    producer
+        .send(
+            FutureRecord::to(&env.topic("heartbeat-set"))
+                .key("main")
+                .payload(&wild.encode().unwrap()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let (dl, _) = next_record::<DeadLetter>(&dead, Duration::from_secs(30))
+        .await
+        .expect("a dead letter for the wild commit time");
+    assert!(dl.reason.contains("commit time"), "{}", dl.reason);
     let after = got.snapshot().iter().map(|r| r.seq).max().unwrap();
     got.until("measuring continues", Duration::from_secs(30), |rs| {
         rs.iter().any(|r| r.seq > after + 20)

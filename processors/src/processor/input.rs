@@ -36,7 +36,7 @@ impl DelayView<'_> {
         if self.committed_at_us != 0 {
             self.committed_at_us
         } else {
-            self.observed_at_us - self.delay_us
+            self.observed_at_us.saturating_sub(self.delay_us)
         }
     }
 }

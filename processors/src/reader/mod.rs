@@ -16,6 +16,7 @@ mod clock;
 mod clusters;
 mod discovery;
 mod gtid;
+pub(crate) mod input;
 mod metrics;
 mod publisher;
 mod replica;
@@ -33,7 +34,6 @@ use clusters::Clusters;
 use millilag_core::clock::OffsetEstimator;
 use millilag_core::config::Config;
 use millilag_core::db;
-use millilag_core::events::{HeartbeatSet, Record};
 use millilag_core::http::{bind_and_serve, Health};
 use millilag_core::kafka::{self, topics};
 use millilag_core::shutdown::Shutdown;
@@ -181,7 +181,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                 source.rebalanced();
                 let (p, o) = (msg.partition(), msg.offset());
                 metrics.events.inc();
-                let event = match source.decode(&msg, HeartbeatSet::decode, &shutdown).await {
+                let now = millilag_core::clock::now_us();
+                let decode = |b: &[u8]| input::decode_heartbeat(b, now);
+                let event = match source.decode(&msg, decode, &shutdown).await {
                     Decoded::Record(e) => e,
                     Decoded::Poison => {
                         metrics.dead_letters.inc();

@@ -41,6 +41,18 @@ impl DelayView<'_> {
     }
 }
 
+/// Why a record's cluster or replica name cannot become a point, if it cannot: empty, or
+/// holding what line protocol cannot carry (see [`millilag_core::names`]). Such a record is
+/// dead-lettered with this reason where it enters, instead of breaking a sink's request.
+pub fn name_problem(r: &DelayView<'_>) -> Option<String> {
+    [("cluster", r.cluster), ("replica", r.replica)]
+        .into_iter()
+        .find_map(|(what, name)| {
+            millilag_core::names::name_problem(name)
+                .map(|why| format!("{what} name {name:?} {why}"))
+        })
+}
+
 /// Why a record's times cannot be trusted, if they cannot. Its commit time is more than
 /// `max_skew_us` ahead of the processor's clock (`now_us`): the primary's clock is ahead. Or
 /// older than `max_age_us`. Or more than `max_skew_us` behind the newest commit time already
@@ -236,6 +248,34 @@ mod tests {
         ancient.committed_at_us -= 8 * 24 * 3600 * S;
         let why = time_problem(&ancient, None, None, now, skew, age).unwrap();
         assert!(why.contains("max_event_age"), "{why}");
+    }
+
+    #[test]
+    fn names_no_sink_can_carry_are_refused_naming_the_field() {
+        let bytes = record(1, MeasureStatus::Ok).encode().unwrap();
+        let ok = decode(&bytes).unwrap();
+        assert_eq!(name_problem(&ok), None);
+        let odd = DelayView {
+            replica: "db 2,x=\"1\"",
+            ..ok
+        };
+        assert_eq!(
+            name_problem(&odd),
+            None,
+            "escaped by the sinks, not refused"
+        );
+        let empty = DelayView { replica: "", ..ok };
+        let why = name_problem(&empty).unwrap();
+        assert!(why.starts_with("replica name \"\" is empty"), "{why}");
+        let newline = DelayView {
+            cluster: "ma\nin",
+            ..ok
+        };
+        let why = name_problem(&newline).unwrap();
+        assert!(
+            why.starts_with("cluster name \"ma\\nin\" contains a control"),
+            "{why}"
+        );
     }
 
     #[test]

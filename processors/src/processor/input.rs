@@ -278,6 +278,53 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        /// The borrowing decoder agrees with the core codec on any body behind any published
+        /// replica-delay header, and on valid records with bytes changed: what the codec
+        /// accepts it reads with the same values, errors are of the same kind, never a panic.
+        #[test]
+        fn view_agrees_with_the_core_codec_on_any_bytes(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+            version in proptest::prelude::any::<proptest::sample::Index>(),
+            changes in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                0..4,
+            ),
+        ) {
+            let versions = ReplicaDelay::codec().versions();
+            let mut arbitrary = vec![0xC3, 0x01];
+            arbitrary.extend_from_slice(version.get(versions).rabin_fingerprint());
+            arbitrary.extend_from_slice(&body);
+            let mut changed = record(3, MeasureStatus::Timeout).encode().unwrap();
+            for (i, b) in &changes {
+                let i = i.index(changed.len());
+                changed[i] = *b;
+            }
+            for bytes in [arbitrary, changed] {
+                match (decode(&bytes), ReplicaDelay::decode(&bytes)) {
+                    (Ok(v), Ok(r)) => {
+                        proptest::prop_assert_eq!((v.cluster, v.replica), (&*r.cluster, &*r.replica));
+                        proptest::prop_assert_eq!((v.seq, v.status), (r.seq, r.status));
+                        proptest::prop_assert_eq!(v.event_time_us(), r.event_time_us());
+                    }
+                    // The view skips fields it does not need, so it may stumble later in
+                    // the body: the same kind of error, not always the same words.
+                    (Err(a), Err(b)) => proptest::prop_assert_eq!(
+                        std::mem::discriminant(&a),
+                        std::mem::discriminant(&b)
+                    ),
+                    // Fields the view skips are not checked (a `reader_id` that is not
+                    // UTF-8, a `method` out of range): it may accept what the codec refuses,
+                    // never the other way round.
+                    (Ok(_), Err(_)) => {}
+                    (Err(a), Ok(b)) => proptest::prop_assert!(false, "view {:?}, codec {:?}", a, b),
+                }
+            }
+        }
+    }
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(matches!(decode(b"xy"), Err(DecodeError::Truncated { .. })));

@@ -138,6 +138,8 @@ pub fn fields(w: &DelayWindow) -> impl Iterator<Item = (&'static str, i64)> + '_
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -20,6 +20,7 @@ mod processor;
 mod prometheus;
 mod python;
 mod reader;
+mod sink_errors;
 mod statsd;
 mod tls;
 mod tls_refusals;

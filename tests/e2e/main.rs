@@ -20,6 +20,7 @@ mod processor;
 mod prometheus;
 mod python;
 mod reader;
+mod reader_faults;
 mod sink_errors;
 mod statsd;
 mod tls;

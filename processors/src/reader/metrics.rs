@@ -23,6 +23,7 @@ pub struct ReaderMetrics {
     pub(super) consumer_lag: Family<Labels, Gauge>,
     pub(super) replicas: Family<Labels, Gauge>,
     pub(super) lag: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub(super) clock_uncertainty: Family<Labels, Gauge<f64, AtomicU64>>,
 }
 
 impl ReaderMetrics {
@@ -40,6 +41,7 @@ impl ReaderMetrics {
             consumer_lag: Family::default(),
             replicas: Family::default(),
             lag: Family::default(),
+            clock_uncertainty: Family::default(),
         };
         registry.register(
             "replica_lag_seconds",
@@ -88,7 +90,19 @@ impl ReaderMetrics {
             "Replicas being measured, per cluster",
             m.replicas.clone(),
         );
+        r.register(
+            "clock_uncertainty_seconds",
+            "How far the local clock's offset to each cluster's primary may be off: half the best sample's round trip plus drift since (100 ppm); 1 while never sampled (offset assumed 0)",
+            m.clock_uncertainty.clone(),
+        );
         m
+    }
+
+    /// The handle for `cluster`'s clock-offset bound.
+    pub fn clock_uncertainty(&self, cluster: &str) -> Gauge<f64, AtomicU64> {
+        self.clock_uncertainty
+            .get_or_create(&vec![("cluster", cluster.to_string())])
+            .clone()
     }
 
     pub fn measured(&self, r: &ReplicaDelay) {

@@ -113,8 +113,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         // The first offset estimate before the first measurement, when the primary answers.
         clock::sample_clock(c, &clock, 5).await;
         background.push(tokio::spawn(
-            clock::keep_clock(c.clone(), clock, rc.clock_refresh.0, shutdown.clone())
-                .instrument(info_span!("clock", cluster = %c.name)),
+            clock::keep_clock(
+                c.clone(),
+                clock,
+                rc.clock_refresh.0,
+                metrics.clock_uncertainty(&c.name),
+                shutdown.clone(),
+            )
+            .instrument(info_span!("clock", cluster = %c.name)),
         ));
         if c.discover_replicas {
             background.push(tokio::spawn(

@@ -21,6 +21,7 @@ mod prometheus;
 mod python;
 mod reader;
 mod reader_faults;
+mod sink_errors;
 mod statsd;
 mod tls;
 mod tls_refusals;

@@ -136,11 +136,17 @@ impl RunLoop<'_> {
         let max_skew_us = self.config.processor.max_clock_skew.as_micros_i64();
         let max_age_us = self.config.processor.max_event_age.as_micros_i64();
         let rejects = &self.metrics.clock_skew_rejects;
+        let name_rejects = &self.metrics.name_rejects;
         let windows = &self.windows;
-        // A record whose times cannot be trusted is dead-lettered like an undecodable one:
-        // applied, it would move a watermark or fall in windows long closed.
+        // A record whose names no sink can carry, or whose times cannot be trusted, is
+        // dead-lettered like an undecodable one: applied, it would break every sink request it
+        // joins, move a watermark, or fall in windows long closed.
         let checked = |bytes| {
             let view = input::decode(bytes).map_err(|e| e.to_string())?;
+            if let Some(why) = input::name_problem(&view) {
+                name_rejects.inc();
+                return Err(why);
+            }
             let newest = windows.newest(view.cluster, view.replica);
             match input::time_problem(&view, published_ms, newest, now, max_skew_us, max_age_us) {
                 Some(why) => {

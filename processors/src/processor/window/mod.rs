@@ -123,15 +123,16 @@ impl KeyState {
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub len_us: i64,
-    /// "1s", "10s", "1m": the `window` tag and Graphite path element.
+    /// "1s", "10s", "1m", "1m30s": the `window` tag, Graphite path element and metric label.
     pub label: Arc<str>,
 }
 
 impl Spec {
     pub fn new(len: std::time::Duration) -> Spec {
+        let len_us = i64::try_from(len.as_micros()).unwrap_or(i64::MAX);
         Spec {
-            len_us: i64::try_from(len.as_micros()).unwrap_or(i64::MAX),
-            label: humantime::format_duration(len).to_string().into(),
+            len_us,
+            label: crate::processor::sinks::window_label(len_us).into(),
         }
     }
 }

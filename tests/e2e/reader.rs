@@ -560,6 +560,18 @@ async fn discovered_replica_is_measured_dropped_when_it_leaves_and_taken_back() 
         for_replica(&rs[left_at..], &listed).all(|r| r.status == MeasureStatus::Ok),
         "replica 0 unaffected"
     );
+    // Its series are gone from /metrics (a churn of replicas must not grow them forever, nor
+    // leave its last lag on a dashboard); replica 0's stay.
+    let (_, body) = crate::common::http_get(&config.reader.listen.to_string(), "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        !body.contains(&format!("replica=\"{unlisted}\"")),
+        "no series left for the dropped replica"
+    );
+    assert!(body.contains(&format!(
+        "millilag_replica_lag_seconds{{cluster=\"main\",replica=\"{listed}\"}}"
+    )));
 
     // Back: discovered again and measured again.
     r1.query_drop("START SLAVE").await.unwrap();

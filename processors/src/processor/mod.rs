@@ -215,6 +215,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         owned: Default::default(),
         heartbeats,
         next_stale_at: 0,
+        next_prune_at: 0,
         liveness,
         health: health.clone(),
         timings: Timings(taps.into_iter().flatten().collect()),

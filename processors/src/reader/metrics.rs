@@ -170,6 +170,29 @@ pub enum QueryKind {
 }
 
 impl ReaderMetrics {
+    /// Drop a replica's series (discovery lost it): a churn of replica names (pod IPs) must not
+    /// grow /metrics without bound, nor leave a dead replica's last lag on dashboards.
+    pub fn forget_replica(&self, cluster: &str, replica: &str) {
+        let base: Labels = vec![
+            ("cluster", cluster.to_string()),
+            ("replica", replica.to_string()),
+        ];
+        let with = |k: &'static str, v: &str| {
+            let mut l = base.clone();
+            l.push((k, v.to_string()));
+            l
+        };
+        for kind in ["gtid_wait", "poll", "status"] {
+            self.queries.remove(&with("kind", kind));
+        }
+        for s in MeasureStatus::ALL {
+            self.measurements.remove(&with("status", s.as_str()));
+        }
+        self.delay.remove(&base);
+        self.upper_bounds.remove(&base);
+        self.lag.remove(&base);
+    }
+
     pub fn for_replica(&self, cluster: &str, replica: &str) -> ReplicaMetrics {
         let base: Labels = vec![
             ("cluster", cluster.to_string()),

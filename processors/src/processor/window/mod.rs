@@ -324,6 +324,53 @@ impl Windows {
         }
     }
 
+    /// Forget replicas silent (wall clock, no record) for `retention` with nothing open or held,
+    /// unless `keep` says otherwise (an incident still open on it): a churn of replica names
+    /// (pod IPs) must not grow memory without bound. Returns the names forgotten.
+    pub fn prune_silent(
+        &mut self,
+        now_us: i64,
+        retention_us: i64,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Vec<KeyName> {
+        let limit = now_us.saturating_sub(retention_us);
+        let mut gone = Vec::new();
+        let mut k = 0;
+        while k < self.keys.len() {
+            let key = &self.keys[k];
+            let idle = key.last_arrival_us < limit && key.lanes.iter().all(|l| l.open.is_empty());
+            if !idle || keep(&key.cluster, &key.replica) {
+                k += 1;
+                continue;
+            }
+            let key = self.keys.swap_remove(k);
+            if let Some(m) = self.index.get_mut(&*key.cluster) {
+                m.remove(&*key.replica);
+                if m.is_empty() {
+                    self.index.remove(&*key.cluster);
+                }
+            }
+            // The key that took its slot keeps its name: point the index at its new id.
+            if let Some(moved) = self.keys.get(k) {
+                if let Some(id) = self
+                    .index
+                    .get_mut(&*moved.cluster)
+                    .and_then(|m| m.get_mut(&*moved.replica))
+                {
+                    *id = k as u32;
+                }
+            }
+            gone.push((key.cluster, key.replica));
+        }
+        gone
+    }
+
+    /// Replicas known here (tests).
+    #[cfg(test)]
+    pub fn known(&self) -> usize {
+        self.keys.len()
+    }
+
     /// Close every open window (tests and benchmarks: end of input).
     pub fn close_all(&mut self, out: &mut Vec<Closed>) {
         for k in 0..self.keys.len() {

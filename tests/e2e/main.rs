@@ -3,6 +3,7 @@
 //! One test binary (one link); nextest runs each test in its own process, so every test starts
 //! the services it needs and they die with it.
 
+mod alerting;
 mod check;
 mod cli;
 mod common;
@@ -21,7 +22,9 @@ mod prometheus;
 mod python;
 mod reader;
 mod reader_faults;
+mod silence;
 mod sink_errors;
+mod stall_figures;
 mod statsd;
 mod tls;
 mod tls_refusals;

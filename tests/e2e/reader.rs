@@ -82,8 +82,8 @@ async fn steady_state_one_record_per_replica_per_heartbeat_with_one_query_each()
         // The replica's own count of statements, minus our two SHOW STATUS: one GTID wait per
         // heartbeat (plus at most prearm_depth armed for heartbeats not yet written).
         // Questions counts statements as they arrive: q1's own SHOW STATUS, and the waits armed
-        // ahead (prearm_depth, default 8) for heartbeats after the window.
-        let per_heartbeat = (q1[i] - q0[i] - 1 - 8) as f64 / 200.0;
+        // ahead (prearm_depth, default 2) for heartbeats after the window.
+        let per_heartbeat = (q1[i] - q0[i] - 1 - 2) as f64 / 200.0;
         assert!(
             per_heartbeat <= 1.02,
             "{addr}: {per_heartbeat:.3} queries per heartbeat"

@@ -48,8 +48,11 @@ pub struct ReaderConfig {
     /// This instance's id in records (default: hostname-pid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reader_id: Option<String>,
-    /// GTID waits kept armed ahead per replica (each holds one replica connection), so that
-    /// visibility is timed before the Kafka event arrives and bursts after a stall keep up.
+    /// GTID waits kept armed ahead per replica (each holds one replica connection, beside the
+    /// control one), so that visibility is timed before the Kafka event arrives. The default, 2,
+    /// keeps one interval of slack for a busy reader (3 sessions per replica); 1 arms heartbeat
+    /// n + 1 the moment the replica reaches n (2 sessions), and a reader descheduled for longer
+    /// than one interval then reports some heartbeats as upper bounds.
     #[serde(default = "default_prearm_depth")]
     pub prearm_depth: usize,
     /// How often the clock offset to each primary is re-estimated.
@@ -97,7 +100,7 @@ fn default_reader_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8462))
 }
 const fn default_prearm_depth() -> usize {
-    8
+    2
 }
 fn default_clock_refresh() -> HumanDuration {
     HumanDuration::from_secs(10)

@@ -226,7 +226,7 @@ struct Link {
 
 /// Connections beyond the armed waits: room to arm a heartbeat's own wait when its event
 /// arrives while the pre-armed ones are all busy.
-pub const SPARE_WAITS: usize = 2;
+pub const SPARE_WAITS: usize = 0;
 /// How long one armed wait blocks at most before it is re-armed; bounds how long a server
 /// thread lingers after a reader stops or loses interest.
 const MAX_WAIT: Duration = Duration::from_secs(5);

@@ -3,6 +3,7 @@
 //! One test binary (one link); nextest runs each test in its own process, so every test starts
 //! the services it needs and they die with it.
 
+mod backpressure;
 mod check;
 mod cli;
 mod common;

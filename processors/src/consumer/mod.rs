@@ -30,6 +30,8 @@ mod completions;
 mod dead_letter;
 mod offset_store;
 mod rebalance;
+#[cfg(test)]
+mod tests;
 
 pub use dead_letter::DeadLetters;
 pub use offset_store::OffsetStore;
@@ -46,7 +48,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
-use rebalance::Report;
+use rebalance::{PauseSwitch, Report};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tracing::{error, info, warn};
 
@@ -60,6 +62,8 @@ pub struct Source {
     dead_letters: DeadLetters,
     /// Filled by the [`RebalanceContext`] during `recv`, emptied by [`Source::rebalanced`].
     reports: Arc<Mutex<Vec<Report>>>,
+    /// Shared with the [`RebalanceContext`], which pauses what it assigns while this is on.
+    pause: PauseSwitch,
     /// Bookkeeping behind `&self`: a record borrowed from `recv` keeps `self` borrowed.
     state: Mutex<State>,
 }
@@ -94,7 +98,8 @@ impl Source {
         producer: FutureProducer,
     ) -> anyhow::Result<Source> {
         let topic = config.topic(suffix);
-        let (ctx, reports) = RebalanceContext::new(topic.clone());
+        let pause = PauseSwitch::default();
+        let (ctx, reports) = RebalanceContext::new(topic.clone(), pause.clone());
         let consumer = kafka::consumer_with_context(&config.kafka, group, fetch_wait_ms, ctx)
             .context("creating the Kafka consumer")?;
         consumer
@@ -105,6 +110,7 @@ impl Source {
             dead_letters: DeadLetters::new(producer, config.clone(), service, topic.clone()),
             topic,
             reports,
+            pause,
             state: Mutex::default(),
         })
     }
@@ -246,14 +252,23 @@ impl Source {
         }
     }
 
-    /// Stop (`true`) or restart fetching from every assigned partition.
+    /// Stop (`true`) or restart fetching from every assigned partition. A pause covers the
+    /// partitions assigned later too, until it is lifted.
     pub fn set_paused(&self, paused: bool) -> KafkaResult<()> {
+        let mut on = self.pause.lock();
         let assignment = self.consumer.assignment()?;
         if paused {
-            self.consumer.pause(&assignment)
+            self.consumer.pause(&assignment)?;
         } else {
-            self.consumer.resume(&assignment)
+            self.consumer.resume(&assignment)?;
         }
+        *on = paused;
+        Ok(())
+    }
+
+    /// Whether consumption is paused.
+    pub fn paused(&self) -> bool {
+        *self.pause.lock()
     }
 
     fn list(&self, offsets: &[(i32, i64)]) -> KafkaResult<TopicPartitionList> {

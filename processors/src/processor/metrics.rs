@@ -20,6 +20,7 @@ pub struct Metrics {
     pub open_windows: Gauge,
     pub pending_windows: Gauge,
     pub paused: Gauge,
+    pub assigned_partitions: Gauge,
     sink_points: Family<Labels, Counter>,
     sink_failures: Family<Labels, Counter>,
     sink_backlog: Family<Labels, Gauge>,
@@ -52,6 +53,7 @@ impl Metrics {
             open_windows: Gauge::default(),
             pending_windows: Gauge::default(),
             paused: Gauge::default(),
+            assigned_partitions: Gauge::default(),
             sink_points: Family::default(),
             sink_failures: Family::default(),
             sink_backlog: Family::default(),
@@ -112,6 +114,11 @@ impl Metrics {
             "paused",
             "1 while consumption is paused because sinks are behind",
             m.paused.clone(),
+        );
+        r.register(
+            "assigned_partitions",
+            "replica-delay partitions this processor owns in its consumer group",
+            m.assigned_partitions.clone(),
         );
         r.register(
             "sink_points",

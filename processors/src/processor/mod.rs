@@ -249,6 +249,9 @@ fn build_sinks(
     metrics: &Metrics,
 ) -> anyhow::Result<Vec<SinkHandle>> {
     let mut out = Vec::new();
+    // A batch holds at least one window and consumption pauses past max_pending_windows, so
+    // this never binds first; it bounds the queues whatever the windows' bookkeeping says.
+    let queue = config.processor.max_pending_windows;
     for (i, c) in config.sink.influxdb.iter().enumerate() {
         let name = format!("influxdb[{i}]");
         let sink = sinks::influx::InfluxSink::new(&format!("sink.{name}"), c)?;
@@ -257,6 +260,7 @@ fn build_sinks(
             sink,
             acks.clone(),
             metrics.sink(&name),
+            queue,
         ));
     }
     for (i, c) in config.sink.graphite.iter().enumerate() {
@@ -267,6 +271,7 @@ fn build_sinks(
             sink,
             acks.clone(),
             metrics.sink(&name),
+            queue,
         ));
     }
     if config.sink.kafka.enabled {
@@ -278,6 +283,7 @@ fn build_sinks(
             sink,
             acks.clone(),
             metrics.sink(&name),
+            queue,
         ));
     }
     Ok(out)

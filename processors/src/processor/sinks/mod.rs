@@ -54,7 +54,8 @@ pub trait Sink: Send + 'static {
 /// The run loop's side of one sink task.
 pub struct SinkHandle {
     pub name: String,
-    tx: mpsc::UnboundedSender<Batch>,
+    /// Bounded: the run loop holds closed windows back (and pauses) rather than queue more.
+    tx: mpsc::Sender<Batch>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -64,8 +65,14 @@ impl SinkHandle {
         self.task.is_finished()
     }
 
+    /// Whether a batch can be queued now.
+    pub fn has_room(&self) -> bool {
+        self.tx.capacity() > 0
+    }
+
+    /// Queue `batch`; false when the queue is full or the task is gone.
     pub fn send(&self, batch: Batch) -> bool {
-        self.tx.send(batch).is_ok()
+        self.tx.try_send(batch).is_ok()
     }
 
     /// No more batches: the task writes what it has and ends.
@@ -75,14 +82,15 @@ impl SinkHandle {
     }
 }
 
-/// Start a sink task. Accepted batch ids go to `acks`.
+/// Start a sink task taking up to `queue` batches ahead. Accepted batch ids go to `acks`.
 pub fn spawn<S: Sink>(
     name: String,
     sink: S,
     acks: mpsc::UnboundedSender<u64>,
     metrics: SinkMetrics,
+    queue: usize,
 ) -> SinkHandle {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(queue.max(1));
     let span = tracing::info_span!("sink", sink = %name);
     let task = tokio::spawn(run_sink(sink, rx, acks, metrics).instrument(span));
     SinkHandle { name, tx, task }
@@ -90,7 +98,7 @@ pub fn spawn<S: Sink>(
 
 async fn run_sink<S: Sink>(
     mut sink: S,
-    mut rx: mpsc::UnboundedReceiver<Batch>,
+    mut rx: mpsc::Receiver<Batch>,
     acks: mpsc::UnboundedSender<u64>,
     metrics: SinkMetrics,
 ) {
@@ -252,6 +260,7 @@ mod tests {
             },
             ack_tx,
             sm.clone(),
+            16,
         );
         let t0 = tokio::time::Instant::now();
         for id in 0..3 {

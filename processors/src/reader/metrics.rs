@@ -20,6 +20,8 @@ pub struct ReaderMetrics {
     pub(super) events: Counter,
     pub(super) dead_letters: Counter,
     pub(super) publish_retries: Counter,
+    pub(super) publish_queue: Gauge,
+    pub(super) paused: Gauge,
     pub(super) consumer_lag: Family<Labels, Gauge>,
     pub(super) replicas: Family<Labels, Gauge>,
     pub(super) lag: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -37,6 +39,8 @@ impl ReaderMetrics {
             events: Counter::default(),
             dead_letters: Counter::default(),
             publish_retries: Counter::default(),
+            publish_queue: Gauge::default(),
+            paused: Gauge::default(),
             consumer_lag: Family::default(),
             replicas: Family::default(),
             lag: Family::default(),
@@ -77,6 +81,16 @@ impl ReaderMetrics {
             "publish_retries",
             "replica-delay publishes retried after a Kafka failure",
             m.publish_retries.clone(),
+        );
+        r.register(
+            "publish_queue",
+            "replica-delay records waiting for Kafka's acknowledgement (at most reader.max_pending_records)",
+            m.publish_queue.clone(),
+        );
+        r.register(
+            "paused",
+            "1 while heartbeat-set consumption is paused because publishes are behind",
+            m.paused.clone(),
         );
         r.register(
             "consumer_lag",

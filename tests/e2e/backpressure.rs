@@ -331,3 +331,82 @@ fn final_records<'a>(
         .iter()
         .filter(move |r| r.replica == replica && r.status != MeasureStatus::Pending)
 }
+
+/// The reader's metric `series` (exact sample name with labels and a trailing space), 0 when
+/// absent or unreachable.
+async fn reader_metric(config: &millilag_core::Config, series: &str) -> f64 {
+    let Some((_, text)) = http_get(&config.reader.listen.to_string(), "/metrics").await else {
+        return 0.0;
+    };
+    metric(&text, series).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_skips_a_record_it_cannot_dead_letter_and_stops_promptly_meanwhile() {
+    let env = common::Env::start(1).await;
+    let mut config = env.config("interval = \"10ms\"", "", "");
+    // No dead-letter topic (Tansu 0.6 creates none on its own), and librdkafka told to wait
+    // 3 s, not 30, for a missing topic to appear before it fails a write.
+    config.kafka.create_topics = false;
+    config
+        .kafka
+        .properties
+        .insert("topic.metadata.propagation.max.ms".into(), "3000".into());
+    let (heartbeats, delays) = (
+        config.topic(topics::HEARTBEAT_SET),
+        config.topic(topics::REPLICA_DELAY),
+    );
+    env.broker
+        .create_topics(&[&heartbeats, &delays], 1)
+        .await
+        .expect("topics");
+    let producer: FutureProducer = env.broker.client_config().create().unwrap();
+    producer
+        .send(
+            FutureRecord::to(&heartbeats)
+                .key("main")
+                .payload(b"not avro".as_slice()),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("poison produced");
+    let (consumed, dropped) = (
+        "millilag_reader_heartbeats_total ",
+        "millilag_reader_dead_letter_dropped_total{reason=\"unknown_topic\"} ",
+    );
+
+    // The reader takes the record and tries to dead-letter it: shutdown ends the attempt.
+    let reader = Pipeline::start(&config, false, true);
+    wait_for("the record consumed", Duration::from_secs(30), || async {
+        (reader_metric(&config, consumed).await >= 1.0).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(reader_metric(&config, dropped).await, 0.0, "still trying");
+    let stopping = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), reader.stop())
+        .await
+        .expect("the reader stops");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "stopped {:?} after shutdown",
+        stopping.elapsed()
+    );
+
+    // Started again (the record was left unstored), it gives up on the dead letter after a
+    // few refusals, counts it, and measures what comes after.
+    let (got, _bg) = Collected::start(&env);
+    let pipeline = Pipeline::start(&config, true, true);
+    wait_for(
+        "the dead letter given up",
+        Duration::from_secs(30),
+        || async { (reader_metric(&config, dropped).await == 1.0).then_some(()) },
+    )
+    .await
+    .unwrap();
+    got.until("measuring after it", Duration::from_secs(30), |rs| {
+        rs.len() >= 20
+    })
+    .await;
+    pipeline.stop().await;
+}

@@ -5,7 +5,7 @@
 //! ```text
 //! topic ─► Source::recv ─► Source::decode ─► the service's work ... acknowledged ─► position
 //!            │                  │ undecodable                                        │
-//!            │                  └► DeadLetters (retried until acked) ────────────────┤
+//!            │                  └► DeadLetters (acked, cut to size, or dropped) ─────┤
 //!            │                                                                        ▼
 //!            │                     Source::store: only progress (OffsetStore), store_offsets
 //!            │                     librdkafka commits every second; Source::commit at shutdown
@@ -33,7 +33,7 @@ mod rebalance;
 #[cfg(test)]
 mod tests;
 
-pub use dead_letter::DeadLetters;
+pub use dead_letter::{DeadLetterMetrics, DeadLetters, Sent};
 pub use offset_store::OffsetStore;
 pub use rebalance::{Assignment, Change, RebalanceContext};
 
@@ -82,6 +82,9 @@ pub enum Decoded<T> {
     /// Undecodable and now on dead-letter (or, if the dead letter itself cannot be built, a
     /// bug, logged): store its offset like a finished record's, redelivery cannot fix it.
     Poison,
+    /// Undecodable, and the dead-letter topic refused it for good (logged and counted as
+    /// `dead_letter_dropped_total`): skipped like [`Decoded::Poison`].
+    Dropped,
     /// Undecodable, and shutdown came before the dead letter was acknowledged: leave its
     /// offset unstored (it is read again after the restart) and stop.
     Interrupted,
@@ -96,6 +99,7 @@ impl Source {
         suffix: &str,
         fetch_wait_ms: u32,
         producer: FutureProducer,
+        dead_letter_metrics: DeadLetterMetrics,
     ) -> anyhow::Result<Source> {
         let topic = config.topic(suffix);
         let pause = PauseSwitch::default();
@@ -107,7 +111,13 @@ impl Source {
             .with_context(|| format!("subscribing to {topic}"))?;
         Ok(Source {
             consumer: Arc::new(consumer),
-            dead_letters: DeadLetters::new(producer, config.clone(), service, topic.clone()),
+            dead_letters: DeadLetters::new(
+                producer,
+                config,
+                service,
+                topic.clone(),
+                dead_letter_metrics,
+            ),
             topic,
             reports,
             pause,
@@ -176,7 +186,8 @@ impl Source {
         let (partition, offset) = (m.partition(), m.offset());
         warn!(topic = %self.topic, partition, offset, reason = %reason, "Undecodable record; sending it to dead-letter.");
         match self.dead_letters.send(m, &reason, shutdown).await {
-            Ok(()) => Decoded::Poison,
+            Ok(Sent::Written) => Decoded::Poison,
+            Ok(Sent::Dropped) => Decoded::Dropped,
             Err(Stopped::Shutdown) => Decoded::Interrupted,
             Err(Stopped::Permanent(e)) => {
                 // Only the dead letter's own encoding fails permanently; waiting cannot help,

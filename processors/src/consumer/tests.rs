@@ -1,47 +1,67 @@
-//! The source against librdkafka's in-process mock broker: what a real consumer group does on
-//! a rebalance, with no external service.
+//! The source against librdkafka's in-process mock broker, with no external service: what a
+//! real consumer group does on a rebalance, and dead letters the broker refuses.
 
 use super::*;
+use millilag_core::events::{DeadLetter, Record};
+use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureRecord;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::time::Duration;
 
 /// Longest wait for anything the group does (joins and rebalances take a heartbeat or two).
 const GROUP_WAIT: Duration = Duration::from_secs(30);
 
 struct Group {
-    // Kept alive for the test's length: dropping it stops the broker.
-    _mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    // Dropping it stops the broker.
+    mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     config: Config,
     producer: FutureProducer,
 }
 
 impl Group {
     fn start(partitions: i32) -> Group {
+        Self::with_properties(partitions, "")
+    }
+
+    /// `properties`: lines for `[kafka.properties]`, the services' librdkafka settings.
+    fn with_properties(partitions: i32, properties: &str) -> Group {
         let mock = MockCluster::new(1).expect("mock cluster");
         mock.create_topic("t.replica-delay", partitions, 1)
             .expect("topic");
+        mock.create_topic("t.dead-letter", 1, 1).expect("topic");
         let toml = format!(
-            "[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"t.\"\n",
+            "[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"t.\"\n\n[kafka.properties]\n{properties}\n",
             mock.bootstrap_servers()
         );
         let config = Config::from_toml_with_env(&toml, "test", Vec::new()).expect("config");
-        let producer = kafka::producer(&config.kafka, 0).expect("producer");
+        // The test's own producer, with librdkafka's default limits.
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("linger.ms", "0")
+            .create()
+            .expect("producer");
         Group {
-            _mock: mock,
+            mock,
             config,
             producer,
         }
     }
 
     fn member(&self) -> Source {
+        self.member_counting(DeadLetterMetrics::default())
+    }
+
+    fn member_counting(&self, metrics: DeadLetterMetrics) -> Source {
+        let producer = kafka::producer(&self.config.kafka, 0).expect("producer");
         Source::subscribe(
             &self.config,
             "test",
             "group",
             "replica-delay",
             10,
-            self.producer.clone(),
+            producer,
+            metrics,
         )
         .expect("subscribe")
     }
@@ -170,4 +190,117 @@ async fn partitions_assigned_while_paused_stay_paused_until_resumed() {
             "partition {pc} never delivered after it came back"
         );
     }
+}
+
+/// Consume the next record of `source` and hand it to [`Source::decode`] as undecodable.
+async fn poison(source: &Source, shutdown: &Shutdown) -> Decoded<()> {
+    let m = tokio::time::timeout(GROUP_WAIT, source.recv())
+        .await
+        .expect("a record in time")
+        .expect("no consumer error");
+    let decode = source.decode(&m, |_| Err::<(), _>("not avro"), shutdown);
+    tokio::time::timeout(GROUP_WAIT, decode)
+        .await
+        .expect("the dead letter written or given up in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_too_large_for_the_producer_lands_truncated() {
+    let group = Group::with_properties(1, "\"message.max.bytes\" = \"20000\"");
+    let metrics = DeadLetterMetrics::default();
+    let source = group.member_counting(metrics.clone());
+    let big: Vec<u8> = (0..50_000).map(|i| (i % 251) as u8).collect();
+    group
+        .producer
+        .send(
+            FutureRecord::to("t.replica-delay").key("k").payload(&big),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("produced");
+    let outcome = poison(&source, &Shutdown::never()).await;
+    assert!(matches!(outcome, Decoded::Poison), "{outcome:?}");
+    assert_eq!(metrics.truncated.get(), 1);
+
+    let reader = kafka::consumer(&group.config.kafka, "verify", 10).expect("consumer");
+    reader.subscribe(&["t.dead-letter"]).expect("subscribe");
+    let m = tokio::time::timeout(GROUP_WAIT, reader.recv())
+        .await
+        .expect("a dead letter in time")
+        .expect("no consumer error");
+    assert!(m.payload_len() <= 20_000, "{} bytes", m.payload_len());
+    let letter = DeadLetter::decode(m.payload().expect("payload")).expect("decodes");
+    let kept = letter.payload.expect("payload kept").into_vec();
+    assert!(kept.len() > 10_000, "most of it kept: {}", kept.len());
+    assert_eq!(kept[..], big[..kept.len()], "a prefix of the record");
+    assert_eq!(
+        (letter.topic.as_str(), letter.partition, letter.offset),
+        ("t.replica-delay", 0, 0)
+    );
+    assert!(
+        letter.reason.starts_with("not avro")
+            && letter
+                .reason
+                .contains(&format!("payload truncated from 50000 to {}", kept.len())),
+        "{}",
+        letter.reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_topic_that_refuses_writes_is_given_up_and_counted() {
+    let group = Group::start(1);
+    let metrics = DeadLetterMetrics::default();
+    let source = group.member_counting(metrics.clone());
+    group.send(0, "garbage").await;
+    // Every produce from now on is refused: not allowed to write the topic.
+    group.mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 100],
+    );
+    let started = std::time::Instant::now();
+    let outcome = poison(&source, &Shutdown::never()).await;
+    assert!(matches!(outcome, Decoded::Dropped), "{outcome:?}");
+    let unauthorized = vec![("reason", "unauthorized".to_string())];
+    assert_eq!(metrics.dropped.get_or_create(&unauthorized).get(), 1);
+    // Five refusals, 0.1 + 0.2 + 0.4 + 0.8 s apart (with jitter).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_interrupts_a_dead_letter_the_broker_does_not_answer() {
+    let group = Group::start(1);
+    let source = group.member();
+    group.send(0, "garbage").await;
+    // Produce requests time out from now on: librdkafka keeps retrying the letter itself.
+    group.mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 1000],
+    );
+    let m = tokio::time::timeout(GROUP_WAIT, source.recv())
+        .await
+        .expect("a record in time")
+        .expect("no consumer error");
+    let (trigger, shutdown) = millilag_core::shutdown::shutdown_pair();
+    let stop = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        trigger.trigger();
+        std::time::Instant::now()
+    };
+    let decode = tokio::time::timeout(
+        GROUP_WAIT,
+        source.decode(&m, |_| Err::<(), _>("not avro"), &shutdown),
+    );
+    let (outcome, triggered) = tokio::join!(decode, stop);
+    let outcome = outcome.expect("interrupted in time");
+    assert!(matches!(outcome, Decoded::Interrupted), "{outcome:?}");
+    assert!(
+        triggered.elapsed() < Duration::from_millis(500),
+        "stopped {:?} after shutdown",
+        triggered.elapsed()
+    );
 }

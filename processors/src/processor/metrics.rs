@@ -1,5 +1,6 @@
 //! The processor's metrics, served on `processor.listen` at /metrics.
 
+use crate::consumer::DeadLetterMetrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -13,6 +14,7 @@ pub struct Metrics {
     pub lag_samples: Counter,
     pub clock_skew_rejects: Counter,
     pub decode_failures: Counter,
+    pub dead_letter: DeadLetterMetrics,
     pub duplicates: Counter,
     pub late: Family<Labels, Counter>,
     pub replayed: Counter,
@@ -41,11 +43,12 @@ pub struct SinkMetrics {
 
 impl Metrics {
     pub fn new(registry: &mut Registry) -> Metrics {
-        let m = Metrics {
+        let mut m = Metrics {
             records: Counter::default(),
             lag_samples: Counter::default(),
             clock_skew_rejects: Counter::default(),
             decode_failures: Counter::default(),
+            dead_letter: DeadLetterMetrics::default(),
             duplicates: Counter::default(),
             late: Family::default(),
             replayed: Counter::default(),
@@ -64,6 +67,7 @@ impl Metrics {
             webhook_dropped: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("processor");
+        m.dead_letter = DeadLetterMetrics::register(r);
         r.register(
             "records",
             "replica-delay records consumed",

@@ -166,6 +166,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         topics::REPLICA_DELAY,
         FETCH_WAIT_MS,
         producer.clone(),
+        metrics.dead_letter.clone(),
     )?;
     health.set_ready();
     info!(

@@ -157,7 +157,7 @@ impl RunLoop<'_> {
         };
         match self.source.decode(m, checked, shutdown).await {
             Decoded::Record(view) => self.apply(&view, partition, offset),
-            Decoded::Poison => {
+            Decoded::Poison | Decoded::Dropped => {
                 self.metrics.decode_failures.inc();
             }
             Decoded::Interrupted => {

@@ -1,6 +1,7 @@
 //! The reader's metrics: per-replica handles resolved once, so the hot path only adds to
 //! atomics.
 
+use crate::consumer::DeadLetterMetrics;
 use millilag_core::events::{MeasureStatus, ReplicaDelay};
 use millilag_core::metrics::Labels;
 use prometheus_client::metrics::counter::Counter;
@@ -19,6 +20,7 @@ pub struct ReaderMetrics {
     pub(super) upper_bounds: Family<Labels, Counter>,
     pub(super) events: Counter,
     pub(super) dead_letters: Counter,
+    pub(super) dead_letter: DeadLetterMetrics,
     pub(super) publish_retries: Counter,
     pub(super) publish_queue: Gauge,
     pub(super) paused: Gauge,
@@ -29,7 +31,7 @@ pub struct ReaderMetrics {
 
 impl ReaderMetrics {
     pub fn new(registry: &mut Registry) -> Self {
-        let m = ReaderMetrics {
+        let mut m = ReaderMetrics {
             measurements: Family::default(),
             delay: Family::new_with_constructor(|| {
                 Histogram::new(millilag_core::metrics::delay_buckets())
@@ -38,6 +40,7 @@ impl ReaderMetrics {
             upper_bounds: Family::default(),
             events: Counter::default(),
             dead_letters: Counter::default(),
+            dead_letter: DeadLetterMetrics::default(),
             publish_retries: Counter::default(),
             publish_queue: Gauge::default(),
             paused: Gauge::default(),
@@ -51,6 +54,7 @@ impl ReaderMetrics {
             m.lag.clone(),
         );
         let r = registry.sub_registry_with_prefix("reader");
+        m.dead_letter = DeadLetterMetrics::register(r);
         r.register(
             "measurements",
             "replica-delay records by cluster, replica and status",

@@ -141,6 +141,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         topics::HEARTBEAT_SET,
         rc.fetch_wait.as_millis().max(1) as u32,
         producer.clone(),
+        metrics.dead_letter.clone(),
     )?;
     background.push(tokio::spawn(report_lag(
         source.consumer().clone(),
@@ -187,6 +188,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                     Decoded::Record(e) => e,
                     Decoded::Poison => {
                         metrics.dead_letters.inc();
+                        source.done(p, o);
+                        continue;
+                    }
+                    // Counted and logged by the source: skipped all the same.
+                    Decoded::Dropped => {
                         source.done(p, o);
                         continue;
                     }

@@ -87,18 +87,90 @@ impl OffsetEstimator {
         self.samples.iter().min_by_key(|s| s.rtt_us).copied()
     }
 
-    /// Local microseconds to primary-clock microseconds, and the uncertainty (half the RTT).
-    pub fn to_primary(&self, local_us: i64) -> (i64, i64) {
-        match self.best() {
-            Some(s) => (local_us + s.offset_us, (s.rtt_us + 1) / 2),
-            None => (local_us, 0),
+    /// The estimate at local time `now_us`: the sample with the smallest bound then, where a
+    /// sample's bound is half its round trip plus how far two clocks may have drifted since
+    /// it was taken. Unknown (never sampled): offset 0, bound [`UNKNOWN_CLOCK_UNCERTAINTY_US`].
+    pub fn estimate(&self, now_us: i64) -> ClockEstimate {
+        let bound = |s: &OffsetSample| {
+            (s.rtt_us + 1) / 2 + (now_us - s.taken_at_us).max(0) / DRIFT_US_PER_SAMPLE_US
+        };
+        match self.samples.iter().min_by_key(|s| bound(s)) {
+            Some(s) => ClockEstimate {
+                offset_us: s.offset_us,
+                uncertainty_us: bound(s).min(UNKNOWN_CLOCK_UNCERTAINTY_US),
+                known: true,
+            },
+            None => ClockEstimate {
+                offset_us: 0,
+                uncertainty_us: UNKNOWN_CLOCK_UNCERTAINTY_US,
+                known: false,
+            },
         }
     }
+
+    /// Local microseconds to primary-clock microseconds, and the uncertainty (see
+    /// [`Self::estimate`]).
+    pub fn to_primary(&self, local_us: i64) -> (i64, i64) {
+        let e = self.estimate(now_us());
+        (local_us + e.offset_us, e.uncertainty_us)
+    }
+}
+
+/// Two clocks may drift apart by this much per second since they were compared: 100 ppm, what
+/// an undisciplined crystal allows (NTP-disciplined ones stay well within it).
+const DRIFT_US_PER_SAMPLE_US: i64 = 10_000;
+
+/// The bound given when a clock was never sampled (offset assumed 0): hosts kept by NTP agree
+/// far better than this, and nothing finer is claimed without a sample.
+pub const UNKNOWN_CLOCK_UNCERTAINTY_US: i64 = 1_000_000;
+
+/// One clock against the local one: other = local + `offset_us`, within `uncertainty_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockEstimate {
+    pub offset_us: i64,
+    pub uncertainty_us: i64,
+    /// False until a sample was taken.
+    pub known: bool,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_old_sample_loses_to_a_fresh_one_as_the_clocks_may_drift() {
+        let mut e = OffsetEstimator::new(8);
+        assert!(!e.estimate(0).known);
+        e.add(OffsetSample {
+            offset_us: 10,
+            rtt_us: 100,
+            taken_at_us: 0,
+        });
+        e.add(OffsetSample {
+            offset_us: 20,
+            rtt_us: 2_000,
+            taken_at_us: 60_000_000,
+        });
+        // At 1 min the 100 us sample may have drifted 6 ms: the fresh 1 ms bound wins.
+        let at = e.estimate(60_000_000);
+        assert_eq!(
+            (at.offset_us, at.uncertainty_us, at.known),
+            (20, 1_000, true)
+        );
+        // Just after the first sample, it wins.
+        assert_eq!(e.estimate(1_000).offset_us, 10);
+        // Never sampled again for long: the bound grows, capped at "unknown".
+        let mut old = OffsetEstimator::new(8);
+        old.add(OffsetSample {
+            offset_us: 10,
+            rtt_us: 100,
+            taken_at_us: 0,
+        });
+        assert_eq!(
+            old.estimate(3 * 3_600_000_000).uncertainty_us,
+            UNKNOWN_CLOCK_UNCERTAINTY_US
+        );
+    }
 
     #[test]
     fn an_exchange_leaves_out_the_servers_own_time() {
@@ -113,7 +185,7 @@ mod tests {
     #[test]
     fn lowest_rtt_sample_wins_and_old_ones_expire() {
         let mut e = OffsetEstimator::new(3);
-        assert_eq!(e.to_primary(100), (100, 0));
+        assert_eq!(e.to_primary(100), (100, UNKNOWN_CLOCK_UNCERTAINTY_US));
         e.add(OffsetSample {
             offset_us: 500,
             rtt_us: 900,
@@ -129,7 +201,8 @@ mod tests {
             rtt_us: 400,
             taken_at_us: 3,
         });
-        assert_eq!(e.to_primary(1_000), (1_040, 40));
+        assert_eq!(e.estimate(3).offset_us, 40);
+        assert_eq!(e.estimate(3).uncertainty_us, 40);
         e.add(OffsetSample {
             offset_us: 10,
             rtt_us: 1000,

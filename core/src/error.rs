@@ -52,6 +52,14 @@ pub enum Error {
     /// A service that did not answer or refused us at start, with what to fix.
     #[error("{0}")]
     Unreachable(String),
+    /// An HTTP endpoint (a sink, a webhook) answered with an error status; `body` is the start
+    /// of its answer (see [`Error::http_status`]).
+    #[error("{endpoint}: HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    HttpStatus {
+        endpoint: String,
+        status: u16,
+        body: String,
+    },
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -62,6 +70,21 @@ impl Error {
             address: address.into(),
             source,
             hint: None,
+        }
+    }
+
+    /// An error status from `endpoint`, keeping at most [`HTTP_BODY_KEPT`] characters of the
+    /// body: enough for InfluxDB's `{"error":"..."}`, bounded for logs and dead letters.
+    pub fn http_status(endpoint: impl Into<String>, status: u16, body: &str) -> Self {
+        let body = body.trim();
+        let body = match body.char_indices().nth(HTTP_BODY_KEPT) {
+            Some((cut, _)) => format!("{}...", &body[..cut]),
+            None => body.to_string(),
+        };
+        Error::HttpStatus {
+            endpoint: endpoint.into(),
+            status,
+            body,
         }
     }
 
@@ -78,6 +101,13 @@ impl Error {
             Error::Config(_) | Error::Unsupported(_) => ErrorDomain::User,
             Error::Decode(_) => ErrorDomain::Data,
             Error::Kafka(_) | Error::Unreachable(_) => ErrorDomain::External,
+            Error::HttpStatus { status, .. } => match status {
+                s if is_transient_http_status(*s) => ErrorDomain::External,
+                // Credentials, or a database/bucket/path that does not exist.
+                401 | 403 | 404 => ErrorDomain::User,
+                // The request's content: bad points, too large, outside a retention policy.
+                _ => ErrorDomain::Data,
+            },
             Error::Database { source, .. } => match source {
                 // The server answered with an error: usually privileges or schema, the user's to
                 // fix; the transient ones (shutting down, read-only in a failover, lock waits)
@@ -106,6 +136,9 @@ impl Error {
     pub fn retry_hint(&self) -> RetryHint {
         match self {
             Error::Kafka(_) | Error::Unreachable(_) => RetryHint::Retry,
+            Error::HttpStatus { status, .. } if is_transient_http_status(*status) => {
+                RetryHint::Retry
+            }
             Error::Database { source, .. } => match source {
                 mysql_async::Error::Server(e) if !is_transient_server_error(e.code) => {
                     RetryHint::NoRetry
@@ -121,6 +154,17 @@ impl Error {
 /// shutting down or in read-only mode during a failover, too many connections.
 fn is_transient_server_error(code: u16) -> bool {
     matches!(code, 1040 | 1053 | 1205 | 1213 | 1290 | 1927 | 2006 | 2013)
+}
+
+/// How much of an HTTP error body [`Error::http_status`] keeps, in characters.
+pub const HTTP_BODY_KEPT: usize = 300;
+
+/// HTTP statuses a later attempt can get past: every 4xx refuses the request itself (bad
+/// points, a wrong token, a missing database: sending it again gets the same answer) except
+/// 408 (request timeout) and 429 (too many requests); 5xx and anything else is the server's
+/// state.
+pub fn is_transient_http_status(status: u16) -> bool {
+    !(400..500).contains(&status) || status == 408 || status == 429
 }
 
 impl fmt::Display for ErrorDomain {
@@ -161,6 +205,36 @@ mod tests {
         assert_eq!(
             (shutdown.domain(), shutdown.retry_hint()),
             (ErrorDomain::External, RetryHint::Retry)
+        );
+    }
+
+    #[test]
+    fn a_4xx_is_permanent_except_408_and_429() {
+        let hint = |s| Error::http_status("sink", s, "").retry_hint();
+        for s in [400, 401, 403, 404, 413, 422] {
+            assert_eq!(hint(s), RetryHint::NoRetry, "{s}");
+        }
+        for s in [408, 429, 500, 502, 503, 504, 307] {
+            assert_eq!(hint(s), RetryHint::Retry, "{s}");
+        }
+        assert_eq!(Error::http_status("s", 401, "").domain(), ErrorDomain::User);
+        assert_eq!(Error::http_status("s", 400, "").domain(), ErrorDomain::Data);
+    }
+
+    #[test]
+    fn an_http_error_keeps_the_start_of_the_body_on_a_char_boundary() {
+        let long = "é".repeat(HTTP_BODY_KEPT + 10);
+        let e = Error::http_status("influxdb[0]: POST /write", 400, &long);
+        let Error::HttpStatus { body, .. } = &e else {
+            unreachable!()
+        };
+        assert_eq!(body.chars().count(), HTTP_BODY_KEPT + 3);
+        assert!(e
+            .to_string()
+            .starts_with("influxdb[0]: POST /write: HTTP 400: éé"));
+        assert_eq!(
+            Error::http_status("x", 404, " \n").to_string(),
+            "x: HTTP 404"
         );
     }
 }

@@ -14,6 +14,7 @@ pub mod events;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod names;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;

@@ -65,11 +65,7 @@ async fn injected_stall_is_observed_and_matches_ground_truth() {
         .await
         .unwrap();
     cluster
-        .install_truth_probe(0, "millilag", "heartbeat")
-        .await
-        .unwrap();
-    cluster
-        .install_truth_probe(1, "millilag", "heartbeat")
+        .install_truth("millilag", "heartbeat")
         .await
         .unwrap();
 
@@ -83,10 +79,16 @@ async fn injected_stall_is_observed_and_matches_ground_truth() {
     let writes = async {
         // Give STOP SLAVE its round trip first: the heartbeat must be committed inside the stall.
         tokio::time::sleep(Duration::from_millis(50)).await;
+        let sent = now_us();
         p.query_drop("UPDATE millilag.heartbeat SET seq = 1 WHERE server_id = 1")
             .await
             .unwrap();
         let committed = now_us();
+        let changed = cluster.primary_truth(1).await.unwrap()[&1];
+        assert!(
+            (sent..=committed).contains(&changed),
+            "the primary's trigger stamps the row change inside the statement"
+        );
         // While stalled, replica1 must not show it; replica2 must.
         let r2 = millilag_harness::wait_for("replica2 applies", Duration::from_secs(5), || async {
             replica_seq(&cluster, 1).await.filter(|s| *s == 1)
@@ -128,6 +130,21 @@ async fn injected_stall_is_observed_and_matches_ground_truth() {
         delay1 < 100_000,
         "the other replica is unaffected: {delay1} us"
     );
+    // The truth from the triggers alone agrees, and the primary's truth table never reached
+    // a replica (it would stop replication there: the table does not exist on replicas).
+    let true0 = cluster.true_delays(0, 1).await.unwrap()[&1];
+    assert!((true0 - delay0).abs() < 60_000, "{true0} vs {delay0}");
+    for r in &cluster.replicas {
+        let mut c = r.admin().await.unwrap();
+        let leaked: Option<i64> = c
+            .query_first(
+                "SELECT COUNT(*) FROM information_schema.tables \
+                 WHERE table_schema = 'millilag_truth' AND table_name = 'changed'",
+            )
+            .await
+            .unwrap();
+        assert_eq!(leaked, Some(0), "{} got the primary's truth table", r.name);
+    }
 }
 
 fn sample(seq: i64) -> HeartbeatSet {

@@ -3,6 +3,7 @@
 //! One test binary (one link); nextest runs each test in its own process, so every test starts
 //! the services it needs and they die with it.
 
+mod alerting;
 mod backpressure;
 mod check;
 mod cli;
@@ -21,6 +22,10 @@ mod processor;
 mod prometheus;
 mod python;
 mod reader;
+mod reader_faults;
+mod silence;
+mod sink_errors;
+mod stall_figures;
 mod statsd;
 mod tls;
 mod tls_refusals;

@@ -87,7 +87,7 @@ idle_close = "1h"
         Config::from_toml_with_env(&text, "test", env).expect("test config is valid")
     }
 
-    fn topic(&self, suffix: &str) -> String {
+    pub(crate) fn topic(&self, suffix: &str) -> String {
         format!("{}{}", self.prefix, suffix)
     }
 
@@ -563,7 +563,7 @@ prefix = "millilag"
 }
 
 /// Ten records per window, 100 ms apart; returns the offset of the window's first record.
-async fn produce_window(env: &Env, t: i64, w: i64) -> i64 {
+pub(crate) async fn produce_window(env: &Env, t: i64, w: i64) -> i64 {
     let mut first = None;
     for i in 0..10 {
         let seq = w * 10 + i + 1;
@@ -575,7 +575,7 @@ async fn produce_window(env: &Env, t: i64, w: i64) -> i64 {
     first.unwrap()
 }
 
-async fn influx_counts(influx: &Influx) -> Vec<(i64, i64)> {
+pub(crate) async fn influx_counts(influx: &Influx) -> Vec<(i64, i64)> {
     let rows = influx
         .query(&format!(
             "SELECT \"count\" FROM replica_delay WHERE replica = '{REPLICA}'"

@@ -2,7 +2,7 @@
 //! times under injected stalls (both methods), DB load, failures and poison records.
 
 use crate::common::{create_topics, next_record, Collected, Env, Pipeline};
-use millilag_core::events::{DeadLetter, MeasureMethod, MeasureStatus, ReplicaDelay};
+use millilag_core::events::{DeadLetter, MeasureMethod, MeasureStatus, Record, ReplicaDelay};
 use mysql_async::prelude::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::{BTreeMap, HashMap};
@@ -106,12 +106,10 @@ async fn stalled_run(reader: &str, stalls: &[u64]) -> (Env, Vec<(ReplicaDelay, i
     create_topics(&config).await;
     let (got, _bg) = Collected::start(&env);
     let writer = Pipeline::start(&config, true, false);
-    for i in 0..2 {
-        env.cluster
-            .install_truth_probe(i, "millilag", "heartbeat")
-            .await
-            .unwrap();
-    }
+    env.cluster
+        .install_truth("millilag", "heartbeat")
+        .await
+        .unwrap();
     let spawned = millilag_core::clock::now_us();
     let reader = Pipeline::start(&config, false, true);
     // Heartbeats committed before the reader was consuming (it joins its group, then works
@@ -147,18 +145,17 @@ async fn stalled_run(reader: &str, stalls: &[u64]) -> (Env, Vec<(ReplicaDelay, i
         .await;
     writer.stop().await;
     reader.stop().await;
+    // True delays from the triggers alone: replica row change - primary row change.
     let truths = [
-        env.cluster.truth(0, 0).await.unwrap(),
-        env.cluster.truth(1, 0).await.unwrap(),
+        env.cluster.true_delays(0, 0).await.unwrap(),
+        env.cluster.true_delays(1, 0).await.unwrap(),
     ];
     let with_truth = rs
         .into_iter()
         .filter(|r| r.committed_at_us > reader_started)
         .filter_map(|r| {
             let i = addrs.iter().position(|a| *a == r.replica)?;
-            let applied = *truths[i].get(&r.seq)?;
-            let truth = applied - r.committed_at_us;
-            Some((r, truth))
+            Some((r.clone(), *truths[i].get(&r.seq)?))
         })
         .collect();
     (env, with_truth)
@@ -287,7 +284,8 @@ fn check_accuracy(
     );
 }
 
-// Tolerance. The truth is the replica's trigger at row apply; visibility follows at its commit,
+// Tolerance. The truth is the replica's trigger at row apply minus the primary's at row change;
+// visibility follows at the replica's commit,
 // normally tens of microseconds later (flush at commit 2), and we see it one loopback hop later.
 // On this 2-core box three mariadbd, Tansu, writer, reader and the test share the cores, and a
 // thread descheduled for a few milliseconds anywhere (the replica between apply and commit, the
@@ -457,6 +455,36 @@ async fn garbage_on_the_heartbeat_topic_goes_to_dead_letter_and_measuring_contin
     );
     assert!(dl.reason.contains("single-object"), "{}", dl.reason);
     assert_eq!(dl.service, "reader");
+    // Well-formed, but a number no writer announces (a commit time at the end of i64): refused
+    // before any arithmetic, with the reason.
+    let newest = got.snapshot().iter().map(|r| r.seq).max().unwrap();
+    let wild = millilag_core::events::HeartbeatSet {
+        cluster: "main".into(),
+        primary: env.cluster.primary.address(),
+        server_id: 1,
+        writer_id: "wild".into(),
+        writer_epoch: 1,
+        seq: newest + 1_000_000,
+        committed_at_us: i64::MAX,
+        gtid: None,
+        binlog_file: None,
+        binlog_pos: None,
+        interval_us: 10_000,
+        commit_rtt_us: 0,
+    };
+    producer
+        .send(
+            FutureRecord::to(&env.topic("heartbeat-set"))
+                .key("main")
+                .payload(&wild.encode().unwrap()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let (dl, _) = next_record::<DeadLetter>(&dead, Duration::from_secs(30))
+        .await
+        .expect("a dead letter for the wild commit time");
+    assert!(dl.reason.contains("commit time"), "{}", dl.reason);
     let after = got.snapshot().iter().map(|r| r.seq).max().unwrap();
     got.until("measuring continues", Duration::from_secs(30), |rs| {
         rs.iter().any(|r| r.seq > after + 20)
@@ -532,6 +560,18 @@ async fn discovered_replica_is_measured_dropped_when_it_leaves_and_taken_back() 
         for_replica(&rs[left_at..], &listed).all(|r| r.status == MeasureStatus::Ok),
         "replica 0 unaffected"
     );
+    // Its series are gone from /metrics (a churn of replicas must not grow them forever, nor
+    // leave its last lag on a dashboard); replica 0's stay.
+    let (_, body) = crate::common::http_get(&config.reader.listen.to_string(), "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        !body.contains(&format!("replica=\"{unlisted}\"")),
+        "no series left for the dropped replica"
+    );
+    assert!(body.contains(&format!(
+        "millilag_replica_lag_seconds{{cluster=\"main\",replica=\"{listed}\"}}"
+    )));
 
     // Back: discovered again and measured again.
     r1.query_drop("START SLAVE").await.unwrap();

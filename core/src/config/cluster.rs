@@ -149,11 +149,11 @@ impl ClusterConfig {
         let mut names = BTreeSet::new();
         for (i, c) in clusters.iter().enumerate() {
             let key = format!("cluster[{i}]");
-            if c.name.is_empty() || c.name.contains('/') {
-                p.push(format!(
-                    "{key}.name ({:?}): must be non-empty and contain no '/'",
-                    c.name
-                ));
+            if let Some(why) = crate::names::name_problem(&c.name) {
+                p.push(format!("{key}.name ({:?}) {why}", c.name));
+            } else if c.name.contains('/') {
+                // '/' separates cluster and replica in the Kafka keys.
+                p.push(format!("{key}.name ({:?}) must contain no '/'", c.name));
             }
             if !names.insert(c.name.as_str()) {
                 p.push(format!(

@@ -188,6 +188,14 @@ impl SinkConfig {
         for (i, s) in self.influxdb.iter().enumerate() {
             let key = format!("sink.influxdb[{i}]");
             check_timeout(&format!("{key}.timeout"), s.timeout, p);
+            if let Some(why) = crate::names::name_problem(&s.measurement) {
+                p.push(format!("{key}.measurement ({:?}) {why}", s.measurement));
+            } else if s.measurement.starts_with('#') {
+                p.push(format!(
+                    "{key}.measurement ({:?}) must not start with '#': line protocol reads the line as a comment",
+                    s.measurement
+                ));
+            }
             match s.api {
                 InfluxApi::V2 => {
                     if s.org.is_none() || s.bucket.is_none() {

@@ -238,4 +238,6 @@ record!(Alert, "alert", "alert.avsc", []);
 record!(DeadLetter, "dead-letter", "dead_letter.avsc", []);
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

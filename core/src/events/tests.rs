@@ -1,7 +1,7 @@
 use super::*;
 use std::collections::BTreeSet;
 
-fn heartbeat() -> HeartbeatSet {
+pub(super) fn heartbeat() -> HeartbeatSet {
     HeartbeatSet {
         cluster: "main".into(),
         primary: "127.0.0.1:3306".into(),
@@ -18,7 +18,7 @@ fn heartbeat() -> HeartbeatSet {
     }
 }
 
-fn delay() -> ReplicaDelay {
+pub(super) fn delay() -> ReplicaDelay {
     ReplicaDelay {
         cluster: "main".into(),
         replica: "127.0.0.1:3307".into(),
@@ -36,7 +36,7 @@ fn delay() -> ReplicaDelay {
     }
 }
 
-fn window() -> DelayWindow {
+pub(super) fn window() -> DelayWindow {
     DelayWindow {
         cluster: "main".into(),
         replica: "127.0.0.1:3307".into(),
@@ -58,7 +58,7 @@ fn window() -> DelayWindow {
     }
 }
 
-fn alert() -> Alert {
+pub(super) fn alert() -> Alert {
     Alert {
         rule: "replica-lag-high".into(),
         cluster: "main".into(),
@@ -75,7 +75,7 @@ fn alert() -> Alert {
     }
 }
 
-fn dead_letter() -> DeadLetter {
+pub(super) fn dead_letter() -> DeadLetter {
     DeadLetter {
         topic: "millilag.heartbeat-set".into(),
         partition: 0,

@@ -7,7 +7,7 @@
 
 use crate::config::{Config, KafkaConfig};
 use crate::error::{Error, Result};
-use crate::events::Record;
+use crate::events::{DeadLetter, Record};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -182,6 +182,40 @@ pub async fn send_bytes(
         .await
         .map(|_| ())
         .map_err(|(e, _)| Error::Kafka(e))
+}
+
+/// Keep a record that cannot be processed, with the reason, on the dead-letter topic. Waits for
+/// the ack: the caller stores the record's offset only after this returns Ok.
+#[allow(clippy::too_many_arguments)]
+pub async fn dead_letter(
+    producer: &FutureProducer,
+    config: &Config,
+    service: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    reason: &str,
+) -> Result<()> {
+    let record = DeadLetter {
+        topic: topic.to_string(),
+        partition,
+        offset,
+        key: key.map(|k| serde_bytes::ByteBuf::from(k.to_vec())),
+        payload: payload.map(|p| serde_bytes::ByteBuf::from(p.to_vec())),
+        reason: reason.to_string(),
+        service: service.to_string(),
+        failed_at_us: crate::clock::now_us(),
+    };
+    let bytes = record.encode()?;
+    send_bytes(
+        producer,
+        &config.topic(topics::DEAD_LETTER),
+        key.unwrap_or_default(),
+        &bytes,
+    )
+    .await
 }
 
 #[cfg(test)]

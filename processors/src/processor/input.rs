@@ -36,9 +36,21 @@ impl DelayView<'_> {
         if self.committed_at_us != 0 {
             self.committed_at_us
         } else {
-            self.observed_at_us - self.delay_us
+            self.observed_at_us.saturating_sub(self.delay_us)
         }
     }
+}
+
+/// Why a record's cluster or replica name cannot become a point, if it cannot: empty, or
+/// holding what line protocol cannot carry (see [`millilag_core::names`]). Such a record is
+/// dead-lettered with this reason where it enters, instead of breaking a sink's request.
+pub fn name_problem(r: &DelayView<'_>) -> Option<String> {
+    [("cluster", r.cluster), ("replica", r.replica)]
+        .into_iter()
+        .find_map(|(what, name)| {
+            millilag_core::names::name_problem(name)
+                .map(|why| format!("{what} name {name:?} {why}"))
+        })
 }
 
 /// Why a record's times cannot be trusted, if they cannot. Its commit time is more than
@@ -236,6 +248,81 @@ mod tests {
         ancient.committed_at_us -= 8 * 24 * 3600 * S;
         let why = time_problem(&ancient, None, None, now, skew, age).unwrap();
         assert!(why.contains("max_event_age"), "{why}");
+    }
+
+    #[test]
+    fn names_no_sink_can_carry_are_refused_naming_the_field() {
+        let bytes = record(1, MeasureStatus::Ok).encode().unwrap();
+        let ok = decode(&bytes).unwrap();
+        assert_eq!(name_problem(&ok), None);
+        let odd = DelayView {
+            replica: "db 2,x=\"1\"",
+            ..ok
+        };
+        assert_eq!(
+            name_problem(&odd),
+            None,
+            "escaped by the sinks, not refused"
+        );
+        let empty = DelayView { replica: "", ..ok };
+        let why = name_problem(&empty).unwrap();
+        assert!(why.starts_with("replica name \"\" is empty"), "{why}");
+        let newline = DelayView {
+            cluster: "ma\nin",
+            ..ok
+        };
+        let why = name_problem(&newline).unwrap();
+        assert!(
+            why.starts_with("cluster name \"ma\\nin\" contains a control"),
+            "{why}"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        /// The borrowing decoder agrees with the core codec on any body behind any published
+        /// replica-delay header, and on valid records with bytes changed: what the codec
+        /// accepts it reads with the same values, errors are of the same kind, never a panic.
+        #[test]
+        fn view_agrees_with_the_core_codec_on_any_bytes(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+            version in proptest::prelude::any::<proptest::sample::Index>(),
+            changes in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                0..4,
+            ),
+        ) {
+            let versions = ReplicaDelay::codec().versions();
+            let mut arbitrary = vec![0xC3, 0x01];
+            arbitrary.extend_from_slice(version.get(versions).rabin_fingerprint());
+            arbitrary.extend_from_slice(&body);
+            let mut changed = record(3, MeasureStatus::Timeout).encode().unwrap();
+            for (i, b) in &changes {
+                let i = i.index(changed.len());
+                changed[i] = *b;
+            }
+            for bytes in [arbitrary, changed] {
+                match (decode(&bytes), ReplicaDelay::decode(&bytes)) {
+                    (Ok(v), Ok(r)) => {
+                        proptest::prop_assert_eq!((v.cluster, v.replica), (&*r.cluster, &*r.replica));
+                        proptest::prop_assert_eq!((v.seq, v.status), (r.seq, r.status));
+                        proptest::prop_assert_eq!(v.event_time_us(), r.event_time_us());
+                    }
+                    // The view skips fields it does not need, so it may stumble later in
+                    // the body: the same kind of error, not always the same words.
+                    (Err(a), Err(b)) => proptest::prop_assert_eq!(
+                        std::mem::discriminant(&a),
+                        std::mem::discriminant(&b)
+                    ),
+                    // Fields the view skips are not checked (a `reader_id` that is not
+                    // UTF-8, a `method` out of range): it may accept what the codec refuses,
+                    // never the other way round.
+                    (Ok(_), Err(_)) => {}
+                    (Err(a), Ok(b)) => proptest::prop_assert!(false, "view {:?}, codec {:?}", a, b),
+                }
+            }
+        }
     }
 
     #[test]

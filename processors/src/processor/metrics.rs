@@ -13,6 +13,7 @@ pub struct Metrics {
     pub records: Counter,
     pub lag_samples: Counter,
     pub clock_skew_rejects: Counter,
+    pub name_rejects: Counter,
     pub decode_failures: Counter,
     pub dead_letter: DeadLetterMetrics,
     pub duplicates: Counter,
@@ -26,6 +27,7 @@ pub struct Metrics {
     sink_points: Family<Labels, Counter>,
     sink_failures: Family<Labels, Counter>,
     sink_backlog: Family<Labels, Gauge>,
+    sink_rejected: Family<Labels, Counter>,
     pub alert_firing: Family<Labels, Gauge>,
     pub alert_transitions: Family<Labels, Counter>,
     pub webhook_sent: Family<Labels, Counter>,
@@ -39,6 +41,19 @@ pub struct SinkMetrics {
     pub points: Counter,
     pub failures: Counter,
     pub backlog: Gauge,
+    /// Windows the sink refused for good (dead-lettered), per status: see [`Self::rejected`].
+    rejected: Family<Labels, Counter>,
+    sink: String,
+}
+
+impl SinkMetrics {
+    /// The counter of windows refused with `status` (an HTTP status, or the error's domain
+    /// when the refusal has none).
+    pub fn rejected(&self, status: &str) -> Counter {
+        self.rejected
+            .get_or_create(&labels(&[("sink", &self.sink), ("status", status)]))
+            .clone()
+    }
 }
 
 impl Metrics {
@@ -47,6 +62,7 @@ impl Metrics {
             records: Counter::default(),
             lag_samples: Counter::default(),
             clock_skew_rejects: Counter::default(),
+            name_rejects: Counter::default(),
             decode_failures: Counter::default(),
             dead_letter: DeadLetterMetrics::default(),
             duplicates: Counter::default(),
@@ -60,6 +76,7 @@ impl Metrics {
             sink_points: Family::default(),
             sink_failures: Family::default(),
             sink_backlog: Family::default(),
+            sink_rejected: Family::default(),
             alert_firing: Family::default(),
             alert_transitions: Family::default(),
             webhook_sent: Family::default(),
@@ -82,6 +99,11 @@ impl Metrics {
             "clock_skew_rejects",
             "Records sent to dead-letter because their primary's clock is off (processor.max_clock_skew) or they are older than processor.max_event_age",
             m.clock_skew_rejects.clone(),
+        );
+        r.register(
+            "name_rejects",
+            "Records sent to dead-letter because their cluster or replica name cannot become a point (empty, a control character, a backslash)",
+            m.name_rejects.clone(),
         );
         r.register(
             "decode_failures",
@@ -131,8 +153,13 @@ impl Metrics {
         );
         r.register(
             "sink_failures",
-            "Failed sink writes (each is retried)",
+            "Failed sink writes that are retried (connection errors, timeouts, 5xx, 408, 429)",
             m.sink_failures.clone(),
+        );
+        r.register(
+            "sink_rejected",
+            "Windows a sink refused for good (an HTTP 4xx other than 408/429), sent to dead-letter, per sink and status",
+            m.sink_rejected.clone(),
         );
         r.register(
             "sink_backlog",
@@ -173,6 +200,8 @@ impl Metrics {
             points: self.sink_points.get_or_create(&l).clone(),
             failures: self.sink_failures.get_or_create(&l).clone(),
             backlog: self.sink_backlog.get_or_create(&l).clone(),
+            rejected: self.sink_rejected.clone(),
+            sink: name.to_string(),
         }
     }
 }

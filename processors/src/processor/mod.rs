@@ -54,6 +54,7 @@ use offsets::OffsetTracker;
 use prometheus_client::registry::Registry;
 use rdkafka::producer::FutureProducer;
 use run_loop::RunLoop;
+use sinks::rejected::DeadLetterTopic;
 use sinks::statsd::timings::Timings;
 use sinks::SinkHandle;
 use std::sync::Arc;
@@ -215,6 +216,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         owned: Default::default(),
         heartbeats,
         next_stale_at: 0,
+        next_prune_at: 0,
         liveness,
         health: health.clone(),
         timings: Timings(taps.into_iter().flatten().collect()),
@@ -249,45 +251,48 @@ fn build_sinks(
     acks: &mpsc::UnboundedSender<u64>,
     metrics: &Metrics,
 ) -> anyhow::Result<Vec<SinkHandle>> {
+    let ctx = SinkContext {
+        config,
+        producer,
+        acks,
+        metrics,
+    };
     let mut out = Vec::new();
-    // A batch holds at least one window and consumption pauses past max_pending_windows, so
-    // this never binds first; it bounds the queues whatever the windows' bookkeeping says.
-    let queue = config.processor.max_pending_windows;
     for (i, c) in config.sink.influxdb.iter().enumerate() {
         let name = format!("influxdb[{i}]");
         let sink = sinks::influx::InfluxSink::new(&format!("sink.{name}"), c)?;
-        out.push(sinks::spawn(
-            name.clone(),
-            sink,
-            acks.clone(),
-            metrics.sink(&name),
-            queue,
-        ));
+        out.push(ctx.spawn(name, sink));
     }
     for (i, c) in config.sink.graphite.iter().enumerate() {
-        let name = format!("graphite[{i}]");
         let sink = sinks::graphite::GraphiteSink::new(c);
-        out.push(sinks::spawn(
-            name.clone(),
-            sink,
-            acks.clone(),
-            metrics.sink(&name),
-            queue,
-        ));
+        out.push(ctx.spawn(format!("graphite[{i}]"), sink));
     }
     if config.sink.kafka.enabled {
-        let name = "kafka".to_string();
         let sink =
             sinks::kafka::KafkaSink::new(producer.clone(), config.topic(topics::DELAY_WINDOW));
-        out.push(sinks::spawn(
-            name.clone(),
-            sink,
-            acks.clone(),
-            metrics.sink(&name),
-            queue,
-        ));
+        out.push(ctx.spawn("kafka".to_string(), sink));
     }
     Ok(out)
+}
+
+/// What every sink task is started with.
+struct SinkContext<'a> {
+    config: &'a Config,
+    /// Also carries every sink's refused windows to dead-letter.
+    producer: &'a FutureProducer,
+    acks: &'a mpsc::UnboundedSender<u64>,
+    metrics: &'a Metrics,
+}
+
+impl SinkContext<'_> {
+    fn spawn<S: sinks::Sink>(&self, name: String, sink: S) -> SinkHandle {
+        let rejections = DeadLetterTopic::new(self.producer.clone(), self.config, &name);
+        let metrics = self.metrics.sink(&name);
+        // A batch holds at least one window and consumption pauses past max_pending_windows,
+        // so this never binds first; it bounds the queue whatever that bookkeeping says.
+        let queue = self.config.processor.max_pending_windows;
+        sinks::spawn(name, sink, rejections, self.acks.clone(), metrics, queue)
+    }
 }
 
 /// replica-delay's partition count (0 when the broker does not say; only one processor can

@@ -40,6 +40,11 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
 const SINKS_STUCK_AFTER_US: i64 = 30_000_000;
 /// How often the rules on silence are evaluated (their thresholds are seconds).
 const STALE_EVERY_US: i64 = 250_000;
+/// A replica with no record for this long is forgotten (its windows, watermark, flush marks
+/// and quiet alert tracks): far beyond the empty-window horizon (10 min) and any reader
+/// restart, so only replicas that are gone are.
+const KEY_RETENTION_US: i64 = 6 * 3_600_000_000;
+const PRUNE_EVERY_US: i64 = 60_000_000;
 
 /// The run loop's state.
 pub struct RunLoop<'a> {
@@ -66,6 +71,7 @@ pub struct RunLoop<'a> {
     pub owned: std::collections::BTreeSet<i32>,
     pub heartbeats: HeartbeatWatch,
     pub next_stale_at: i64,
+    pub next_prune_at: i64,
     /// Whether silence can be told (the broker answers, consumption runs).
     pub liveness: Liveness,
     pub health: millilag_core::http::Health,
@@ -141,11 +147,17 @@ impl RunLoop<'_> {
         let max_skew_us = self.config.processor.max_clock_skew.as_micros_i64();
         let max_age_us = self.config.processor.max_event_age.as_micros_i64();
         let rejects = &self.metrics.clock_skew_rejects;
+        let name_rejects = &self.metrics.name_rejects;
         let windows = &self.windows;
-        // A record whose times cannot be trusted is dead-lettered like an undecodable one:
-        // applied, it would move a watermark or fall in windows long closed.
+        // A record whose names no sink can carry, or whose times cannot be trusted, is
+        // dead-lettered like an undecodable one: applied, it would break every sink request it
+        // joins, move a watermark, or fall in windows long closed.
         let checked = |bytes| {
             let view = input::decode(bytes).map_err(|e| e.to_string())?;
+            if let Some(why) = input::name_problem(&view) {
+                name_rejects.inc();
+                return Err(why);
+            }
             let newest = windows.newest(view.cluster, view.replica);
             match input::time_problem(&view, published_ms, newest, now, max_skew_us, max_age_us) {
                 Some(why) => {
@@ -213,6 +225,10 @@ impl RunLoop<'_> {
                 }
                 self.check_silence(now);
             }
+            if now >= self.next_prune_at {
+                self.next_prune_at = now + PRUNE_EVERY_US;
+                self.prune_gone(now);
+            }
         }
         self.timings.flush();
         self.dispatch_closed();
@@ -250,6 +266,24 @@ impl RunLoop<'_> {
                 ),
             ),
             _ => self.health.part_ok("sinks"),
+        }
+    }
+
+    /// Forget replicas gone for [`KEY_RETENTION_US`] (pod IPs churn), keeping any with an
+    /// incident still open: memory follows the replicas that exist, not all that ever did.
+    fn prune_gone(&mut self, now: i64) {
+        let (engine, stale) = (&self.dispatch.engine, &self.dispatch.stale);
+        let gone = self.windows.prune_silent(now, KEY_RETENTION_US, |c, r| {
+            engine.active_on(c, r) || stale.firing_on(c, r)
+        });
+        for (cluster, replica) in &gone {
+            self.dispatch.engine.prune(cluster, replica);
+        }
+        if !gone.is_empty() {
+            info!(
+                count = gone.len(),
+                "Forgot replicas with no record for 6 h."
+            );
         }
     }
 

@@ -181,6 +181,7 @@ impl Clusters {
                 if !state.configured.contains(&addr) && state.replicas.remove(&addr).is_some() {
                     warn!(cluster = %cluster, replica = %addr, "Replica no longer reported by the primary; stopped measuring it.");
                     self.health.part_ok(&format!("replica {cluster}/{addr}"));
+                    self.metrics.forget_replica(&cluster, &addr);
                     self.count(&cluster);
                 }
             }

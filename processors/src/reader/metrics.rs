@@ -27,6 +27,7 @@ pub struct ReaderMetrics {
     pub(super) consumer_lag: Family<Labels, Gauge>,
     pub(super) replicas: Family<Labels, Gauge>,
     pub(super) lag: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub(super) clock_uncertainty: Family<Labels, Gauge<f64, AtomicU64>>,
 }
 
 impl ReaderMetrics {
@@ -47,6 +48,7 @@ impl ReaderMetrics {
             consumer_lag: Family::default(),
             replicas: Family::default(),
             lag: Family::default(),
+            clock_uncertainty: Family::default(),
         };
         registry.register(
             "replica_lag_seconds",
@@ -106,7 +108,19 @@ impl ReaderMetrics {
             "Replicas being measured, per cluster",
             m.replicas.clone(),
         );
+        r.register(
+            "clock_uncertainty_seconds",
+            "How far the local clock's offset to each cluster's primary may be off: half the best sample's round trip plus drift since (100 ppm); 1 while never sampled (offset assumed 0)",
+            m.clock_uncertainty.clone(),
+        );
         m
+    }
+
+    /// The handle for `cluster`'s clock-offset bound.
+    pub fn clock_uncertainty(&self, cluster: &str) -> Gauge<f64, AtomicU64> {
+        self.clock_uncertainty
+            .get_or_create(&vec![("cluster", cluster.to_string())])
+            .clone()
     }
 
     pub fn measured(&self, r: &ReplicaDelay) {
@@ -174,6 +188,29 @@ pub enum QueryKind {
 }
 
 impl ReaderMetrics {
+    /// Drop a replica's series (discovery lost it): a churn of replica names (pod IPs) must not
+    /// grow /metrics without bound, nor leave a dead replica's last lag on dashboards.
+    pub fn forget_replica(&self, cluster: &str, replica: &str) {
+        let base: Labels = vec![
+            ("cluster", cluster.to_string()),
+            ("replica", replica.to_string()),
+        ];
+        let with = |k: &'static str, v: &str| {
+            let mut l = base.clone();
+            l.push((k, v.to_string()));
+            l
+        };
+        for kind in ["gtid_wait", "poll", "status"] {
+            self.queries.remove(&with("kind", kind));
+        }
+        for s in MeasureStatus::ALL {
+            self.measurements.remove(&with("status", s.as_str()));
+        }
+        self.delay.remove(&base);
+        self.upper_bounds.remove(&base);
+        self.lag.remove(&base);
+    }
+
     pub fn for_replica(&self, cluster: &str, replica: &str) -> ReplicaMetrics {
         let base: Labels = vec![
             ("cluster", cluster.to_string()),

@@ -18,6 +18,7 @@ mod clock;
 mod clusters;
 mod discovery;
 mod gtid;
+pub(crate) mod input;
 mod metrics;
 mod publisher;
 mod replica;
@@ -35,7 +36,6 @@ use clusters::Clusters;
 use millilag_core::clock::OffsetEstimator;
 use millilag_core::config::Config;
 use millilag_core::db;
-use millilag_core::events::{HeartbeatSet, Record};
 use millilag_core::http::{bind_and_serve, Health};
 use millilag_core::kafka::{self, topics};
 use millilag_core::shutdown::Shutdown;
@@ -117,8 +117,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         // The first offset estimate before the first measurement, when the primary answers.
         clock::sample_clock(c, &clock, 5).await;
         background.push(tokio::spawn(
-            clock::keep_clock(c.clone(), clock, rc.clock_refresh.0, shutdown.clone())
-                .instrument(info_span!("clock", cluster = %c.name)),
+            clock::keep_clock(
+                c.clone(),
+                clock,
+                rc.clock_refresh.0,
+                metrics.clock_uncertainty(&c.name),
+                shutdown.clone(),
+            )
+            .instrument(info_span!("clock", cluster = %c.name)),
         ));
         if c.discover_replicas {
             background.push(tokio::spawn(
@@ -184,7 +190,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                 source.rebalanced();
                 let (p, o) = (msg.partition(), msg.offset());
                 metrics.events.inc();
-                let event = match source.decode(&msg, HeartbeatSet::decode, &shutdown).await {
+                let now = millilag_core::clock::now_us();
+                let decode = |b: &[u8]| input::decode_heartbeat(b, now);
+                let event = match source.decode(&msg, decode, &shutdown).await {
                     Decoded::Record(e) => e,
                     Decoded::Poison => {
                         metrics.dead_letters.inc();

@@ -10,10 +10,16 @@
 //! (`ssl_cert`, `ssl_key`, `ssl_ca`) and creates the service user `REQUIRE SSL` (and
 //! [`X509_USER`] `REQUIRE X509`), so plaintext logins fail as on a TLS-only production server.
 //!
-//! Ground truth for accuracy tests: [`Cluster::install_truth_probe`] adds an AFTER trigger on a
-//! replica's heartbeat table that records `SYSDATE(6)` (the replica's wall clock at apply; NOW(6)
-//! would be the primary's timestamp replayed) and the seq into a side table. All instances run
-//! on this host, so there is one clock: true delay = applied_us - commit time.
+//! Ground truth for accuracy tests, owing nothing to millilag's own stamps:
+//! [`Cluster::install_truth_probe`] adds AFTER triggers on a replica's heartbeat table that
+//! record `SYSDATE(6)` (the replica's wall clock at apply; NOW(6) would be the primary's
+//! timestamp replayed) and the seq into a side table, and [`Cluster::install_primary_truth`] the
+//! same on the primary when the writer changes the row. The primary's trigger DDL is not
+//! binlogged (`sql_log_bin = 0`), its side table lives in `millilag_truth`, which the primary
+//! does not binlog (`binlog-ignore-db`), and the replicas run their own triggers for row events
+//! whatever the primary ran (`slave_run_triggers_for_rbr = ENFORCE`; with YES they skip them for
+//! events whose primary ran a trigger). All instances run on this host, so there is one clock:
+//! true delay = replica row change - primary row change.
 
 use crate::process::Guard;
 use crate::{free_port, wait_for};
@@ -35,6 +41,8 @@ pub const ADMIN_PASSWORD: &str = "admin-pw";
 pub const X509_USER: &str = "millilag_x509";
 const REPL_USER: &str = "repl";
 const REPL_PASSWORD: &str = "repl-pw";
+/// Where the truth triggers record row-change times (never replicated).
+const TRUTH_DB: &str = "millilag_truth";
 /// Bump when the install options change, so stale templates are not reused.
 const TEMPLATE_VERSION: &str = "v1";
 
@@ -386,6 +394,8 @@ impl Cluster {
             vec![
                 format!("--log-bin={}", pdir.join("data/primary-bin").display()),
                 "--binlog-format=ROW".into(),
+                // The primary's truth table stays on the primary (see the module doc).
+                format!("--binlog-ignore-db={TRUTH_DB}"),
             ],
         )?;
         primary.extra_args.extend(tls_args.iter().cloned());
@@ -397,8 +407,9 @@ impl Cluster {
             s.extra_args = vec![
                 format!("--relay-log={}", rdir.join("data/relay-bin").display()),
                 "--read-only=0".into(),
-                // Triggers on the replica fire for row events: the ground-truth probe needs it.
-                "--slave-run-triggers-for-rbr=YES".into(),
+                // Triggers on the replica fire for every row event, including those whose
+                // primary ran its own truth trigger: the ground-truth probes need it.
+                "--slave-run-triggers-for-rbr=ENFORCE".into(),
                 "--report-host=127.0.0.1".into(),
                 format!("--report-port={}", s.port),
             ];
@@ -556,50 +567,90 @@ impl Cluster {
     /// Record each heartbeat's apply time on `replica` (see the module doc). Waits until the
     /// heartbeat table has replicated there.
     pub async fn install_truth_probe(&self, replica: usize, db: &str, table: &str) -> Result<()> {
-        let server = &self.replicas[replica];
-        let t = millilag_core::db::qualified_table(db, table)?;
-        wait_for(
-            &format!("{t} on {}", server.name),
-            Duration::from_secs(30),
-            || async {
-                let mut c = server.admin().await.ok()?;
-                c.query_first::<i64, _>(format!("SELECT COUNT(*) FROM {t}"))
-                    .await
-                    .ok()
-                    .flatten()
-            },
-        )
-        .await?;
-        let mut c = server.admin().await?;
-        let trig = |kind: &str| {
-            format!(
-                "CREATE TRIGGER IF NOT EXISTS `{db}`.`millilag_truth_{k}` AFTER {kind} ON {t} FOR EACH ROW \
-                 REPLACE INTO millilag_truth.applied VALUES (NEW.seq, ROUND(UNIX_TIMESTAMP(SYSDATE(6)) * 1000000))",
-                k = kind.to_lowercase()
-            )
-        };
-        c.query_drop(format!(
-            "SET SESSION sql_log_bin = 0;
-             CREATE DATABASE IF NOT EXISTS millilag_truth;
-             CREATE TABLE IF NOT EXISTS millilag_truth.applied (seq BIGINT UNSIGNED PRIMARY KEY, applied_us BIGINT NOT NULL);
-             {}; {};",
-            trig("UPDATE"),
-            trig("INSERT")
-        ))
-        .await
-        .context("installing the apply-time trigger")?;
+        install_truth_triggers(&self.replicas[replica], db, table, "applied").await
+    }
+
+    /// The truth triggers on the primary and every replica (see the module doc).
+    pub async fn install_truth(&self, db: &str, table: &str) -> Result<()> {
+        self.install_primary_truth(db, table).await?;
+        for i in 0..self.replicas.len() {
+            self.install_truth_probe(i, db, table).await?;
+        }
         Ok(())
+    }
+
+    /// Record when the primary changes each heartbeat row (see the module doc): the start of
+    /// every true delay. Waits until the table exists.
+    pub async fn install_primary_truth(&self, db: &str, table: &str) -> Result<()> {
+        install_truth_triggers(&self.primary, db, table, "changed").await
+    }
+
+    /// seq -> row-change time on the primary (local clock, microseconds).
+    pub async fn primary_truth(&self, from_seq: i64) -> Result<BTreeMap<i64, i64>> {
+        read_truth(&self.primary, "changed", from_seq).await
+    }
+
+    /// seq -> true delay on `replica` (replica row change - primary row change, microseconds),
+    /// for heartbeats both triggers saw.
+    pub async fn true_delays(&self, replica: usize, from_seq: i64) -> Result<BTreeMap<i64, i64>> {
+        let changed = self.primary_truth(from_seq).await?;
+        let applied = self.truth(replica, from_seq).await?;
+        Ok(applied
+            .into_iter()
+            .filter_map(|(seq, at)| Some((seq, at - changed.get(&seq)?)))
+            .collect())
     }
 
     /// seq -> apply time (local clock, microseconds) for heartbeats applied on `replica`.
     pub async fn truth(&self, replica: usize, from_seq: i64) -> Result<BTreeMap<i64, i64>> {
-        let mut c = self.replicas[replica].admin().await?;
-        let rows: Vec<(i64, i64)> = c
-            .exec(
-                "SELECT seq, applied_us FROM millilag_truth.applied WHERE seq >= ? ORDER BY seq",
-                (from_seq,),
-            )
-            .await?;
-        Ok(rows.into_iter().collect())
+        read_truth(&self.replicas[replica], "applied", from_seq).await
     }
+}
+
+/// AFTER UPDATE and INSERT triggers on `db.table` of `server` recording (seq, `SYSDATE(6)`) into
+/// `millilag_truth.<log>`, none of it binlogged. Waits until the table exists there.
+async fn install_truth_triggers(server: &Server, db: &str, table: &str, log: &str) -> Result<()> {
+    let t = millilag_core::db::qualified_table(db, table)?;
+    wait_for(
+        &format!("{t} on {}", server.name),
+        Duration::from_secs(30),
+        || async {
+            let mut c = server.admin().await.ok()?;
+            c.query_first::<i64, _>(format!("SELECT COUNT(*) FROM {t}"))
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await?;
+    let mut c = server.admin().await?;
+    let trig = |kind: &str| {
+        format!(
+            "CREATE TRIGGER IF NOT EXISTS `{db}`.`millilag_truth_{k}` AFTER {kind} ON {t} FOR EACH ROW \
+             REPLACE INTO {TRUTH_DB}.{log} VALUES (NEW.seq, ROUND(UNIX_TIMESTAMP(SYSDATE(6)) * 1000000))",
+            k = kind.to_lowercase()
+        )
+    };
+    c.query_drop(format!(
+        "SET SESSION sql_log_bin = 0;
+         CREATE DATABASE IF NOT EXISTS {TRUTH_DB};
+         CREATE TABLE IF NOT EXISTS {TRUTH_DB}.{log} (seq BIGINT UNSIGNED PRIMARY KEY, at_us BIGINT NOT NULL);
+         {}; {};",
+        trig("UPDATE"),
+        trig("INSERT")
+    ))
+    .await
+    .with_context(|| format!("installing the truth triggers on {}", server.name))?;
+    Ok(())
+}
+
+async fn read_truth(server: &Server, log: &str, from_seq: i64) -> Result<BTreeMap<i64, i64>> {
+    let mut c = server.admin().await?;
+    let rows: Vec<(i64, i64)> = c
+        .exec(
+            format!("SELECT seq, at_us FROM {TRUTH_DB}.{log} WHERE seq >= ? ORDER BY seq"),
+            (from_seq,),
+        )
+        .await?;
+    Ok(rows.into_iter().collect())
 }

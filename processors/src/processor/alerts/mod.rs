@@ -164,6 +164,35 @@ impl AlertEngine {
         firing
     }
 
+    /// Whether an incident of any rule is pending or firing on `cluster`/`replica`.
+    pub fn active_on(&self, cluster: &str, replica: &str) -> bool {
+        self.rules.iter().any(|rule| {
+            self.tracks
+                .get(&fingerprint(&rule.name, cluster, replica))
+                .is_some_and(|t| !matches!(t.phase, Phase::Inactive))
+        })
+    }
+
+    /// Drop the quiet tracks of a replica no longer reported (see `Windows::prune_silent`).
+    pub fn prune(&mut self, cluster: &str, replica: &str) {
+        for rule in &self.rules {
+            let fp = fingerprint(&rule.name, cluster, replica);
+            if self
+                .tracks
+                .get(&fp)
+                .is_some_and(|t| matches!(t.phase, Phase::Inactive))
+            {
+                self.tracks.remove(&fp);
+            }
+        }
+    }
+
+    /// Tracks kept (tests).
+    #[cfg(test)]
+    pub fn tracks(&self) -> usize {
+        self.tracks.len()
+    }
+
     /// The fingerprints of the firing incidents owned here.
     pub fn firing(&self) -> impl Iterator<Item = &String> {
         self.tracks
@@ -340,6 +369,19 @@ mod tests {
         // Default resolve_for is one window.
         let r = e.on_window(&w(1, 1, 100)).pop().unwrap();
         assert_eq!((r.state, r.since_us), (AlertState::Resolved, T0));
+    }
+
+    #[test]
+    fn pruning_drops_quiet_tracks_and_keeps_open_incidents() {
+        let mut e = AlertEngine::new(vec![rule("p99 > 500ms", 1, 0, None, 0.0)]);
+        e.on_window(&w(0, 1, 100));
+        assert!(!e.active_on("main", "r1"));
+        e.prune("main", "r1");
+        assert_eq!(e.tracks(), 0, "a quiet track goes");
+        assert_eq!(e.on_window(&w(1, 1, 900)).len(), 1);
+        assert!(e.active_on("main", "r1"));
+        e.prune("main", "r1");
+        assert_eq!(e.tracks(), 1, "a firing incident stays, to be resolved");
     }
 
     #[test]

@@ -74,6 +74,13 @@ impl StaleRules {
         gone
     }
 
+    /// Whether a stale incident is open on `cluster`/`replica`.
+    pub fn firing_on(&self, cluster: &str, replica: &str) -> bool {
+        self.firing
+            .values()
+            .any(|a| a.cluster == cluster && a.replica == replica)
+    }
+
     /// The clusters with an open cluster-wide incident.
     pub fn clusters_firing(&self) -> Vec<String> {
         self.firing

@@ -289,8 +289,9 @@ impl Worker {
                 Ok(r) => {
                     let s = r.status();
                     let text = r.text().await.unwrap_or_default();
-                    let final_ = s.is_client_error() && s.as_u16() != 408 && s.as_u16() != 429;
-                    (format!("{s}: {}", text.trim()), final_)
+                    let e = millilag_core::Error::http_status("POST", s.as_u16(), &text);
+                    let final_ = e.retry_hint() == millilag_core::RetryHint::NoRetry;
+                    (e.to_string(), final_)
                 }
                 Err(e) => (
                     http_client::describe(e, &self.name, self.config.url.is_https()),

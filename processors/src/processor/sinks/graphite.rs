@@ -2,11 +2,13 @@
 //! over TCP, one connection kept open and re-made after any failure. Plaintext has no
 //! acknowledgement: a write counts as accepted once the kernel took the bytes.
 //! Windows shorter than a second share a timestamp in Graphite (its resolution is seconds).
+//! Plaintext has no way to refuse a metric either, so every error here is transient
+//! ([`Error::Unreachable`]): retried, never dead-lettered.
 
 use super::{fields, path_safe, window_label, Sink};
-use anyhow::Context;
 use millilag_core::config::GraphiteSinkConfig;
 use millilag_core::events::DelayWindow;
+use millilag_core::Error;
 use std::fmt::Write as _;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -31,17 +33,21 @@ impl GraphiteSink {
         }
     }
 
-    async fn send(&mut self) -> anyhow::Result<()> {
+    async fn send(&mut self) -> Result<(), Error> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            Error::Unreachable(format!("{what} {}: {e}", self.address))
+        };
         if self.conn.is_none() {
             let c = tokio::time::timeout(self.timeout, TcpStream::connect(&self.address))
                 .await
-                .map_err(|_| anyhow::anyhow!("connecting to {}: timed out", self.address))?
-                .with_context(|| format!("connecting to {}", self.address))?;
-            c.set_nodelay(true)?;
+                .map_err(|_| failed("connecting to", &"timed out"))?
+                .map_err(|e| failed("connecting to", &e))?;
+            c.set_nodelay(true)
+                .map_err(|e| failed("connecting to", &e))?;
             self.conn = Some(c);
         }
         let Some(conn) = self.conn.as_mut() else {
-            anyhow::bail!("no connection");
+            return Err(failed("writing to", &"no connection"));
         };
         let write = async {
             conn.write_all(self.body.as_bytes()).await?;
@@ -49,13 +55,13 @@ impl GraphiteSink {
         };
         tokio::time::timeout(self.timeout, write)
             .await
-            .map_err(|_| anyhow::anyhow!("writing to {}: timed out", self.address))?
-            .with_context(|| format!("writing to {}", self.address))
+            .map_err(|_| failed("writing to", &"timed out"))?
+            .map_err(|e| failed("writing to", &e))
     }
 }
 
 impl Sink for GraphiteSink {
-    async fn write<'a>(&'a mut self, windows: &'a [&'a DelayWindow]) -> anyhow::Result<()> {
+    async fn write<'a>(&'a mut self, windows: &'a [&'a DelayWindow]) -> Result<(), Error> {
         self.body.clear();
         for w in windows {
             lines(&mut self.body, &self.prefix, w);

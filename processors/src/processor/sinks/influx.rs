@@ -2,13 +2,21 @@
 //! `Authorization: Token <token>`, v1 `POST /write?db=...&precision=ms` with basic auth or a
 //! bearer token. Both write the same lines; see the table in `sinks/mod.rs` for names. http or
 //! https (rustls; `tls_ca_file` or the system's roots: `processor/http_client.rs`).
+//!
+//! An error status is an [`Error::HttpStatus`]: 4xx other than 408/429 is refused for good
+//! (dead-lettered by the sink task), the rest retried. Names are escaped as line protocol says
+//! (`,` `=` and space in tags, `,` and space in the measurement); what it cannot carry (empty
+//! names, control characters, backslashes) is refused before it gets here
+//! (`millilag_core::names`), and replaced by `_` should it get here anyway, so that a point
+//! always stays on its line.
 
 use super::{fields, Sink};
 use crate::processor::http_client;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use millilag_core::config::{HttpAuth, InfluxApi, InfluxSinkConfig};
 use millilag_core::events::DelayWindow;
 use millilag_core::secret::Sensitive;
+use millilag_core::Error;
 use std::fmt::Write as _;
 
 pub struct InfluxSink {
@@ -82,7 +90,7 @@ impl InfluxSink {
 }
 
 impl Sink for InfluxSink {
-    async fn write<'a>(&'a mut self, windows: &'a [&'a DelayWindow]) -> anyhow::Result<()> {
+    async fn write<'a>(&'a mut self, windows: &'a [&'a DelayWindow]) -> Result<(), Error> {
         self.body.clear();
         for w in windows {
             line(&mut self.body, &self.measurement, w);
@@ -97,25 +105,44 @@ impl Sink for InfluxSink {
             ),
         };
         let resp = req.send().await.map_err(|e| {
-            anyhow::anyhow!(
+            Error::Unreachable(format!(
                 "{}: {}",
                 self.shown,
                 http_client::describe(e, &self.key, self.url.scheme() == "https")
-            )
+            ))
         })?;
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
-            bail!("{}: {status}: {}", self.shown, text.trim());
+            return Err(Error::http_status(self.shown, status.as_u16(), &text));
         }
         Ok(())
     }
 }
 
-/// Tag values: commas, spaces and equals signs are escaped (line protocol).
+/// A tag key or value: commas, spaces and equals signs escaped.
 fn escape_tag(out: &mut String, s: &str) {
+    escape(out, s, &[',', ' ', '=']);
+}
+
+/// The measurement: commas and spaces escaped (InfluxDB 1.x keeps `\=` there as two
+/// characters).
+fn escape_measurement(out: &mut String, s: &str) {
+    escape(out, s, &[',', ' ']);
+}
+
+fn escape(out: &mut String, s: &str, special: &[char]) {
+    if s.is_empty() {
+        // An empty tag value makes InfluxDB refuse the whole request.
+        out.push('_');
+        return;
+    }
     for c in s.chars() {
-        if matches!(c, ',' | ' ' | '=') {
+        if c.is_control() || c == '\\' {
+            out.push('_');
+            continue;
+        }
+        if special.contains(&c) {
             out.push('\\');
         }
         out.push(c);
@@ -124,13 +151,13 @@ fn escape_tag(out: &mut String, s: &str) {
 
 /// One line of line protocol for a window, timestamp in milliseconds.
 pub fn line(out: &mut String, measurement: &str, w: &DelayWindow) {
-    escape_tag(out, measurement);
+    escape_measurement(out, measurement);
     out.push_str(",cluster=");
     escape_tag(out, &w.cluster);
     out.push_str(",replica=");
     escape_tag(out, &w.replica);
     out.push_str(",window=");
-    out.push_str(&super::window_label(w.window_us));
+    escape_tag(out, &super::window_label(w.window_us));
     for (i, (k, v)) in fields(w).enumerate() {
         out.push(if i == 0 { ' ' } else { ',' });
         let _ = write!(out, "{k}={v}i");

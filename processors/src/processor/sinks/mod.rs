@@ -1,15 +1,17 @@
-//! Sinks: where closed windows go. Each sink runs on its own task, takes batches first in,
-//! first out, writes several queued batches in one request when it is behind, and retries a
-//! failed write with backoff until it succeeds — it never drops a window and never panics.
-//! After a write it acknowledges the batch ids to the run loop, which stores Kafka offsets only
-//! once every sink acknowledged (see `offsets.rs`).
+//! Sinks: where closed windows go. Each sink runs on its own task (`task.rs`), takes batches
+//! first in, first out, writes several queued batches in one request when it is behind, and
+//! retries a failed write with backoff until it succeeds — unless the sink refused it for good
+//! (an HTTP 4xx other than 408/429): those windows go to the dead-letter topic (`rejected.rs`).
+//! It never drops a window and never panics. Once a batch is settled (written, or its dead
+//! letters acknowledged) it acknowledges the batch id to the run loop, which stores Kafka
+//! offsets only once every sink acknowledged (see `offsets.rs`).
 //!
 //! What the points look like (the same in every sink, so a replay overwrites, never adds):
 //!
 //! | | InfluxDB (v1 `/write`, v2 `/api/v2/write`) | Graphite plaintext |
 //! |---|---|---|
 //! | name | measurement `replica_delay` (`measurement` key) | `<prefix>.<cluster>.<replica>.<window>.<field>` |
-//! | tags | `cluster`, `replica`, `window` ("1s", "10s", "1m") | in the path; `.`, `:`, ` `, `/` in names become `_` |
+//! | tags | `cluster`, `replica`, `window` ("1s", "10s", "1m"); `,` `=` and spaces escaped | in the path; `.` `:` `/` `;`, whitespace and control characters become `_` |
 //! | fields | `count`, `missing`, `min_us`, `p50_us`, `p90_us`, `p99_us`, `max_us`, `timeouts`, `unreachable`, `replication_stopped`, `skipped`, `upper_bounds`, `duplicates` (integers; the five delay fields are left out when `count` is 0) | same names |
 //! | time | window start, milliseconds | window start, seconds |
 //!
@@ -20,17 +22,19 @@
 pub mod graphite;
 pub mod influx;
 pub mod kafka;
+pub mod rejected;
 pub mod statsd;
+mod task;
 
 use super::metrics::SinkMetrics;
 use millilag_core::events::DelayWindow;
-use millilag_core::retry::RetryPolicy;
-use std::collections::VecDeque;
+use millilag_core::Error;
+use rejected::Rejections;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::{info, warn, Instrument};
+use tracing::Instrument;
 
 /// Most windows written in one request when a sink catches up.
 pub const MAX_WINDOWS_PER_WRITE: usize = 5_000;
@@ -43,12 +47,13 @@ pub struct Batch {
 }
 
 /// Something that accepts windows. `write` either stores all of them or fails as a whole
-/// (points are idempotent, so writing some twice on retry is harmless).
+/// (points are idempotent, so writing some twice on retry is harmless). The error's
+/// [`Error::retry_hint`] decides between retrying and dead-lettering.
 pub trait Sink: Send + 'static {
     fn write<'a>(
         &'a mut self,
         windows: &'a [&'a DelayWindow],
-    ) -> impl Future<Output = anyhow::Result<()>> + Send + 'a;
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a;
 }
 
 /// The run loop's side of one sink task.
@@ -82,99 +87,43 @@ impl SinkHandle {
     }
 }
 
-/// Start a sink task taking up to `queue` batches ahead. Accepted batch ids go to `acks`.
-pub fn spawn<S: Sink>(
+/// Start a sink task taking up to `queue` batches ahead. Settled batch ids go to `acks`;
+/// refused windows to `rejections`.
+pub fn spawn<S: Sink, R: Rejections>(
     name: String,
     sink: S,
+    rejections: R,
     acks: mpsc::UnboundedSender<u64>,
     metrics: SinkMetrics,
     queue: usize,
 ) -> SinkHandle {
     let (tx, rx) = mpsc::channel(queue.max(1));
     let span = tracing::info_span!("sink", sink = %name);
-    let task = tokio::spawn(run_sink(sink, rx, acks, metrics).instrument(span));
+    let task = tokio::spawn(task::run_sink(sink, rejections, rx, acks, metrics).instrument(span));
     SinkHandle { name, tx, task }
 }
 
-async fn run_sink<S: Sink>(
-    mut sink: S,
-    mut rx: mpsc::Receiver<Batch>,
-    acks: mpsc::UnboundedSender<u64>,
-    metrics: SinkMetrics,
-) {
-    let mut queue: VecDeque<Batch> = VecDeque::new();
-    let mut backoff = RetryPolicy::DELIVERY.backoff();
-    loop {
-        if queue.is_empty() {
-            match rx.recv().await {
-                Some(b) => {
-                    metrics.backlog.inc_by(b.windows.len() as i64);
-                    queue.push_back(b);
-                }
-                None => return,
-            }
-        }
-        while let Ok(b) = rx.try_recv() {
-            metrics.backlog.inc_by(b.windows.len() as i64);
-            queue.push_back(b);
-        }
-        // Several batches in one write when behind, whole batches only.
-        let mut take = 0;
-        let mut n = 0;
-        for b in &queue {
-            if take > 0 && n + b.windows.len() > MAX_WINDOWS_PER_WRITE {
-                break;
-            }
-            take += 1;
-            n += b.windows.len();
-        }
-        let refs: Vec<&DelayWindow> = queue
-            .iter()
-            .take(take)
-            .flat_map(|b| b.windows.iter())
-            .collect();
-        let mut failed_before = false;
-        loop {
-            match sink.write(&refs).await {
-                Ok(()) => break,
-                Err(e) => {
-                    metrics.failures.inc();
-                    let delay = backoff.next_delay();
-                    warn!(error = format!("{e:#}"), windows = refs.len(), retry_in = ?delay, "Sink write failed; retrying.");
-                    failed_before = true;
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-        if failed_before {
-            info!(windows = refs.len(), "Sink write succeeded after retries.");
-        }
-        backoff.reset();
-        drop(refs);
-        metrics.points.inc_by(n as u64);
-        metrics.backlog.dec_by(n as i64);
-        for b in queue.drain(..take) {
-            if acks.send(b.id).is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// `cluster`, `replica` and `window` as one path element each (Graphite) — dots, colons,
-/// slashes and spaces would split or break a path.
+/// `cluster` or `replica` as one Graphite path element: dots, colons and slashes would split
+/// the path, `;` starts Graphite tags, whitespace ends the metric name, a control character
+/// (a newline) the line. An empty name (refused upstream) becomes `_` rather than `a..b`.
 pub fn path_safe(s: &str) -> String {
+    if s.is_empty() {
+        return "_".into();
+    }
     s.chars()
         .map(|c| match c {
-            '.' | ':' | ' ' | '/' | '\t' | '\n' => '_',
+            '.' | ':' | '/' | ';' => '_',
+            c if c.is_whitespace() || c.is_control() => '_',
             c => c,
         })
         .collect()
 }
 
-/// The label of a window length as written in tags and paths ("1s", "10s", "1m").
+/// The label of a window length as written in tags and paths ("1s", "10s", "1m", "1m30s"):
+/// humantime's text without its spaces, which would end a tag or a metric name.
 pub fn window_label(window_us: i64) -> String {
-    humantime::format_duration(Duration::from_micros(window_us.max(0) as u64)).to_string()
+    let d = Duration::from_micros(window_us.max(0) as u64);
+    humantime::format_duration(d).to_string().replace(' ', "")
 }
 
 /// Integer fields of a window in output order; the delay fields only when present.
@@ -198,28 +147,10 @@ pub fn fields(w: &DelayWindow) -> impl Iterator<Item = (&'static str, i64)> + '_
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus_client::registry::Registry;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    struct Flaky {
-        fail_first: usize,
-        calls: Arc<AtomicUsize>,
-        written: Arc<std::sync::Mutex<Vec<i64>>>,
-    }
-
-    impl Sink for Flaky {
-        async fn write<'a>(&'a mut self, windows: &'a [&'a DelayWindow]) -> anyhow::Result<()> {
-            let n = self.calls.fetch_add(1, Ordering::SeqCst);
-            if n < self.fail_first {
-                anyhow::bail!("down");
-            }
-            let mut w = self.written.lock().unwrap();
-            w.extend(windows.iter().map(|w| w.window_start_us));
-            Ok(())
-        }
-    }
 
     pub fn window(start: i64) -> DelayWindow {
         DelayWindow {
@@ -243,56 +174,15 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn failing_sink_retries_with_backoff_and_loses_nothing() {
-        let mut reg = Registry::default();
-        let metrics = super::super::metrics::Metrics::new(&mut reg);
-        let sm = metrics.sink("flaky");
-        let calls = Arc::new(AtomicUsize::new(0));
-        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
-        let h = spawn(
-            "flaky".into(),
-            Flaky {
-                fail_first: 5,
-                calls: calls.clone(),
-                written: written.clone(),
-            },
-            ack_tx,
-            sm.clone(),
-            16,
-        );
-        let t0 = tokio::time::Instant::now();
-        for id in 0..3 {
-            h.send(Batch {
-                id,
-                windows: Arc::from(vec![window(id as i64)]),
-            });
-        }
-        let mut got = Vec::new();
-        while got.len() < 3 {
-            got.push(ack_rx.recv().await.unwrap());
-        }
-        assert_eq!(got, vec![0, 1, 2], "acks in order");
-        assert_eq!(*written.lock().unwrap(), vec![0, 1, 2]);
-        assert_eq!(sm.failures.get(), 5);
-        assert_eq!(sm.points.get(), 3);
-        assert_eq!(sm.backlog.get(), 0);
-        // 100 + 200 + 400 + 800 + 1600 ms, each with up to 20% jitter.
-        let waited = t0.elapsed();
-        assert!(
-            waited >= Duration::from_millis(3100) && waited <= Duration::from_millis(3800),
-            "{waited:?}"
-        );
-        h.close().await.unwrap();
-    }
-
     #[test]
     fn names_are_path_safe_and_labels_read_like_the_config() {
         assert_eq!(path_safe("127.0.0.1:3307"), "127_0_0_1_3307");
         assert_eq!(window_label(1_000_000), "1s");
         assert_eq!(window_label(60_000_000), "1m");
         assert_eq!(window_label(100_000), "100ms");
+        assert_eq!(window_label(90_000_000), "1m30s");
+        assert_eq!(path_safe("a;b=c d\te\nf"), "a_b=c_d_e_f");
+        assert_eq!(path_safe(""), "_");
         let mut w = window(0);
         w.count = 0;
         w.min_us = None;

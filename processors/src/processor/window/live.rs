@@ -36,8 +36,8 @@ impl IntervalEstimate {
             if seq <= s {
                 return;
             }
-            if seq == s + 1 && commit_us > c {
-                self.steps[self.n % STEPS] = commit_us - c;
+            if seq == s.saturating_add(1) && commit_us > c {
+                self.steps[self.n % STEPS] = commit_us.saturating_sub(c);
                 self.n += 1;
             }
         }
@@ -82,13 +82,20 @@ impl CloseCtx {
         if to <= from {
             return Vec::new();
         }
-        let n = if self.interval_us > 0 {
-            ((to - from + self.interval_us - 1) / self.interval_us).min(MAX_PENDING_PER_WINDOW)
+        // In i128: the times come from Kafka and may be anything; none of this may wrap.
+        let (from, to, as_of, step) = (
+            i128::from(from),
+            i128::from(to),
+            i128::from(lag.as_of_us),
+            i128::from(self.interval_us),
+        );
+        let n = if step > 0 {
+            ((to - from + step - 1) / step).min(i128::from(MAX_PENDING_PER_WINDOW))
         } else {
             1
         };
         (0..n)
-            .map(|i| lag.as_of_us - (from + i * self.interval_us))
+            .map(|i| clamp_i64(as_of - (from + i * step)))
             .collect()
     }
 
@@ -101,7 +108,7 @@ impl CloseCtx {
             Some(l) if l.oldest_commit_us < end => l.oldest_commit_us.max(after),
             _ => end,
         };
-        ((end - after - 1) / self.interval_us).max(0)
+        clamp_i64((i128::from(end) - i128::from(after) - 1) / i128::from(self.interval_us)).max(0)
     }
 
     /// Heartbeats due in [start, end) that the lag does not account for (an empty window).
@@ -109,8 +116,15 @@ impl CloseCtx {
         if self.interval_us <= 0 {
             return 0;
         }
-        ((end - start) / self.interval_us - pending as i64).max(0)
+        clamp_i64(
+            (i128::from(end) - i128::from(start)) / i128::from(self.interval_us) - pending as i128,
+        )
+        .max(0)
     }
+}
+
+fn clamp_i64(v: i128) -> i64 {
+    v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 #[cfg(test)]

@@ -123,15 +123,16 @@ impl KeyState {
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub len_us: i64,
-    /// "1s", "10s", "1m": the `window` tag and Graphite path element.
+    /// "1s", "10s", "1m", "1m30s": the `window` tag, Graphite path element and metric label.
     pub label: Arc<str>,
 }
 
 impl Spec {
     pub fn new(len: std::time::Duration) -> Spec {
+        let len_us = i64::try_from(len.as_micros()).unwrap_or(i64::MAX);
         Spec {
-            len_us: i64::try_from(len.as_micros()).unwrap_or(i64::MAX),
-            label: humantime::format_duration(len).to_string().into(),
+            len_us,
+            label: crate::processor::sinks::window_label(len_us).into(),
         }
     }
 }
@@ -265,7 +266,7 @@ impl Windows {
         let watermark_before = key.max_event_us.saturating_sub(self.lateness_us);
         for (i, spec) in self.specs.iter().enumerate() {
             let lane = &mut key.lanes[i];
-            let start = t.div_euclid(spec.len_us) * spec.len_us;
+            let start = align_down(t, spec.len_us);
             let end = start.saturating_add(spec.len_us);
             if end <= lane.flushed_until {
                 result.replayed += 1;
@@ -323,6 +324,53 @@ impl Windows {
         }
     }
 
+    /// Forget replicas silent (wall clock, no record) for `retention` with nothing open or held,
+    /// unless `keep` says otherwise (an incident still open on it): a churn of replica names
+    /// (pod IPs) must not grow memory without bound. Returns the names forgotten.
+    pub fn prune_silent(
+        &mut self,
+        now_us: i64,
+        retention_us: i64,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Vec<KeyName> {
+        let limit = now_us.saturating_sub(retention_us);
+        let mut gone = Vec::new();
+        let mut k = 0;
+        while k < self.keys.len() {
+            let key = &self.keys[k];
+            let idle = key.last_arrival_us < limit && key.lanes.iter().all(|l| l.open.is_empty());
+            if !idle || keep(&key.cluster, &key.replica) {
+                k += 1;
+                continue;
+            }
+            let key = self.keys.swap_remove(k);
+            if let Some(m) = self.index.get_mut(&*key.cluster) {
+                m.remove(&*key.replica);
+                if m.is_empty() {
+                    self.index.remove(&*key.cluster);
+                }
+            }
+            // The key that took its slot keeps its name: point the index at its new id.
+            if let Some(moved) = self.keys.get(k) {
+                if let Some(id) = self
+                    .index
+                    .get_mut(&*moved.cluster)
+                    .and_then(|m| m.get_mut(&*moved.replica))
+                {
+                    *id = k as u32;
+                }
+            }
+            gone.push((key.cluster, key.replica));
+        }
+        gone
+    }
+
+    /// Replicas known here (tests).
+    #[cfg(test)]
+    pub fn known(&self) -> usize {
+        self.keys.len()
+    }
+
     /// Close every open window (tests and benchmarks: end of input).
     pub fn close_all(&mut self, out: &mut Vec<Closed>) {
         for k in 0..self.keys.len() {
@@ -335,7 +383,12 @@ impl Windows {
     fn close_key(&mut self, k: usize, limit: i64, silent: bool, out: &mut Vec<Closed>) {
         let key = &mut self.keys[k];
         let ctx = key.close_ctx(silent);
-        let fill_from = self.now_us.saturating_sub(FILL_HORIZON_US);
+        // Empty windows are filled within the horizon of both clocks, so a wild time from
+        // Kafka (or a wall clock far from the records') never means millions of windows.
+        let fill_from = self
+            .now_us
+            .max(key.max_event_us)
+            .saturating_sub(FILL_HORIZON_US);
         let fill_until = key.max_event_us.saturating_add(FILL_HORIZON_US);
         let can_fill = key.max_event_us > i64::MIN && limit < i64::MAX;
         for (i, spec) in self.specs.iter().enumerate() {
@@ -463,9 +516,12 @@ impl Windows {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 /// The start of the `len`-long window that holds `t`.
 fn align_down(t: i64, len: i64) -> i64 {
-    t.div_euclid(len) * len
+    // Saturating: times come from Kafka (the run loop refuses absurd ones; this never wraps).
+    t.div_euclid(len).saturating_mul(len)
 }

@@ -137,12 +137,16 @@ impl OpenWindow {
         let d = &*d;
         let non_ok: i64 = self.by_status[1..].iter().sum();
         let (first, last) = (self.seqs.first().copied(), self.seqs.last().copied());
+        // Seqs come from Kafka: gaps are counted without wrapping whatever they are.
         let inner_gaps = match (first, last) {
-            (Some(f), Some(l)) => (l - f + 1) - self.seqs.len() as i64,
+            (Some(f), Some(l)) => l
+                .saturating_sub(f)
+                .saturating_add(1)
+                .saturating_sub(self.seqs.len() as i64),
             _ => 0,
         };
         let boundary_gap = match (prev_last_seq, first) {
-            (Some(p), Some(f)) if f > p + 1 => f - p - 1,
+            (Some(p), Some(f)) if f > p.saturating_add(1) => f.saturating_sub(p).saturating_sub(1),
             _ => 0,
         };
         let tail = if ctx.silent && self.last_commit_us > i64::MIN {
@@ -156,7 +160,10 @@ impl OpenWindow {
             window_start_us: self.start,
             window_us: len_us,
             count: ok_count,
-            missing: non_ok + inner_gaps + boundary_gap + tail,
+            missing: non_ok
+                .saturating_add(inner_gaps)
+                .saturating_add(boundary_gap)
+                .saturating_add(tail),
             min_us: d.first().copied(),
             p50_us: nearest_rank(d, 0.50),
             p90_us: nearest_rank(d, 0.90),

@@ -436,3 +436,52 @@ fn an_ok_record_replaces_the_timeout_of_the_same_heartbeat_in_an_open_window() {
     assert_eq!((w.count, w.timeouts, w.missing, w.duplicates), (2, 0, 0, 1));
     assert_eq!(w.max_us, Some(5 * S));
 }
+
+#[test]
+fn replicas_gone_for_the_retention_are_forgotten_unless_an_incident_is_open() {
+    let mut a = windows(&[1000], 0);
+    let mut out = Vec::new();
+    // A churn of pod IPs: 1,000 replicas, each reporting once.
+    let names: Vec<String> = (0..1000)
+        .map(|i| format!("10.0.{}.{}:3306", i / 250, i % 250))
+        .collect();
+    a.set_now(T0);
+    for (i, n) in names.iter().enumerate() {
+        a.apply(
+            &view(n, 1, T0 + i as i64, 500, MeasureStatus::Ok),
+            0,
+            i as i64,
+            &mut out,
+        );
+    }
+    a.close_idle(T0 + 10 * S, 5 * S, &mut out);
+    assert_eq!(a.known(), 1000);
+    // Still reporting: the first one, a second later.
+    a.set_now(T0 + 3_600 * S);
+    a.apply(
+        &view(&names[0], 2, T0 + 3_600 * S, 500, MeasureStatus::Ok),
+        0,
+        1000,
+        &mut out,
+    );
+    let kept = &names[1];
+    let gone = a.prune_silent(T0 + 3_600 * S, 1_800 * S, |_, r| r == kept);
+    assert_eq!(gone.len(), 998);
+    assert_eq!(
+        a.known(),
+        2,
+        "the live one and the one with an open incident"
+    );
+    // The index still finds the survivors (ids moved when others were removed).
+    assert!(a.newest("main", &names[0]).is_some());
+    assert!(a.newest("main", kept).is_some());
+    assert!(a.newest("main", &names[2]).is_none());
+    // A forgotten replica that comes back is windowed afresh.
+    a.apply(
+        &view(&names[2], 3, T0 + 3_601 * S, 500, MeasureStatus::Ok),
+        0,
+        1001,
+        &mut out,
+    );
+    assert_eq!(a.known(), 3);
+}

@@ -142,9 +142,10 @@ impl Connections {
 
     /// The replica's clock against the local one (replica = local + offset), once sampled.
     pub fn replica_clock(&self) -> Option<super::ClockOffset> {
-        self.clock.best().map(|s| super::ClockOffset {
-            offset_us: s.offset_us,
-            uncertainty_us: (s.rtt_us + 1) / 2,
+        let e = self.clock.estimate(millilag_core::clock::now_us());
+        e.known.then_some(super::ClockOffset {
+            offset_us: e.offset_us,
+            uncertainty_us: e.uncertainty_us,
         })
     }
 

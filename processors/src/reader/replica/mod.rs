@@ -48,6 +48,8 @@ mod connections;
 mod evidence;
 mod lag;
 mod poller;
+#[cfg(test)]
+mod proptests;
 mod report;
 mod shell;
 #[cfg(test)]
@@ -108,12 +110,14 @@ pub struct ClockOffset {
 }
 
 impl ClockOffset {
+    // Saturating: times derived from Kafka records (a commit time plus intervals) are only
+    // bounded by the input checks, and a conversion must never wrap.
     pub fn to_primary(self, local_us: i64) -> i64 {
-        local_us + self.offset_us
+        local_us.saturating_add(self.offset_us)
     }
 
     pub fn to_local(self, primary_us: i64) -> i64 {
-        primary_us - self.offset_us
+        primary_us.saturating_sub(self.offset_us)
     }
 }
 

@@ -184,7 +184,7 @@ impl<T> Tracker<T> {
         // What appeared since the previous read appeared after that read looked (no earlier
         // than its request arrived) and before this one answered.
         if let Some(p) = prev {
-            if seen_seq > p.seq && seen_seq - p.seq <= MAX_SIGHTING_SPAN {
+            if seen_seq > p.seq && seen_seq.saturating_sub(p.seq) <= MAX_SIGHTING_SPAN {
                 let obs = timing::read_observation(Some(p.earliest_us), read.latest_us);
                 for s in p.seq + 1..=seen_seq {
                     self.sightings.entry(s).or_insert(obs);
@@ -305,12 +305,12 @@ impl<T> Tracker<T> {
             self.poll.gap_us = poll_interval;
             let resume = self
                 .clock
-                .to_local(since - RESUME_MARGIN_US)
+                .to_local(since.saturating_sub(RESUME_MARGIN_US))
                 .min(self.now + interval.max(0));
             self.poll.next_poll = Some(resume.max(self.now + poll_interval));
             return;
         }
-        let late = (now - since).max(0);
+        let late = now.saturating_sub(since).max(0);
         let max_gap = us(self.settings.poll_max_interval).max(poll_interval);
         self.poll.gap_us = (late / OVERDUE_GAP_FRACTION).clamp(poll_interval, max_gap);
         self.poll.next_poll = Some(self.now + self.poll.gap_us);
@@ -323,7 +323,10 @@ impl<T> Tracker<T> {
         if interval_us <= 0 {
             return;
         }
-        let due = self.clock.to_local(committed_at_us + interval_us) - self.poll.gap_us;
+        let due = self
+            .clock
+            .to_local(committed_at_us.saturating_add(interval_us))
+            .saturating_sub(self.poll.gap_us);
         let at = due.max(self.now + self.poll.gap_us);
         self.poll.next_poll = Some(self.poll.next_poll.map_or(at, |t| t.min(at)));
     }

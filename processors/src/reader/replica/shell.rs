@@ -38,11 +38,14 @@ pub struct ClusterCtx {
 
 impl ClusterCtx {
     fn clock_offset(&self) -> ClockOffset {
-        let est = self.clock.lock().unwrap_or_else(|p| p.into_inner());
-        let (primary, uncertainty_us) = est.to_primary(0);
+        let e = self
+            .clock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .estimate(now_us());
         ClockOffset {
-            offset_us: primary,
-            uncertainty_us,
+            offset_us: e.offset_us,
+            uncertainty_us: e.uncertainty_us,
         }
     }
 }

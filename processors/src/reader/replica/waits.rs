@@ -79,7 +79,9 @@ impl Waits {
                 consecutive: false,
             });
         if key.n > f.n {
-            let consecutive = key.n - f.n == (seq - f.seq) as u64;
+            // In i128: numbers and seqs come from outside and must not wrap.
+            let consecutive =
+                i128::from(key.n) - i128::from(f.n) == i128::from(seq) - i128::from(f.seq);
             *f = Frontier {
                 n: key.n,
                 seq,
@@ -160,8 +162,11 @@ impl Waits {
             .iter()
             .filter(|(_, f)| f.consecutive)
             .filter_map(|(name, f)| {
-                let n = f.n as i64 - (f.seq - seq);
-                (n > 0).then(|| (name.clone(), n as u64))
+                let n = i128::from(f.n) - (i128::from(f.seq) - i128::from(seq));
+                u64::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(|n| (name.clone(), n))
             })
             .collect();
         for (name, n) in reached {
@@ -173,7 +178,8 @@ impl Waits {
     /// consecutive.
     pub fn seq_of(&self, key: &GtidKey) -> Option<i64> {
         let f = self.frontier.get(&key.sequence)?;
-        f.consecutive.then(|| f.seq - (f.n as i64 - key.n as i64))
+        let seq = i128::from(f.seq) - (i128::from(f.n) - i128::from(key.n));
+        f.consecutive.then(|| i64::try_from(seq).ok()).flatten()
     }
 }
 
@@ -190,10 +196,11 @@ impl<T> Tracker<T> {
         let depth = self.settings.prearm_depth as u64;
         let reached = self.waits.position(sequence).map_or(0, |p| p.n);
         // In catch-up the announced backlog is timed by reads; waits go to what comes next.
+        // Saturating: positions come from the replica and numbers from Kafka.
         let mut n = if self.catch_up_progress.is_some() {
-            reached.max(front.n) + 1
+            reached.max(front.n).saturating_add(1)
         } else {
-            reached + 1
+            reached.saturating_add(1)
         };
         // Events arrive in batches (a fetch wait apart) and may lag the heartbeats by several
         // intervals; the writer's schedule is drift-free, so the number being written now is
@@ -202,7 +209,7 @@ impl<T> Tracker<T> {
             .schedule
             .intervals_since_latest(self.primary_now())
             .min(MAX_SCHEDULE_AHEAD) as u64;
-        let horizon = front.n + elapsed + depth;
+        let horizon = front.n.saturating_add(elapsed).saturating_add(depth);
         let mut armed_here = self.waits.armed_in(sequence) as u64;
         while armed_here < depth && n <= horizon {
             let key = GtidKey {
@@ -219,6 +226,9 @@ impl<T> Tracker<T> {
                     break;
                 }
                 armed_here += 1;
+            }
+            if n == u64::MAX {
+                break;
             }
             n += 1;
         }

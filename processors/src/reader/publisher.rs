@@ -84,13 +84,15 @@ struct Outgoing {
     seq: i64,
     ticket: Option<Arc<Ticket>>,
     /// Given back to the backlog when this is dropped: acknowledged, or abandoned at shutdown.
-    _slot: Slot,
+    slot: Slot,
 }
 
 impl Outgoing {
-    /// Acknowledged: counts for its heartbeat's offset.
+    /// Acknowledged: leaves the backlog, then counts for its heartbeat's offset.
     fn acknowledged(self) {
-        if let Some(t) = &self.ticket {
+        let Outgoing { ticket, slot, .. } = self;
+        drop(slot);
+        if let Some(t) = ticket {
             t.complete_one();
         }
     }
@@ -161,7 +163,7 @@ impl Output {
             replica: rec.replica,
             seq: rec.seq,
             ticket,
-            _slot: slot,
+            slot,
         };
         // Never full (see `start`); fails only once the publisher is gone, at shutdown.
         let _ = self.tx.send(outgoing).await;

@@ -5,9 +5,10 @@
 //! [`DISPATCH_EVERY`] or once [`DISPATCH_BATCH`] wait, when every sink's (bounded) queue has
 //! room; until then they wait in `closed`, holding their offsets. The tick also closes silent
 //! replicas' windows, stores the offsets nothing holds any more, and pauses or resumes
-//! consumption ([`Backpressure`]) on the windows closed and not yet flushed. Acknowledgements from the sinks and the state writer move batches
-//! along in the [`OffsetTracker`]. On shutdown [`RunLoop::drain`] flushes what closed, waits
-//! for the sinks within [`DRAIN_DEADLINE`], stores and commits.
+//! consumption ([`Backpressure`]) on the windows closed and not yet flushed. Acknowledgements
+//! from the sinks and the state writer move batches along in the [`OffsetTracker`]. On
+//! shutdown [`RunLoop::drain`] flushes what closed, waits for the sinks within
+//! [`DRAIN_DEADLINE`], stores and commits.
 
 use super::alerts::stale::ReplicaSeen;
 use super::alerts::Dormant;

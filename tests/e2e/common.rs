@@ -246,6 +246,10 @@ impl Collected {
         (c, h)
     }
 
+    pub fn push(&self, r: ReplicaDelay) {
+        self.0.lock().unwrap().push(r);
+    }
+
     pub fn snapshot(&self) -> Vec<ReplicaDelay> {
         self.0.lock().unwrap().clone()
     }

@@ -4,6 +4,7 @@
 //! the services it needs and they die with it.
 
 mod alerting;
+mod backpressure;
 mod check;
 mod cli;
 mod common;

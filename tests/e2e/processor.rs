@@ -195,6 +195,12 @@ impl Running {
             .expect("processor ran cleanly");
     }
 
+    /// Gone at once, as under SIGKILL: no flush, no commit (its consumer still leaves the
+    /// group as it is dropped).
+    pub(crate) fn kill(self) {
+        self.task.abort();
+    }
+
     async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.listen);
         match reqwest::get(url).await {

@@ -70,6 +70,11 @@ pub struct ReaderConfig {
     /// Heartbeats measured at once per replica; more are superseded (status skipped).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight_per_replica: usize,
+    /// replica-delay records waiting for Kafka's acknowledgement at most (bounded memory while
+    /// the broker is slow or away). Above half of it heartbeat-set consumption pauses, and
+    /// resumes at a quarter; nothing is lost, the heartbeats wait on Kafka.
+    #[serde(default = "default_max_pending_records")]
+    pub max_pending_records: usize,
 }
 
 /// Shortest `timeout`.
@@ -115,6 +120,11 @@ fn default_fetch_wait() -> HumanDuration {
 const fn default_max_in_flight() -> usize {
     4096
 }
+// About 10 MB of records and their copies in the producer; 100 s of 10 ms heartbeats on 10
+// replicas.
+const fn default_max_pending_records() -> usize {
+    10_000
+}
 
 impl Default for ReaderConfig {
     fn default() -> Self {
@@ -131,6 +141,7 @@ impl Default for ReaderConfig {
             discovery_interval: default_discovery_interval(),
             fetch_wait: default_fetch_wait(),
             max_in_flight_per_replica: default_max_in_flight(),
+            max_pending_records: default_max_pending_records(),
         }
     }
 }
@@ -159,6 +170,9 @@ impl ReaderConfig {
                     "reader.{key} ({d}) must be at least 100ms; e.g. \"{example}\""
                 ));
             }
+        }
+        if self.max_pending_records == 0 {
+            p.push("reader.max_pending_records must be at least 1; e.g. 10000".to_string());
         }
         if self.prearm_depth == 0 || self.prearm_depth > MAX_PREARM_DEPTH {
             p.push(format!(

@@ -189,6 +189,16 @@ fn bad_durations_and_urls_say_how_to_fix() {
 }
 
 #[test]
+fn a_reader_with_no_room_for_a_record_is_refused() {
+    let mut e = example_env();
+    e.push(("MILLILAG_READER__MAX_PENDING_RECORDS".into(), "0".into()));
+    let e = problems(EXAMPLE, e);
+    assert!(e.contains("reader.max_pending_records"), "{e}");
+    let c = load(EXAMPLE, example_env()).unwrap();
+    assert_eq!(c.reader.max_pending_records, 10_000, "the default");
+}
+
+#[test]
 fn missing_secret_env_is_a_start_error() {
     let e = problems(EXAMPLE, env(&[("MILLILAG_WEBHOOK_SECRET", "k")]));
     assert!(e.contains("INFLUX_TOKEN"), "{e}");

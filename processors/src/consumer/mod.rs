@@ -5,7 +5,7 @@
 //! ```text
 //! topic ─► Source::recv ─► Source::decode ─► the service's work ... acknowledged ─► position
 //!            │                  │ undecodable                                        │
-//!            │                  └► DeadLetters (retried until acked) ────────────────┤
+//!            │                  └► DeadLetters (acked, cut to size, or dropped) ─────┤
 //!            │                                                                        ▼
 //!            │                     Source::store: only progress (OffsetStore), store_offsets
 //!            │                     librdkafka commits every second; Source::commit at shutdown
@@ -30,8 +30,10 @@ mod completions;
 mod dead_letter;
 mod offset_store;
 mod rebalance;
+#[cfg(test)]
+mod tests;
 
-pub use dead_letter::DeadLetters;
+pub use dead_letter::{DeadLetterMetrics, DeadLetters, Sent};
 pub use offset_store::OffsetStore;
 pub use rebalance::{Assignment, Change, RebalanceContext};
 
@@ -46,7 +48,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
-use rebalance::Report;
+use rebalance::{PauseSwitch, Report};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tracing::{error, info, warn};
 
@@ -60,6 +62,8 @@ pub struct Source {
     dead_letters: DeadLetters,
     /// Filled by the [`RebalanceContext`] during `recv`, emptied by [`Source::rebalanced`].
     reports: Arc<Mutex<Vec<Report>>>,
+    /// Shared with the [`RebalanceContext`], which pauses what it assigns while this is on.
+    pause: PauseSwitch,
     /// Bookkeeping behind `&self`: a record borrowed from `recv` keeps `self` borrowed.
     state: Mutex<State>,
 }
@@ -78,6 +82,9 @@ pub enum Decoded<T> {
     /// Undecodable and now on dead-letter (or, if the dead letter itself cannot be built, a
     /// bug, logged): store its offset like a finished record's, redelivery cannot fix it.
     Poison,
+    /// Undecodable, and the dead-letter topic refused it for good (logged and counted as
+    /// `dead_letter_dropped_total`): skipped like [`Decoded::Poison`].
+    Dropped,
     /// Undecodable, and shutdown came before the dead letter was acknowledged: leave its
     /// offset unstored (it is read again after the restart) and stop.
     Interrupted,
@@ -92,9 +99,11 @@ impl Source {
         suffix: &str,
         fetch_wait_ms: u32,
         producer: FutureProducer,
+        dead_letter_metrics: DeadLetterMetrics,
     ) -> anyhow::Result<Source> {
         let topic = config.topic(suffix);
-        let (ctx, reports) = RebalanceContext::new(topic.clone());
+        let pause = PauseSwitch::default();
+        let (ctx, reports) = RebalanceContext::new(topic.clone(), pause.clone());
         let consumer = kafka::consumer_with_context(&config.kafka, group, fetch_wait_ms, ctx)
             .context("creating the Kafka consumer")?;
         consumer
@@ -102,9 +111,16 @@ impl Source {
             .with_context(|| format!("subscribing to {topic}"))?;
         Ok(Source {
             consumer: Arc::new(consumer),
-            dead_letters: DeadLetters::new(producer, config.clone(), service, topic.clone()),
+            dead_letters: DeadLetters::new(
+                producer,
+                config,
+                service,
+                topic.clone(),
+                dead_letter_metrics,
+            ),
             topic,
             reports,
+            pause,
             state: Mutex::default(),
         })
     }
@@ -170,7 +186,8 @@ impl Source {
         let (partition, offset) = (m.partition(), m.offset());
         warn!(topic = %self.topic, partition, offset, reason = %reason, "Undecodable record; sending it to dead-letter.");
         match self.dead_letters.send(m, &reason, shutdown).await {
-            Ok(()) => Decoded::Poison,
+            Ok(Sent::Written) => Decoded::Poison,
+            Ok(Sent::Dropped) => Decoded::Dropped,
             Err(Stopped::Shutdown) => Decoded::Interrupted,
             Err(Stopped::Permanent(e)) => {
                 // Only the dead letter's own encoding fails permanently; waiting cannot help,
@@ -246,14 +263,23 @@ impl Source {
         }
     }
 
-    /// Stop (`true`) or restart fetching from every assigned partition.
+    /// Stop (`true`) or restart fetching from every assigned partition. A pause covers the
+    /// partitions assigned later too, until it is lifted.
     pub fn set_paused(&self, paused: bool) -> KafkaResult<()> {
+        let mut on = self.pause.lock();
         let assignment = self.consumer.assignment()?;
         if paused {
-            self.consumer.pause(&assignment)
+            self.consumer.pause(&assignment)?;
         } else {
-            self.consumer.resume(&assignment)
+            self.consumer.resume(&assignment)?;
         }
+        *on = paused;
+        Ok(())
+    }
+
+    /// Whether consumption is paused.
+    pub fn paused(&self) -> bool {
+        *self.pause.lock()
     }
 
     fn list(&self, offsets: &[(i32, i64)]) -> KafkaResult<TopicPartitionList> {

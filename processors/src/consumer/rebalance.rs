@@ -9,13 +9,19 @@
 //! actually lost, which are new, and whether this is the first assignment since start (state
 //! read at start-up is current for it; later ones may need it read again).
 //!
+//! The callback also keeps a pause in force: a partition assigned while the service has paused
+//! consumption ([`Source::set_paused`]) is paused before its first fetch, or a rebalance during
+//! an outage downstream would feed the service records it has no room for.
+//!
 //! [`Source::recv`]: super::Source::recv
 //! [`Source::rebalanced`]: super::Source::rebalanced
+//! [`Source::set_paused`]: super::Source::set_paused
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, TopicPartitionList};
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tracing::{info, warn};
 
 /// What librdkafka reported, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,18 +40,35 @@ pub enum Change {
     Assigned { partitions: Vec<i32>, first: bool },
 }
 
+/// Whether the service paused consumption. Held while pausing or resuming, by
+/// [`Source::set_paused`](super::Source::set_paused) and by the callback alike, so an
+/// assignment cannot slip between reading the flag and acting on it.
+#[derive(Debug, Default, Clone)]
+pub(super) struct PauseSwitch(Arc<Mutex<bool>>);
+
+impl PauseSwitch {
+    pub(super) fn lock(&self) -> MutexGuard<'_, bool> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Hears rebalances on the consumer's poll and queues them for the run loop.
 pub struct RebalanceContext {
     topic: String,
     reports: Arc<Mutex<Vec<Report>>>,
+    pause: PauseSwitch,
 }
 
 impl RebalanceContext {
-    pub(super) fn new(topic: String) -> (RebalanceContext, Arc<Mutex<Vec<Report>>>) {
+    pub(super) fn new(
+        topic: String,
+        pause: PauseSwitch,
+    ) -> (RebalanceContext, Arc<Mutex<Vec<Report>>>) {
         let reports = Arc::new(Mutex::new(Vec::new()));
         let ctx = RebalanceContext {
             topic,
             reports: reports.clone(),
+            pause,
         };
         (ctx, reports)
     }
@@ -75,9 +98,30 @@ impl ConsumerContext for RebalanceContext {
         }
     }
 
-    // ...assignments once it fetches from them.
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    // ...assignments once they are assigned (under the cooperative protocol `tpl` lists only
+    // the added partitions, under the eager one all of them). librdkafka keeps a partition's
+    // pause across an unassign, so an assignment gets the service's pause state either way:
+    // paused while paused, and resumed otherwise (a partition revoked while paused would else
+    // come back paused for good).
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            let paused = self.pause.lock();
+            if tpl.count() > 0 {
+                let result = if *paused {
+                    consumer.pause(tpl)
+                } else {
+                    consumer.resume(tpl)
+                };
+                match result {
+                    Ok(()) if *paused => {
+                        info!(topic = %self.topic, partitions = ?self.partitions(tpl), "Partitions assigned while paused; paused them too.")
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        warn!(error = %e, paused = *paused, "Applying the pause state to assigned partitions failed.")
+                    }
+                }
+            }
             self.report(Report::Assign(self.partitions(tpl)));
         }
     }

@@ -37,7 +37,13 @@ pub struct Dispatch<'a> {
 }
 
 impl Dispatch<'_> {
-    /// Hand `closed` (emptied) to the alert rules and every sink as one batch.
+    /// Whether every sink can queue another batch.
+    pub fn sinks_have_room(&self) -> bool {
+        self.sinks.iter().all(|s| s.has_room() || s.stopped())
+    }
+
+    /// Hand `closed` (emptied) to the alert rules and every sink as one batch. Only called
+    /// when [`Dispatch::sinks_have_room`].
     pub fn dispatch(&mut self, closed: &mut Vec<Closed>, tracker: &mut OffsetTracker) {
         if closed.is_empty() {
             return;

@@ -1,5 +1,6 @@
 //! The processor's metrics, served on `processor.listen` at /metrics.
 
+use crate::consumer::DeadLetterMetrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,6 +15,7 @@ pub struct Metrics {
     pub clock_skew_rejects: Counter,
     pub name_rejects: Counter,
     pub decode_failures: Counter,
+    pub dead_letter: DeadLetterMetrics,
     pub duplicates: Counter,
     pub late: Family<Labels, Counter>,
     pub replayed: Counter,
@@ -21,6 +23,7 @@ pub struct Metrics {
     pub open_windows: Gauge,
     pub pending_windows: Gauge,
     pub paused: Gauge,
+    pub assigned_partitions: Gauge,
     sink_points: Family<Labels, Counter>,
     sink_failures: Family<Labels, Counter>,
     sink_backlog: Family<Labels, Gauge>,
@@ -55,12 +58,13 @@ impl SinkMetrics {
 
 impl Metrics {
     pub fn new(registry: &mut Registry) -> Metrics {
-        let m = Metrics {
+        let mut m = Metrics {
             records: Counter::default(),
             lag_samples: Counter::default(),
             clock_skew_rejects: Counter::default(),
             name_rejects: Counter::default(),
             decode_failures: Counter::default(),
+            dead_letter: DeadLetterMetrics::default(),
             duplicates: Counter::default(),
             late: Family::default(),
             replayed: Counter::default(),
@@ -68,6 +72,7 @@ impl Metrics {
             open_windows: Gauge::default(),
             pending_windows: Gauge::default(),
             paused: Gauge::default(),
+            assigned_partitions: Gauge::default(),
             sink_points: Family::default(),
             sink_failures: Family::default(),
             sink_backlog: Family::default(),
@@ -79,6 +84,7 @@ impl Metrics {
             webhook_dropped: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("processor");
+        m.dead_letter = DeadLetterMetrics::register(r);
         r.register(
             "records",
             "replica-delay records consumed",
@@ -134,6 +140,11 @@ impl Metrics {
             "paused",
             "1 while consumption is paused because sinks are behind",
             m.paused.clone(),
+        );
+        r.register(
+            "assigned_partitions",
+            "replica-delay partitions this processor owns in its consumer group",
+            m.assigned_partitions.clone(),
         );
         r.register(
             "sink_points",

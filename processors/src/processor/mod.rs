@@ -167,6 +167,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         topics::REPLICA_DELAY,
         FETCH_WAIT_MS,
         producer.clone(),
+        metrics.dead_letter.clone(),
     )?;
     health.set_ready();
     info!(
@@ -287,7 +288,10 @@ impl SinkContext<'_> {
     fn spawn<S: sinks::Sink>(&self, name: String, sink: S) -> SinkHandle {
         let rejections = DeadLetterTopic::new(self.producer.clone(), self.config, &name);
         let metrics = self.metrics.sink(&name);
-        sinks::spawn(name, sink, rejections, self.acks.clone(), metrics)
+        // A batch holds at least one window and consumption pauses past max_pending_windows,
+        // so this never binds first; it bounds the queue whatever that bookkeeping says.
+        let queue = self.config.processor.max_pending_windows;
+        sinks::spawn(name, sink, rejections, self.acks.clone(), metrics, queue)
     }
 }
 

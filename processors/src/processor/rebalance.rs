@@ -21,7 +21,11 @@ use tracing::{info, warn};
 impl RunLoop<'_> {
     /// Apply the partition changes reported since the last look.
     pub(super) async fn rebalanced(&mut self) {
-        for change in self.source.rebalanced() {
+        let changes = self.source.rebalanced();
+        if changes.is_empty() {
+            return;
+        }
+        for change in changes {
             match change {
                 Change::Revoked(lost) => {
                     let (dropped, moved) = self.windows.forget_partitions(&lost);
@@ -60,6 +64,9 @@ impl RunLoop<'_> {
                 }
             }
         }
+        self.metrics
+            .assigned_partitions
+            .set(self.owned.len() as i64);
     }
 
     /// Adopt the open incidents of the partitions owned now.

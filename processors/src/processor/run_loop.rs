@@ -2,11 +2,13 @@
 //!
 //! Each record is decoded (borrowed, `input.rs`) and applied to every window length; windows
 //! it closes collect in `closed` and leave in one batch ([`Dispatch`]) every
-//! [`DISPATCH_EVERY`] or once [`DISPATCH_BATCH`] wait. The tick also closes silent replicas'
-//! windows, stores the offsets nothing holds any more, and pauses or resumes consumption
-//! ([`Backpressure`]). Acknowledgements from the sinks and the state writer move batches
-//! along in the [`OffsetTracker`]. On shutdown [`RunLoop::drain`] flushes what closed, waits
-//! for the sinks within [`DRAIN_DEADLINE`], stores and commits.
+//! [`DISPATCH_EVERY`] or once [`DISPATCH_BATCH`] wait, when every sink's (bounded) queue has
+//! room; until then they wait in `closed`, holding their offsets. The tick also closes silent
+//! replicas' windows, stores the offsets nothing holds any more, and pauses or resumes
+//! consumption ([`Backpressure`]) on the windows closed and not yet flushed. Acknowledgements
+//! from the sinks and the state writer move batches along in the [`OffsetTracker`]. On
+//! shutdown [`RunLoop::drain`] flushes what closed, waits for the sinks within
+//! [`DRAIN_DEADLINE`], stores and commits.
 
 use super::alerts::stale::ReplicaSeen;
 use super::alerts::Dormant;
@@ -116,12 +118,16 @@ impl RunLoop<'_> {
         self.timings.flush();
         self.dispatch_closed();
         let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
-        while self.tracker.pending_batches() > 0 {
+        while self.tracker.pending_batches() > 0 || !self.closed.is_empty() {
             tokio::select! {
-                Some(id) = self.sink_acks.recv() => self.dispatch.sink_acked(id, &mut self.tracker),
+                Some(id) = self.sink_acks.recv() => {
+                    self.dispatch.sink_acked(id, &mut self.tracker);
+                    // A sink that takes a batch makes room for what is held back.
+                    self.dispatch_closed();
+                }
                 Some(id) = self.state_acks.recv() => self.tracker.state_acked(id),
                 _ = tokio::time::sleep_until(deadline) => {
-                    warn!(pending = self.tracker.pending_windows(), "Sinks did not drain before the deadline; those windows are replayed after a restart.");
+                    warn!(pending = self.pending_windows(), "Sinks did not drain before the deadline; those windows are replayed after a restart.");
                     break;
                 }
             }
@@ -164,7 +170,7 @@ impl RunLoop<'_> {
         };
         match self.source.decode(m, checked, shutdown).await {
             Decoded::Record(view) => self.apply(&view, partition, offset),
-            Decoded::Poison => {
+            Decoded::Poison | Decoded::Dropped => {
                 self.metrics.decode_failures.inc();
             }
             Decoded::Interrupted => {
@@ -231,8 +237,9 @@ impl RunLoop<'_> {
         self.check_sinks(now);
         self.backpressure.update(
             self.source,
-            self.tracker.pending_windows(),
+            self.pending_windows(),
             self.config.processor.max_pending_windows,
+            self.dispatch.sinks_have_room(),
             &self.metrics.paused,
         );
         self.update_gauges();
@@ -303,19 +310,25 @@ impl RunLoop<'_> {
         }
     }
 
+    /// Closed windows not yet flushed: handed to the sinks, or held back for room.
+    fn pending_windows(&self) -> usize {
+        self.tracker.pending_windows() + self.closed.len()
+    }
+
     fn dispatch_closed(&mut self) {
-        if self.closed.is_empty() {
+        if self.closed.is_empty() || !self.dispatch.sinks_have_room() {
             return;
         }
         self.dispatch.dispatch(&mut self.closed, &mut self.tracker);
         self.update_gauges();
     }
 
-    /// Store, per partition, the lowest offset still held by an open window or a batch in
-    /// flight (or the consumed position when nothing is held).
+    /// Store, per partition, the lowest offset still held by an open window, a closed one held
+    /// back or a batch in flight (or the consumed position when nothing is held).
     fn store_offsets(&mut self) {
+        let closed = self.closed.iter().flat_map(|c| c.hold.iter());
         self.source
-            .store(self.tracker.positions(self.windows.holds()));
+            .store(self.tracker.positions(self.windows.holds().chain(closed)));
     }
 
     fn update_gauges(&self) {
@@ -324,6 +337,6 @@ impl RunLoop<'_> {
             .set(self.windows.open_windows() as i64);
         self.metrics
             .pending_windows
-            .set(self.tracker.pending_windows() as i64);
+            .set(self.pending_windows() as i64);
     }
 }

@@ -137,8 +137,9 @@ impl Clusters {
     }
 
     /// Hand a heartbeat to every replica task of its cluster. A task that is hopelessly behind
-    /// (its queue full) or gone gets its record as `skipped` at once: never block the loop.
-    pub fn dispatch(&self, event: Arc<HeartbeatSet>, ticket: &Arc<Ticket>) {
+    /// (its queue full) or gone gets its record as `skipped` at once: never wait for a replica
+    /// (only, like any publish, for room in the output's bounded backlog).
+    pub async fn dispatch(&self, event: Arc<HeartbeatSet>, ticket: &Arc<Ticket>) {
         let Some(state) = self.clusters.get(&event.cluster) else {
             return;
         };
@@ -153,7 +154,7 @@ impl Clusters {
                 };
                 let rec = skipped(&state.ctx, addr, &job.event);
                 self.metrics.measured(&rec);
-                self.out.publish(rec, Some(job.ticket));
+                self.out.publish(rec, Some(job.ticket)).await;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The reader's metrics: per-replica handles resolved once, so the hot path only adds to
 //! atomics.
 
+use crate::consumer::DeadLetterMetrics;
 use millilag_core::events::{MeasureStatus, ReplicaDelay};
 use millilag_core::metrics::Labels;
 use prometheus_client::metrics::counter::Counter;
@@ -19,7 +20,10 @@ pub struct ReaderMetrics {
     pub(super) upper_bounds: Family<Labels, Counter>,
     pub(super) events: Counter,
     pub(super) dead_letters: Counter,
+    pub(super) dead_letter: DeadLetterMetrics,
     pub(super) publish_retries: Counter,
+    pub(super) publish_queue: Gauge,
+    pub(super) paused: Gauge,
     pub(super) consumer_lag: Family<Labels, Gauge>,
     pub(super) replicas: Family<Labels, Gauge>,
     pub(super) lag: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -28,7 +32,7 @@ pub struct ReaderMetrics {
 
 impl ReaderMetrics {
     pub fn new(registry: &mut Registry) -> Self {
-        let m = ReaderMetrics {
+        let mut m = ReaderMetrics {
             measurements: Family::default(),
             delay: Family::new_with_constructor(|| {
                 Histogram::new(millilag_core::metrics::delay_buckets())
@@ -37,7 +41,10 @@ impl ReaderMetrics {
             upper_bounds: Family::default(),
             events: Counter::default(),
             dead_letters: Counter::default(),
+            dead_letter: DeadLetterMetrics::default(),
             publish_retries: Counter::default(),
+            publish_queue: Gauge::default(),
+            paused: Gauge::default(),
             consumer_lag: Family::default(),
             replicas: Family::default(),
             lag: Family::default(),
@@ -49,6 +56,7 @@ impl ReaderMetrics {
             m.lag.clone(),
         );
         let r = registry.sub_registry_with_prefix("reader");
+        m.dead_letter = DeadLetterMetrics::register(r);
         r.register(
             "measurements",
             "replica-delay records by cluster, replica and status",
@@ -79,6 +87,16 @@ impl ReaderMetrics {
             "publish_retries",
             "replica-delay publishes retried after a Kafka failure",
             m.publish_retries.clone(),
+        );
+        r.register(
+            "publish_queue",
+            "replica-delay records waiting for Kafka's acknowledgement (at most reader.max_pending_records)",
+            m.publish_queue.clone(),
+        );
+        r.register(
+            "paused",
+            "1 while heartbeat-set consumption is paused because publishes are behind",
+            m.paused.clone(),
         );
         r.register(
             "consumer_lag",

@@ -6,12 +6,14 @@
 //! [`Ticket`]. A replica task publishes its record; when Kafka acknowledges it the ticket counts
 //! down, and when all replicas' records are acknowledged the heartbeat is finished and the
 //! source stores offsets in partition order, so a crash replays from the oldest unfinished
-//! heartbeat.
+//! heartbeat. At most `max_pending_records` records wait for Kafka; above half of that the
+//! loop pauses `heartbeat-set` until the publishes catch up (`backlog.rs`).
 //!
 //! Per cluster, a clock task keeps the local-to-primary clock offset (NTP-style over
 //! `SELECT UNIX_TIMESTAMP(SYSDATE(6))`, lowest-RTT samples), and with `discover_replicas` a
 //! discovery task adds the replicas the primary reports, without a restart.
 
+mod backlog;
 mod clock;
 mod clusters;
 mod discovery;
@@ -77,10 +79,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     // linger 5 ms: records are batched into fewer produce requests (and wake-ups); windows are
     // seconds long, so 5 ms of latency costs nothing.
     let producer = kafka::producer(&config.kafka, 5).context("creating the Kafka producer")?;
-    let out = Output::start(
+    let (out, mut publishes_behind) = Output::start(
         producer.clone(),
         config.topic(topics::REPLICA_DELAY),
+        rc.max_pending_records,
         metrics.clone(),
+        shutdown.clone(),
     );
     let settings = Settings {
         method: rc.method,
@@ -143,6 +147,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         topics::HEARTBEAT_SET,
         rc.fetch_wait.as_millis().max(1) as u32,
         producer.clone(),
+        metrics.dead_letter.clone(),
     )?;
     background.push(tokio::spawn(report_lag(
         source.consumer().clone(),
@@ -168,6 +173,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                 source.finish(p, o);
             }
             Some(d) = disc_rx.recv() => clusters.apply(d),
+            Ok(()) = publishes_behind.changed() => {
+                let pause = *publishes_behind.borrow_and_update();
+                pause_input(&source, pause, &metrics);
+            }
             msg = source.recv() => {
                 let msg = match msg {
                     Ok(m) => m,
@@ -190,6 +199,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                         source.done(p, o);
                         continue;
                     }
+                    // Counted and logged by the source: skipped all the same.
+                    Decoded::Dropped => {
+                        source.done(p, o);
+                        continue;
+                    }
                     // Left unstored: the record is read again after the restart.
                     Decoded::Interrupted => break,
                 };
@@ -200,7 +214,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                 }
                 source.begin(p, o);
                 let ticket = Ticket::new(p, o, clusters.replicas(&event.cluster), done_tx.clone());
-                clusters.dispatch(Arc::new(event), &ticket);
+                clusters.dispatch(Arc::new(event), &ticket).await;
             }
         }
     }
@@ -221,6 +235,29 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let _ = server.await;
     info!("Reader stopped.");
     Ok(())
+}
+
+/// Pause heartbeat-set while too many records wait for Kafka, resume once they are down.
+fn pause_input(source: &Source, pause: bool, metrics: &ReaderMetrics) {
+    match source.set_paused(pause) {
+        Ok(()) => {
+            metrics.paused.set(i64::from(pause));
+            let waiting = metrics.publish_queue.get();
+            if pause {
+                warn!(
+                    waiting,
+                    "replica-delay publishes are behind: heartbeat-set consumption paused."
+                );
+            } else {
+                info!(
+                    waiting,
+                    "replica-delay publishes caught up: heartbeat-set consumption resumed."
+                );
+            }
+        }
+        // Consumption goes on; publishing then waits for room, so memory stays bounded.
+        Err(e) => warn!(error = %e, pause, "Pausing/resuming heartbeat-set failed."),
+    }
 }
 
 /// Consumer lag per partition, every 5 s (a blocking metadata call, off the hot path).

@@ -59,7 +59,8 @@ pub trait Sink: Send + 'static {
 /// The run loop's side of one sink task.
 pub struct SinkHandle {
     pub name: String,
-    tx: mpsc::UnboundedSender<Batch>,
+    /// Bounded: the run loop holds closed windows back (and pauses) rather than queue more.
+    tx: mpsc::Sender<Batch>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -69,8 +70,14 @@ impl SinkHandle {
         self.task.is_finished()
     }
 
+    /// Whether a batch can be queued now.
+    pub fn has_room(&self) -> bool {
+        self.tx.capacity() > 0
+    }
+
+    /// Queue `batch`; false when the queue is full or the task is gone.
     pub fn send(&self, batch: Batch) -> bool {
-        self.tx.send(batch).is_ok()
+        self.tx.try_send(batch).is_ok()
     }
 
     /// No more batches: the task writes what it has and ends.
@@ -80,15 +87,17 @@ impl SinkHandle {
     }
 }
 
-/// Start a sink task. Settled batch ids go to `acks`; refused windows to `rejections`.
+/// Start a sink task taking up to `queue` batches ahead. Settled batch ids go to `acks`;
+/// refused windows to `rejections`.
 pub fn spawn<S: Sink, R: Rejections>(
     name: String,
     sink: S,
     rejections: R,
     acks: mpsc::UnboundedSender<u64>,
     metrics: SinkMetrics,
+    queue: usize,
 ) -> SinkHandle {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(queue.max(1));
     let span = tracing::info_span!("sink", sink = %name);
     let task = tokio::spawn(task::run_sink(sink, rejections, rx, acks, metrics).instrument(span));
     SinkHandle { name, tx, task }

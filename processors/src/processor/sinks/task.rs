@@ -24,7 +24,7 @@ use tracing::{info, warn};
 pub(super) async fn run_sink<S: Sink, R: Rejections>(
     mut sink: S,
     mut rejections: R,
-    mut rx: mpsc::UnboundedReceiver<Batch>,
+    mut rx: mpsc::Receiver<Batch>,
     acks: mpsc::UnboundedSender<u64>,
     metrics: SinkMetrics,
 ) {
@@ -217,6 +217,7 @@ mod tests {
             rejected.clone(),
             ack_tx,
             m.clone(),
+            16,
         );
         let t0 = tokio::time::Instant::now();
         for id in 0..3 {
@@ -253,6 +254,7 @@ mod tests {
             rejected.clone(),
             ack_tx,
             m.clone(),
+            16,
         );
         let t0 = tokio::time::Instant::now();
         h.send(batch(0));
@@ -295,6 +297,7 @@ mod tests {
             rejected.clone(),
             ack_tx,
             m.clone(),
+            16,
         );
         h.send(batch(0));
         tokio::task::yield_now().await;

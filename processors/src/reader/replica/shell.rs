@@ -201,7 +201,7 @@ impl ReplicaWorker {
             }
             Command::Publish { record, ticket } => {
                 self.metrics.measured(&record);
-                self.out.publish(record, ticket);
+                self.out.publish(record, ticket).await;
                 None
             }
         }

@@ -451,9 +451,14 @@ impl<T> Tracker<T> {
                     return;
                 }
                 if !self.waits.is_armed(&key) {
-                    self.arm(key.clone());
-                    if let Some(a) = self.awaited.get_mut(&seq) {
-                        a.queries += 1;
+                    if self.arm(key.clone()) {
+                        if let Some(a) = self.awaited.get_mut(&seq) {
+                            a.queries += 1;
+                        }
+                    } else {
+                        // Every wait connection is busy (with older heartbeats, or numbers
+                        // armed ahead): reads on the control connection time this one.
+                        self.poll.poll_now(self.now);
                     }
                 }
                 self.top_up(&key.sequence);

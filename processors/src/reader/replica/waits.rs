@@ -209,14 +209,7 @@ impl<T> Tracker<T> {
             .schedule
             .intervals_since_latest(self.primary_now())
             .min(MAX_SCHEDULE_AHEAD) as u64;
-        // And the replica's own position: the moment it reaches n, n + 1 is the next to come
-        // (the writer writes continuously), whether or not n's event has arrived yet; waiting
-        // for events that come in fetch batches would arm some waits after their heartbeat.
-        let horizon = front
-            .n
-            .saturating_add(elapsed)
-            .max(reached)
-            .saturating_add(depth);
+        let horizon = front.n.saturating_add(elapsed).saturating_add(depth);
         let mut armed_here = self.waits.armed_in(sequence) as u64;
         while armed_here < depth && n <= horizon {
             let key = GtidKey {

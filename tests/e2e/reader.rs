@@ -83,9 +83,12 @@ async fn steady_state_one_record_per_replica_per_heartbeat_with_one_query_each()
         // heartbeat (plus at most prearm_depth armed for heartbeats not yet written).
         // Questions counts statements as they arrive: q1's own SHOW STATUS, and the waits armed
         // ahead (prearm_depth, default 2) for heartbeats after the window.
+        // A reader descheduled for more than prearm_depth intervals on this shared 2-core box
+        // catches up with a read or two (measured 1.01-1.045 under load); two queries per
+        // heartbeat, or a read per heartbeat, would be far above.
         let per_heartbeat = (q1[i] - q0[i] - 1 - 2) as f64 / 200.0;
         assert!(
-            per_heartbeat <= 1.02,
+            per_heartbeat <= 1.06,
             "{addr}: {per_heartbeat:.3} queries per heartbeat"
         );
         let mut d: Vec<i64> = mine.values().map(|r| r.delay_us).collect();

@@ -196,6 +196,14 @@ impl Server {
         self.wait_ready().await
     }
 
+    /// Restart it listening on every address in `addresses` (127.0.0.x aliases), so one
+    /// server can stand for many replicas, each address a distinct host:port to a client.
+    pub async fn restart_listening_on(&mut self, addresses: &[String]) -> Result<()> {
+        self.extra_args
+            .push(format!("--bind-address={}", addresses.join(",")));
+        self.restart().await
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.guard.as_mut().is_some_and(|g| g.is_running())
     }

@@ -1,0 +1,231 @@
+//! One reader for many replicas: CPU per measurement, memory and sessions per replica.
+//!
+//! N replica URLs at 10 ms heartbeats. The URLs are 127.0.0.x aliases of 2 real MariaDB
+//! replicas listening on all those addresses, so the reader holds N independent sets of
+//! replica sessions (what it would hold on N servers) while 2 servers do the applying. Release
+//! binaries, one writer and one reader process; after a warm-up, over a measuring interval:
+//! the reader's CPU (user + system, /proc) per ok measurement, its peak RSS, the sessions the
+//! service user holds on each real replica divided by the aliases it stands for, and the
+//! share of heartbeats measured ok.
+//!
+//! `cargo build --release -p millilag -p millilag-bench && target/release/reader-scale
+//! --millilag target/release/millilag --replicas 2,20,100,200`
+
+use anyhow::{bail, Context, Result};
+use millilag_harness::mariadb::{Cluster, PASSWORD, USER};
+use millilag_harness::process::Guard;
+use millilag_harness::{free_port, Broker};
+use mysql_async::prelude::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Args {
+    millilag: PathBuf,
+    replicas: Vec<usize>,
+    warmup: Duration,
+    measure: Duration,
+    reader: String,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        millilag: PathBuf::from("target/release/millilag"),
+        replicas: vec![2, 20, 100, 200],
+        warmup: Duration::from_secs(6),
+        measure: Duration::from_secs(15),
+        reader: String::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let v = it.next().with_context(|| format!("{k} needs a value"))?;
+        match k.as_str() {
+            "--millilag" => a.millilag = v.into(),
+            "--replicas" => {
+                a.replicas = v
+                    .split(',')
+                    .map(|n| n.trim().parse().context("--replicas: a list of counts"))
+                    .collect::<Result<_>>()?
+            }
+            "--warmup-s" => a.warmup = Duration::from_secs(v.parse()?),
+            "--measure-s" => a.measure = Duration::from_secs(v.parse()?),
+            // Extra [reader] keys, e.g. "prearm_depth = 1".
+            "--reader" => a.reader = v,
+            _ => bail!("unknown flag {k}"),
+        }
+    }
+    Ok(a)
+}
+
+/// User + system CPU seconds and resident MiB of a process.
+fn cpu_and_rss(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    (ticks / hz.max(1.0), rss_kib / 1024.0)
+}
+
+fn spawn(bin: &Path, service: &str, config: &Path, dir: &Path) -> Result<Guard> {
+    let mut cmd = Command::new(bin);
+    cmd.arg(service).arg("--config").arg(config);
+    Guard::spawn(service, cmd, &dir.join(format!("{service}.log")))
+}
+
+struct Row {
+    replicas: usize,
+    cpu_us_per_measurement: f64,
+    cpu_share: f64,
+    rss_mib: f64,
+    sessions_per_replica: f64,
+    measured: f64,
+}
+
+async fn run_one(a: &Args, n: usize) -> Result<Row> {
+    let (cluster, broker) = tokio::join!(Cluster::start(2), Broker::start());
+    let mut cluster = cluster?;
+    let broker = broker?;
+    // Clients connecting to 127.0.0.x come from 127.0.0.x: the service user must be allowed
+    // from every alias (created on the primary, replicated).
+    cluster
+        .primary
+        .admin()
+        .await?
+        .query_drop(format!(
+            "CREATE USER IF NOT EXISTS '{USER}'@'127.0.0.%' IDENTIFIED BY '{PASSWORD}';
+             GRANT SELECT, INSERT, UPDATE, CREATE ON `millilag`.* TO '{USER}'@'127.0.0.%';
+             GRANT BINLOG REPLAY, SLAVE MONITOR, REPLICATION MASTER ADMIN ON *.* TO '{USER}'@'127.0.0.%';"
+        ))
+        .await?;
+    let per_server = n.div_ceil(2);
+    let aliases: Vec<String> = (1..=per_server).map(|i| format!("127.0.0.{i}")).collect();
+    for r in cluster.replicas.iter_mut() {
+        r.restart_listening_on(&aliases).await?;
+    }
+    let urls: Vec<String> = (0..n)
+        .map(|i| {
+            let server = &cluster.replicas[i % 2];
+            format!(
+                "\"mysql://{USER}:{PASSWORD}@{}:{}\"",
+                aliases[i / 2],
+                server.port
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir()?;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+topic_prefix = "scale{n}."
+partitions = 1
+
+[[cluster]]
+name = "main"
+primary = "{primary}"
+replicas = [{replicas}]
+
+[writer]
+interval = "10ms"
+listen = "127.0.0.1:{wport}"
+
+[reader]
+listen = "{listen}"
+{reader}
+"#,
+        brokers = broker.brokers(),
+        primary = cluster.primary.url(),
+        replicas = urls.join(", "),
+        wport = free_port(),
+        reader = a.reader,
+    );
+    let path = dir.path().join("millilag.toml");
+    std::fs::write(&path, config)?;
+    let _writer = spawn(&a.millilag, "writer", &path, dir.path())?;
+    let reader = spawn(&a.millilag, "reader", &path, dir.path())?;
+    let pid = reader.pid();
+    tokio::time::sleep(a.warmup).await;
+    let (cpu0, _) = cpu_and_rss(pid);
+    let m0 = ok_sum(&listen).await;
+    let seq0 = cluster.heartbeat_seq().await?;
+    let started = Instant::now();
+    let mut rss_peak: f64 = 0.0;
+    while started.elapsed() < a.measure {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss_peak = rss_peak.max(cpu_and_rss(pid).1);
+    }
+    let (cpu1, _) = cpu_and_rss(pid);
+    let m1 = ok_sum(&listen).await;
+    let seq1 = cluster.heartbeat_seq().await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut sessions = 0i64;
+    for r in &cluster.replicas {
+        let mut c = r.admin().await?;
+        let k: Option<i64> = c
+            .query_first(format!(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{USER}'"
+            ))
+            .await?;
+        sessions += k.unwrap_or(0);
+    }
+    let measurements = (m1 - m0).max(1.0);
+    let heartbeats = (seq1 - seq0).max(1) as f64;
+    Ok(Row {
+        replicas: n,
+        cpu_us_per_measurement: (cpu1 - cpu0) * 1e6 / measurements,
+        cpu_share: (cpu1 - cpu0) / elapsed,
+        rss_mib: rss_peak,
+        sessions_per_replica: sessions as f64 / n as f64,
+        measured: measurements / (heartbeats * n as f64),
+    })
+}
+
+/// ok measurements so far, all replicas.
+async fn ok_sum(listen: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(listen).await else {
+        return 0.0;
+    };
+    let _ = s
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {listen}\r\n\r\n").as_bytes())
+        .await;
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body).await;
+    body.lines()
+        .filter(|l| {
+            l.starts_with("millilag_reader_measurements_total{") && l.contains("status=\"ok\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let a = parse_args()?;
+    println!("| replicas | reader CPU per measurement | reader CPU | peak RSS | sessions per replica | heartbeats measured ok |");
+    println!("|---|---|---|---|---|---|");
+    for &n in &a.replicas {
+        let r = run_one(&a, n).await?;
+        println!(
+            "| {} | {:.1} us | {:.0}% of a core | {:.0} MiB | {:.2} | {:.2}% |",
+            r.replicas,
+            r.cpu_us_per_measurement,
+            r.cpu_share * 100.0,
+            r.rss_mib,
+            r.sessions_per_replica,
+            r.measured * 100.0
+        );
+    }
+    Ok(())
+}

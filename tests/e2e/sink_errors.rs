@@ -196,6 +196,94 @@ timeout = "1s"
     p.stop().await;
 }
 
+/// A refused window whose dead letter cannot be written either (no dead-letter topic) is given
+/// up after a few refusals and counted: it does not hold its sink, and so every offset, forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_windows_without_a_dead_letter_topic_are_dropped_counted_and_hold_nothing() {
+    let (env, influx) = tokio::join!(Env::start(), Influx::start("millilag"));
+    let influx = influx.expect("InfluxDB");
+    let mut config = env.config(
+        r#"windows = ["1s"]
+allowed_lateness = "0s"
+max_pending_windows = 3"#,
+        &format!(
+            r#"
+[[sink.influxdb]]
+url = "{url}"
+api = "v1"
+database = "millilag"
+timeout = "1s"
+
+[[sink.influxdb]]
+url = "{url}"
+api = "v1"
+database = "no_such_db"
+timeout = "1s"
+"#,
+            url = influx.url()
+        ),
+        &[],
+    );
+    // Every topic but dead-letter, and librdkafka told to wait 3 s, not 30, for a missing
+    // topic to appear before it fails a write.
+    config.kafka.create_topics = false;
+    config
+        .kafka
+        .properties
+        .insert("topic.metadata.propagation.max.ms".into(), "3000".into());
+    let names: Vec<String> = [
+        topics::REPLICA_DELAY,
+        topics::DELAY_WINDOW,
+        topics::ALERT,
+        topics::ALERT_STATE,
+        topics::PROCESSOR_STATE,
+    ]
+    .iter()
+    .map(|t| env.topic(t))
+    .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    env.broker().create_topics(&names, 1).await.expect("topics");
+    let p = Running::start(config);
+    let t = base_second();
+    let mut firsts = Vec::new();
+    for w in 0..6 {
+        firsts.push(produce_window(&env, t, w).await);
+    }
+
+    // Windows 0..=4 close, more than max_pending_windows: a sink stuck on a dead letter it
+    // cannot write would pause consumption and hold offsets at window 0.
+    let dropped = "millilag_processor_dead_letter_dropped_total{reason=\"unknown_topic\"} ";
+    wait_for(
+        "windows 0..=4 given up",
+        Duration::from_secs(90),
+        || async { (p.metric(dropped).await >= 5.0).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let counts = wait_for(
+        "windows 0..=4 in the other sink",
+        Duration::from_secs(30),
+        || async {
+            let c = influx_counts(&influx).await;
+            (c.len() >= 5).then_some(c)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        counts,
+        (0..5).map(|w| ((t + w * S) / 1000, 10)).collect::<Vec<_>>()
+    );
+    let committed = wait_for("commit up to window 5", Duration::from_secs(20), || async {
+        env.committed().await.filter(|c| *c == firsts[5])
+    })
+    .await;
+    assert_eq!(committed.unwrap(), firsts[5]);
+    let rejected = "millilag_processor_sink_rejected_total{sink=\"influxdb[1]\",status=\"404\"} ";
+    assert_eq!(p.metric(rejected).await, 5.0);
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processor_escapes_names_for_influxdb_and_dead_letters_names_no_sink_can_carry() {
     let (env, influx) = tokio::join!(Env::start(), Influx::start("millilag"));

@@ -6,16 +6,23 @@
 //! binaries, one writer and one reader process; after a warm-up, over a measuring interval:
 //! the reader's CPU (user + system, /proc) per ok measurement, its peak RSS, the sessions the
 //! service user holds on each real replica divided by the aliases it stands for, and the
-//! share of heartbeats measured ok.
+//! share of heartbeats measured ok. Accuracy: every exact measurement of the interval (read back
+//! from the replica-delay topic afterwards, so the bench does not compete with the reader while
+//! it is measured) against the replicas' trigger truth (row change on the replica - row change on
+//! the primary, one host, one clock; the same truth for every alias of a server).
 //!
-//! `cargo build --release -p millilag -p millilag-bench && target/release/reader-scale
+//! `cargo build --release -p millilag -p millilag-bench && target/release/reader_scale
 //! --millilag target/release/millilag --replicas 2,20,100,200`
 
 use anyhow::{bail, Context, Result};
+use millilag_core::events::{MeasureStatus, Record, ReplicaDelay};
 use millilag_harness::mariadb::{Cluster, PASSWORD, USER};
 use millilag_harness::process::Guard;
 use millilag_harness::{free_port, Broker};
 use mysql_async::prelude::*;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -89,6 +96,8 @@ struct Row {
     rss_mib: f64,
     sessions_per_replica: f64,
     measured: f64,
+    /// |measured - true| of exact measurements: p50, p99, max (µs), and how many.
+    error_us: (i64, i64, i64, usize),
 }
 
 async fn run_one(a: &Args, n: usize) -> Result<Row> {
@@ -152,7 +161,9 @@ listen = "{listen}"
     );
     let path = dir.path().join("millilag.toml");
     std::fs::write(&path, config)?;
-    let _writer = spawn(&a.millilag, "writer", &path, dir.path())?;
+    let writer = spawn(&a.millilag, "writer", &path, dir.path())?;
+    // Waits for the writer's table, then adds the truth triggers.
+    cluster.install_truth("millilag", "heartbeat").await?;
     let reader = spawn(&a.millilag, "reader", &path, dir.path())?;
     let pid = reader.pid();
     tokio::time::sleep(a.warmup).await;
@@ -179,6 +190,19 @@ listen = "{listen}"
             .await?;
         sessions += k.unwrap_or(0);
     }
+    let ports: HashMap<u16, usize> = cluster
+        .replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.port, i))
+        .collect();
+    let mut truth = Vec::new();
+    for i in 0..cluster.replicas.len() {
+        truth.push(cluster.true_delays(i, seq0).await?);
+    }
+    drop((writer, reader));
+    let topic = format!("scale{n}.replica-delay");
+    let error_us = accuracy(&broker, &topic, (seq0, seq1), &ports, &truth).await?;
     let measurements = (m1 - m0).max(1.0);
     let heartbeats = (seq1 - seq0).max(1) as f64;
     Ok(Row {
@@ -188,7 +212,64 @@ listen = "{listen}"
         rss_mib: rss_peak,
         sessions_per_replica: sessions as f64 / n as f64,
         measured: measurements / (heartbeats * n as f64),
+        error_us,
     })
+}
+
+/// Abs error of the exact measurements of heartbeats `seqs` (half-open) read back from `topic`:
+/// p50, p99, max and their number.
+async fn accuracy(
+    broker: &Broker,
+    topic: &str,
+    (from, to): (i64, i64),
+    ports: &HashMap<u16, usize>,
+    truth: &[BTreeMap<i64, i64>],
+) -> Result<(i64, i64, i64, usize)> {
+    let consumer: StreamConsumer = broker
+        .client_config()
+        .set("group.id", format!("scale-accuracy-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut errors = Vec::new();
+    // The services are stopped: read until the topic has nothing more.
+    loop {
+        let m = match tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+            Ok(m) => m?,
+            Err(_) => break,
+        };
+        let Some(r) = m.payload().and_then(|p| ReplicaDelay::decode(p).ok()) else {
+            continue;
+        };
+        if r.seq < from || r.seq >= to || r.status != MeasureStatus::Ok || r.upper_bound {
+            continue;
+        }
+        let port = r
+            .replica
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok());
+        let Some(&server) = port.and_then(|p| ports.get(&p)) else {
+            continue;
+        };
+        if let Some(t) = truth[server].get(&r.seq) {
+            errors.push((r.delay_us - t).abs());
+        }
+    }
+    errors.sort_unstable();
+    let at = |q: f64| {
+        errors
+            .get(((errors.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(0)
+    };
+    Ok((
+        at(0.5),
+        at(0.99),
+        errors.last().copied().unwrap_or(0),
+        errors.len(),
+    ))
 }
 
 /// ok measurements so far, all replicas.
@@ -213,18 +294,22 @@ async fn ok_sum(listen: &str) -> f64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = parse_args()?;
-    println!("| replicas | reader CPU per measurement | reader CPU | peak RSS | sessions per replica | heartbeats measured ok |");
-    println!("|---|---|---|---|---|---|");
+    println!("| replicas | reader CPU per measurement | reader CPU | peak RSS | sessions per replica | heartbeats measured ok | abs error vs truth p50 / p99 / max (exact measurements) |");
+    println!("|---|---|---|---|---|---|---|");
     for &n in &a.replicas {
         let r = run_one(&a, n).await?;
         println!(
-            "| {} | {:.1} us | {:.0}% of a core | {:.0} MiB | {:.2} | {:.2}% |",
+            "| {} | {:.1} us | {:.0}% of a core | {:.0} MiB | {:.2} | {:.2}% | {} / {} / {} us ({}) |",
             r.replicas,
             r.cpu_us_per_measurement,
             r.cpu_share * 100.0,
             r.rss_mib,
             r.sessions_per_replica,
-            r.measured * 100.0
+            r.measured * 100.0,
+            r.error_us.0,
+            r.error_us.1,
+            r.error_us.2,
+            r.error_us.3
         );
     }
     Ok(())

@@ -39,12 +39,12 @@ const FRAMING: usize = 1_024;
 /// The smallest message a letter is cut to before it is given up as too large.
 const MIN_BUDGET: usize = 4 * FRAMING;
 /// Refusals (missing topic, no permission, rejected record) before a letter is dropped.
-const REFUSALS_BEFORE_DROPPING: u32 = 5;
+pub(crate) const REFUSALS_BEFORE_DROPPING: u32 = 5;
 
 /// Counters of a service's dead letters, registered in its own registry.
 #[derive(Clone, Default)]
 pub struct DeadLetterMetrics {
-    pub(super) dropped: Family<Labels, Counter>,
+    pub(crate) dropped: Family<Labels, Counter>,
     pub(super) truncated: Counter,
 }
 
@@ -83,6 +83,16 @@ enum Refusal {
     Refused(&'static str),
     /// The broker is away or busy: retry until it answers.
     Transient,
+}
+
+/// The `dead_letter_dropped_total` label of a refusal that waiting will not fix (missing or
+/// forbidden topic, rejected record, too large), None for a broker that is away or busy.
+pub(crate) fn lasting_refusal(e: &KafkaError) -> Option<&'static str> {
+    match classify(e) {
+        Refusal::TooLarge => Some("too_large"),
+        Refusal::Refused(label) => Some(label),
+        Refusal::Transient => None,
+    }
 }
 
 fn classify(e: &KafkaError) -> Refusal {

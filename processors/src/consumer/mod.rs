@@ -33,6 +33,7 @@ mod rebalance;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use dead_letter::{lasting_refusal, REFUSALS_BEFORE_DROPPING};
 pub use dead_letter::{DeadLetterMetrics, DeadLetters, Sent};
 pub use offset_store::OffsetStore;
 pub use rebalance::{Assignment, Change, RebalanceContext};

@@ -56,6 +56,7 @@ impl Dispatch<'_> {
                 .windows_closed
                 .get_or_create(&labels(&[("window", &c.label)]))
                 .inc();
+            self.metrics.window_gauges.show(&c.window, &c.label);
             for a in self.engine.on_window(&c.window) {
                 self.transition(a);
             }
@@ -107,6 +108,9 @@ impl Dispatch<'_> {
 
     /// Hand `cluster`/`replica`'s incidents (`""`: the cluster-wide ones) to their new owner.
     pub fn forget(&mut self, cluster: &str, replica: &str) {
+        if !replica.is_empty() {
+            self.metrics.window_gauges.forget(cluster, replica);
+        }
         let mut gone = self.engine.forget(cluster, replica);
         gone.extend(self.stale.forget(cluster, replica));
         for (rule, fp) in gone {

@@ -1,5 +1,6 @@
 //! The processor's metrics, served on `processor.listen` at /metrics.
 
+use super::window_gauges::WindowGauges;
 use crate::consumer::DeadLetterMetrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,6 +34,8 @@ pub struct Metrics {
     pub webhook_sent: Family<Labels, Counter>,
     pub webhook_failures: Family<Labels, Counter>,
     pub webhook_dropped: Family<Labels, Counter>,
+    /// Each replica's last closed window per length (only the dispatch's copy shows them).
+    pub window_gauges: WindowGauges,
 }
 
 /// One sink's counters.
@@ -82,9 +85,11 @@ impl Metrics {
             webhook_sent: Family::default(),
             webhook_failures: Family::default(),
             webhook_dropped: Family::default(),
+            window_gauges: WindowGauges::default(),
         };
         let r = registry.sub_registry_with_prefix("processor");
         m.dead_letter = DeadLetterMetrics::register(r);
+        m.window_gauges = WindowGauges::register(r);
         r.register(
             "records",
             "replica-delay records consumed",

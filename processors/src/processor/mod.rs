@@ -38,6 +38,7 @@ mod run_loop;
 pub mod sinks;
 pub mod state;
 pub mod window;
+mod window_gauges;
 
 use crate::consumer::Source;
 use alerts::webhook::Webhooks;
@@ -286,7 +287,12 @@ struct SinkContext<'a> {
 
 impl SinkContext<'_> {
     fn spawn<S: sinks::Sink>(&self, name: String, sink: S) -> SinkHandle {
-        let rejections = DeadLetterTopic::new(self.producer.clone(), self.config, &name);
+        let rejections = DeadLetterTopic::new(
+            self.producer.clone(),
+            self.config,
+            &name,
+            self.metrics.dead_letter.dropped.clone(),
+        );
         let metrics = self.metrics.sink(&name);
         // A batch holds at least one window and consumption pauses past max_pending_windows,
         // so this never binds first; it bounds the queue whatever that bookkeeping says.

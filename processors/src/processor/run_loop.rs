@@ -279,6 +279,7 @@ impl RunLoop<'_> {
         });
         for (cluster, replica) in &gone {
             self.dispatch.engine.prune(cluster, replica);
+            self.dispatch.metrics.window_gauges.forget(cluster, replica);
         }
         if !gone.is_empty() {
             info!(

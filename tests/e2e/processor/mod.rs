@@ -81,6 +81,10 @@ idle_close = "1h"
         Config::from_toml_with_env(&text, "test", env).expect("test config is valid")
     }
 
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
     pub(crate) fn topic(&self, suffix: &str) -> String {
         format!("{}{}", self.prefix, suffix)
     }

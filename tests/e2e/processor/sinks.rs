@@ -64,6 +64,25 @@ prefix = "millilag"
         (got[1].window_start_us, got[1].count, got[1].missing),
         (t + S, 2, 0)
     );
+    // /metrics shows the replica's last closed window (B), as Prometheus reads it.
+    let series = |name: &str, extra: &str| {
+        format!("millilag_processor_{name}{{cluster=\"main\",replica=\"{REPLICA}\",window=\"1s\"{extra}}} ")
+    };
+    assert_eq!(
+        p.metric(&series("window_heartbeats", ",kind=\"count\""))
+            .await,
+        2.0
+    );
+    assert_eq!(
+        p.metric(&series("window_end_timestamp_seconds", "")).await,
+        (t + 2 * S) as f64 / 1e6
+    );
+    let b_max = got[1].max_us.expect("B has delays") as f64 / 1e6;
+    assert_eq!(
+        p.metric(&series("window_delay_seconds", ",stat=\"max\""))
+            .await,
+        b_max
+    );
 
     // VictoriaMetrics, through /api/v2/write (no db label) and /write (db="millilag").
     let want = fields(&expected_a(t));

@@ -13,14 +13,20 @@
 //! [`RejectionLog`] keeps the log to one line per cause, repeated at most every
 //! [`REPEAT_LOG_EVERY`] with how many refusals it stood for.
 
+use crate::consumer::{lasting_refusal, REFUSALS_BEFORE_DROPPING};
 use millilag_core::events::{DelayWindow, Record};
 use millilag_core::kafka::{self, topics};
-use millilag_core::retry::{retry, RetryPolicy, Stopped};
+use millilag_core::metrics::Labels;
+use millilag_core::retry::{retry, RetryPolicy, Retryable, Stopped};
 use millilag_core::shutdown::Shutdown;
+use millilag_core::RetryHint;
 use millilag_core::{Config, Error};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rdkafka::producer::FutureProducer;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -55,15 +61,23 @@ pub struct DeadLetterTopic {
     /// The topic named in each dead letter: what its payload is.
     window_topic: String,
     sink: String,
+    /// `dead_letter_dropped_total{reason}`: windows given up with their dead letter.
+    dropped: Family<Labels, Counter>,
 }
 
 impl DeadLetterTopic {
-    pub fn new(producer: FutureProducer, config: &Config, sink: &str) -> DeadLetterTopic {
+    pub fn new(
+        producer: FutureProducer,
+        config: &Config,
+        sink: &str,
+        dropped: Family<Labels, Counter>,
+    ) -> DeadLetterTopic {
         DeadLetterTopic {
             producer,
             config: config.clone(),
             window_topic: config.topic(topics::DELAY_WINDOW),
             sink: sink.to_string(),
+            dropped,
         }
     }
 }
@@ -77,31 +91,93 @@ impl Rejections for DeadLetterTopic {
             .collect();
         // No shutdown token: the run loop aborts this task after its drain deadline, and a
         // window whose dead letter was not acknowledged is replayed after the restart.
+        // Shared with each attempt's future (an FnMut cannot lend out a &mut).
+        let refusals = std::sync::atomic::AtomicU32::new(0);
         let sent = retry(
             RetryPolicy::DELIVERY,
             "Dead-letter write",
             &Shutdown::never(),
             || {
-                futures::future::try_join_all(letters.iter().map(|(key, payload)| {
-                    kafka::dead_letter(
-                        &self.producer,
-                        &self.config,
-                        "processor",
-                        &self.window_topic,
-                        -1,
-                        -1,
-                        Some(key.as_bytes()),
-                        payload.as_deref(),
-                        &reason,
-                    )
-                }))
+                let attempt =
+                    futures::future::try_join_all(letters.iter().map(|(key, payload)| {
+                        kafka::dead_letter(
+                            &self.producer,
+                            &self.config,
+                            "processor",
+                            &self.window_topic,
+                            -1,
+                            -1,
+                            Some(key.as_bytes()),
+                            payload.as_deref(),
+                            &reason,
+                        )
+                    }));
+                let refusals = &refusals;
+                async move {
+                    attempt.await.map_err(|e| {
+                        // A topic that is missing or forbidden does not come back by waiting:
+                        // retrying it forever would hold this sink, and so every offset.
+                        match lasting_refusal_of(&e) {
+                            Some(label) => {
+                                let n = refusals.fetch_add(1, Ordering::Relaxed) + 1;
+                                if n >= REFUSALS_BEFORE_DROPPING {
+                                    return Refused::ForGood(label, e);
+                                }
+                                Refused::Retry(e)
+                            }
+                            None => Refused::Retry(e),
+                        }
+                    })
+                }
             },
         )
         .await;
-        if let Err(Stopped::Permanent(e)) = sent {
-            // Only a dead letter that does not encode gets here: a bug, not the broker.
-            tracing::error!(error = %e, windows = windows.len(), "Refused windows could not be dead-lettered; dropped.");
+        match sent {
+            Ok(_) | Err(Stopped::Shutdown) => {}
+            Err(Stopped::Permanent(Refused::ForGood(label, e))) => {
+                self.dropped
+                    .get_or_create(&vec![("reason", label.to_string())])
+                    .inc_by(windows.len() as u64);
+                tracing::error!(error = %e, windows = windows.len(), sink = %self.sink, dead_letter_topic = %self.config.topic(topics::DEAD_LETTER), "Refused windows could not be dead-lettered either (topic missing or not allowed); dropped.");
+            }
+            Err(Stopped::Permanent(Refused::Retry(e))) => {
+                // Only a dead letter that does not encode gets here: a bug, not the broker.
+                tracing::error!(error = %e, windows = windows.len(), "Refused windows could not be dead-lettered; dropped.");
+            }
         }
+    }
+}
+
+/// A failed dead-letter write, for the retry loop.
+#[derive(Debug)]
+enum Refused {
+    /// Retried as the error's own hint says.
+    Retry(Error),
+    /// Refused [`REFUSALS_BEFORE_DROPPING`] times for a reason waiting does not fix.
+    ForGood(&'static str, Error),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Retry(e) | Refused::ForGood(_, e) => e.fmt(f),
+        }
+    }
+}
+
+impl Retryable for Refused {
+    fn retry_hint(&self) -> RetryHint {
+        match self {
+            Refused::Retry(e) => e.retry_hint(),
+            Refused::ForGood(..) => RetryHint::NoRetry,
+        }
+    }
+}
+
+fn lasting_refusal_of(e: &Error) -> Option<&'static str> {
+    match e {
+        Error::Kafka(k) => lasting_refusal(k),
+        _ => None,
     }
 }
 

@@ -1,0 +1,236 @@
+//! Each replica's last closed window per length, as Prometheus gauges, so the windows'
+//! quantiles reach /metrics and not only the sinks:
+//!
+//! - `millilag_processor_window_delay_seconds{cluster,replica,window,stat}`, stat `min`, `p50`,
+//!   `p90`, `p99`, `max`; absent while the last window carries no delay (a writer outage: no
+//!   heartbeat to time), rather than a stale figure;
+//! - `millilag_processor_window_heartbeats{cluster,replica,window,kind}`, kind `count`,
+//!   `missing`, `timeouts`, `replication_stopped`, `unreachable`, `skipped`, `upper_bounds`,
+//!   `duplicates`;
+//! - `millilag_processor_window_end_timestamp_seconds{cluster,replica,window}`: which window
+//!   the other two describe (a scrape can tell a fresh window from an old one).
+//!
+//! Only the processor that owns a replica's partition shows it: a replica handed to another
+//! processor, or forgotten after hours of silence, loses its series here.
+
+use super::metrics::Labels;
+use millilag_core::events::DelayWindow;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::AtomicU64;
+
+type Seconds = Gauge<f64, AtomicU64>;
+
+const STATS: [&str; 5] = ["min", "p50", "p90", "p99", "max"];
+const KINDS: [&str; 8] = [
+    "count",
+    "missing",
+    "timeouts",
+    "replication_stopped",
+    "unreachable",
+    "skipped",
+    "upper_bounds",
+    "duplicates",
+];
+
+#[derive(Clone, Default)]
+pub struct WindowGauges {
+    delay: Family<Labels, Seconds>,
+    heartbeats: Family<Labels, Gauge>,
+    end: Family<Labels, Seconds>,
+    /// Window lengths shown per (cluster, replica), to remove their series when it goes.
+    shown: HashMap<(String, String), BTreeSet<String>>,
+}
+
+impl WindowGauges {
+    /// Register under `registry` (the processor's, prefix `millilag_processor_`).
+    pub fn register(registry: &mut Registry) -> WindowGauges {
+        let g = WindowGauges::default();
+        registry.register(
+            "window_delay_seconds",
+            "Delay statistics of each replica's last closed window, per window length (absent when that window had no delay)",
+            g.delay.clone(),
+        );
+        registry.register(
+            "window_heartbeats",
+            "Heartbeats of each replica's last closed window, per window length and kind (count measured, missing, by status)",
+            g.heartbeats.clone(),
+        );
+        registry.register(
+            "window_end_timestamp_seconds",
+            "End of the last closed window the window_ gauges describe, per replica and window length",
+            g.end.clone(),
+        );
+        g
+    }
+
+    /// `w`, a closed window of length `label` (e.g. "1s"), is now its replica's newest.
+    pub fn show(&mut self, w: &DelayWindow, label: &str) {
+        let base = |extra: Option<(&'static str, &str)>| -> Labels {
+            let mut l: Labels = vec![
+                ("cluster", w.cluster.clone()),
+                ("replica", w.replica.clone()),
+                ("window", label.to_string()),
+            ];
+            l.extend(extra.map(|(k, v)| (k, v.to_string())));
+            l
+        };
+        let stats = [w.min_us, w.p50_us, w.p90_us, w.p99_us, w.max_us];
+        for (stat, value) in STATS.iter().zip(stats) {
+            let labels = base(Some(("stat", stat)));
+            match value {
+                Some(us) => {
+                    self.delay.get_or_create(&labels).set(us as f64 / 1e6);
+                }
+                None => {
+                    self.delay.remove(&labels);
+                }
+            }
+        }
+        let kinds = [
+            w.count,
+            w.missing,
+            w.timeouts,
+            w.replication_stopped,
+            w.unreachable,
+            w.skipped,
+            w.upper_bounds,
+            w.duplicates,
+        ];
+        for (kind, n) in KINDS.iter().zip(kinds) {
+            self.heartbeats
+                .get_or_create(&base(Some(("kind", kind))))
+                .set(n);
+        }
+        let end_us = w.window_start_us.saturating_add(w.window_us);
+        self.end.get_or_create(&base(None)).set(end_us as f64 / 1e6);
+        let key = (w.cluster.clone(), w.replica.clone());
+        if !self.shown.get(&key).is_some_and(|s| s.contains(label)) {
+            self.shown.entry(key).or_default().insert(label.to_string());
+        }
+    }
+
+    /// Remove every series of `cluster`/`replica` (its partition moved away, or it was pruned).
+    pub fn forget(&mut self, cluster: &str, replica: &str) {
+        let Some(lengths) = self
+            .shown
+            .remove(&(cluster.to_string(), replica.to_string()))
+        else {
+            return;
+        };
+        for label in lengths {
+            let base = |extra: Option<(&'static str, &str)>| -> Labels {
+                let mut l: Labels = vec![
+                    ("cluster", cluster.to_string()),
+                    ("replica", replica.to_string()),
+                    ("window", label.clone()),
+                ];
+                l.extend(extra.map(|(k, v)| (k, v.to_string())));
+                l
+            };
+            for stat in STATS {
+                self.delay.remove(&base(Some(("stat", stat))));
+            }
+            for kind in KINDS {
+                self.heartbeats.remove(&base(Some(("kind", kind))));
+            }
+            self.end.remove(&base(None));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    fn window(replica: &str, max_us: Option<i64>) -> DelayWindow {
+        DelayWindow {
+            cluster: "main".into(),
+            replica: replica.into(),
+            window_start_us: 10_000_000,
+            window_us: 1_000_000,
+            count: 98,
+            missing: 2,
+            min_us: max_us.map(|_| 100),
+            p50_us: max_us.map(|_| 250),
+            p90_us: max_us.map(|_| 400),
+            p99_us: max_us.map(|_| 900),
+            max_us,
+            timeouts: 1,
+            unreachable: 0,
+            replication_stopped: 0,
+            skipped: 0,
+            upper_bounds: 3,
+            duplicates: 0,
+        }
+    }
+
+    fn scrape(r: &Registry) -> String {
+        let mut text = String::new();
+        encode(&mut text, r).unwrap();
+        text
+    }
+
+    #[test]
+    fn the_last_window_is_shown_a_window_without_delays_hides_stale_figures_and_forget_removes_all()
+    {
+        let mut registry = Registry::with_prefix("millilag_processor");
+        let mut g = WindowGauges::register(&mut registry);
+        g.show(&window("db2", Some(1_500)), "1s");
+        g.show(&window("db3", Some(2_000)), "1s");
+        let text = scrape(&registry);
+        let line = |series: &str| {
+            text.lines()
+                .find(|l| l.starts_with(series))
+                .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        };
+        let db2 = r#"{cluster="main",replica="db2",window="1s""#;
+        assert_eq!(
+            line(&format!(
+                "millilag_processor_window_delay_seconds{db2},stat=\"max\"}}"
+            )),
+            0.0015
+        );
+        assert_eq!(
+            line(&format!(
+                "millilag_processor_window_delay_seconds{db2},stat=\"p50\"}}"
+            )),
+            0.00025
+        );
+        assert_eq!(
+            line(&format!(
+                "millilag_processor_window_heartbeats{db2},kind=\"missing\"}}"
+            )),
+            2.0
+        );
+        assert_eq!(
+            line(&format!(
+                "millilag_processor_window_end_timestamp_seconds{db2}}}"
+            )),
+            11.0
+        );
+
+        // A window with no delay at all: the delay series go, the counts stay.
+        g.show(&window("db2", None), "1s");
+        let text = scrape(&registry);
+        assert!(!text.contains(&format!(
+            "millilag_processor_window_delay_seconds{db2},stat"
+        )));
+        assert!(text.contains(&format!(
+            "millilag_processor_window_heartbeats{db2},kind=\"count\"}} 98"
+        )));
+
+        g.forget("main", "db2");
+        let text = scrape(&registry);
+        assert!(!text.contains("replica=\"db2\""), "{text}");
+        assert!(text.contains(r#"replica="db3""#), "another replica is kept");
+    }
+}

@@ -159,6 +159,8 @@ pub fn render(inp: &Input, a: &Analysis) -> (String, String) {
          are not measurements.\n"
     );
 
+    split(&mut o, a, &tools);
+
     let _ = writeln!(
         o.md,
         "## pt-heartbeat: every --monitor line against the true lag when it arrived\n"
@@ -551,4 +553,61 @@ fn per_length(o: &mut Out, a: &Analysis, tools: &[Tool]) {
         "\nRelaxed and durable stalls together; millilag: exact records of the stalled replica, pt-heartbeat: lines \
          of the stalled replica's monitor.\n"
     );
+}
+
+/// millilag's error = (its visibility stamp - the replica's row change) - (its commit stamp -
+/// the primary's row change): which server's side the error is on.
+fn split(o: &mut Out, a: &Analysis, tools: &[Tool]) {
+    let _ = writeln!(
+        o.md,
+        "Where millilag's error lies: error = (visibility stamp V - replica row change R) - (commit stamp C - \
+         primary row change P), C and V being millilag's own stamps (not the judge, a diagnosis):\n"
+    );
+    let _ = writeln!(
+        o.md,
+        "| tool | window | primary: C - P p50 | p99 | replica: V - R p50 | p99 |\n|---|---|---|---|---|---|"
+    );
+    for &tool in tools.iter().filter(|t| !t.is_pt()) {
+        for win in [
+            Win::Steady,
+            Win::Stall,
+            Win::DurableSteady,
+            Win::DurableStall,
+        ] {
+            let mut cp = Vec::new();
+            let mut vr = Vec::new();
+            for m in a.mrows.iter().filter(|m| m.tool == tool && m.win == win) {
+                if let (Some(_), Some((p, r))) = (exact(m), m.change) {
+                    cp.push(m.r.committed_at_us - p);
+                    vr.push(m.r.committed_at_us + m.r.delay_us - r);
+                }
+            }
+            if cp.is_empty() {
+                continue;
+            }
+            cp.sort();
+            vr.sort();
+            let q = |v: &[i64], p: f64| ms(report::percentile(v, p));
+            let k = key(tool, win);
+            o.kv(
+                &format!("{k}.commit_minus_change.p99_us"),
+                report::percentile(&cp, 0.99),
+            );
+            o.kv(
+                &format!("{k}.visible_minus_apply.p99_us"),
+                report::percentile(&vr, 0.99),
+            );
+            let _ = writeln!(
+                o.md,
+                "| {} | {} | {} | {} | {} | {} |",
+                tool.name(),
+                win.name(),
+                q(&cp, 0.5),
+                q(&cp, 0.99),
+                q(&vr, 0.5),
+                q(&vr, 0.99)
+            );
+        }
+    }
+    let _ = writeln!(o.md);
 }

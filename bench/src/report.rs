@@ -56,15 +56,14 @@ impl Win {
     }
 }
 
-/// A stall's extent, from the truth: it ends when the replica has applied the first change made
-/// after START SLAVE SQL_THREAD with a true lag under [`CAUGHT_UP_US`].
+/// A stall's extent on the replica's time line, from the truth: it ends when the replica has
+/// applied the first change made after START SLAVE SQL_THREAD with a true lag under
+/// [`CAUGHT_UP_US`]. Heartbeats belong to it by when the replica applied them (a measurement
+/// samples the lag just before that moment), readings by when they arrived.
 #[derive(Clone, Copy, Debug)]
 pub struct StallSpan {
     pub run: StallRun,
     pub from_us: i64,
-    /// The caught-up change: primary change time (to window heartbeats by commit) and
-    /// replica change time (to window readings by arrival).
-    pub end_change_us: i64,
     pub end_apply_us: i64,
 }
 
@@ -79,6 +78,8 @@ pub struct Mrow<'a> {
     pub r: &'a ReplicaDelay,
     /// Replica change - primary change of this heartbeat; None if a trigger missed it.
     pub truth: Option<i64>,
+    /// (primary change, replica change).
+    pub change: Option<(i64, i64)>,
 }
 
 /// A pt-heartbeat reading with the true lag when it arrived.
@@ -120,21 +121,18 @@ fn section_win(ph: &Phase, t: i64) -> Option<Win> {
     })
 }
 
-/// The window of a measurement on `replica` at `t` (commit time for millilag, arrival for pt).
+/// The window of a measurement on `replica`: a stall if `at` (when the replica applied the
+/// heartbeat, or when a reading arrived) is within one on that replica, else the section of
+/// the schedule that `section_at` (commit time, or arrival) falls in.
 fn classify(
     ph: &Phase,
     spans: &[StallSpan],
     replica: usize,
-    t: i64,
-    by_apply: bool,
+    at: i64,
+    section_at: i64,
 ) -> Option<(Win, Option<u64>)> {
     for s in spans.iter().filter(|s| s.run.replica == replica) {
-        let end = if by_apply {
-            s.end_apply_us
-        } else {
-            s.end_change_us
-        };
-        if s.from_us <= t && t <= end {
+        if s.from_us <= at && at <= s.end_apply_us {
             let w = if s.run.durable {
                 Win::DurableStall
             } else {
@@ -143,7 +141,7 @@ fn classify(
             return Some((w, Some(s.run.ms)));
         }
     }
-    section_win(ph, t).map(|w| (w, None))
+    section_win(ph, section_at).map(|w| (w, None))
 }
 
 /// pt-heartbeat's skew for a tool, microseconds.
@@ -170,16 +168,12 @@ pub fn analyse<'a>(inp: &Input<'a>) -> Analysis<'a> {
             .map(|run| {
                 // A heartbeat committed just before the STOP may not have been applied yet.
                 let from_us = run.stall.stopped_at_us - 5_000;
-                let (end_change_us, end_apply_us) = inp.truth.lag[run.replica]
+                let end_apply_us = inp.truth.lag[run.replica]
                     .caught_up_after(run.stall.started_at_us, CAUGHT_UP_US)
-                    .unwrap_or((
-                        run.stall.started_at_us + settle,
-                        run.stall.started_at_us + settle,
-                    ));
+                    .map_or(run.stall.started_at_us + settle, |(_, applied)| applied);
                 StallSpan {
                     run: *run,
                     from_us,
-                    end_change_us,
                     end_apply_us,
                 }
             })
@@ -192,21 +186,21 @@ pub fn analyse<'a>(inp: &Input<'a>) -> Analysis<'a> {
             let Some(replica) = inp.addrs.iter().position(|a| *a == r.replica) else {
                 continue;
             };
+            let change = inp.truth.heartbeats[replica].get(&r.seq).copied();
+            let applied = change.map_or(r.committed_at_us, |(_, a)| a);
             let Some((win, stall_ms)) =
-                classify(ph, &spans[&ph.tool], replica, r.committed_at_us, false)
+                classify(ph, &spans[&ph.tool], replica, applied, r.committed_at_us)
             else {
                 continue;
             };
-            let truth = inp.truth.heartbeats[replica]
-                .get(&r.seq)
-                .map(|(p, a)| a - p);
             mrows.push(Mrow {
                 tool: ph.tool,
                 win,
                 stall_ms,
                 replica,
                 r,
-                truth,
+                truth: change.map(|(p, a)| a - p),
+                change,
             });
         }
     }
@@ -223,7 +217,7 @@ pub fn analyse<'a>(inp: &Input<'a>) -> Analysis<'a> {
             let lags = inp.truth.lag[replica].at(&times);
             for (reading, truth) in rs.into_iter().zip(lags) {
                 let Some((win, stall_ms)) =
-                    classify(ph, &spans[&ph.tool], replica, reading.at_us, true)
+                    classify(ph, &spans[&ph.tool], replica, reading.at_us, reading.at_us)
                 else {
                     continue;
                 };
@@ -255,12 +249,13 @@ pub fn analyse<'a>(inp: &Input<'a>) -> Analysis<'a> {
                     .max();
                 (None, r)
             } else {
+                // Its heartbeats applied in the stall: each samples the lag just before then.
                 let in_stall = || {
                     mrows.iter().filter(|m| {
                         m.tool == ph.tool
                             && m.replica == replica
-                            && m.r.committed_at_us >= s.from_us
-                            && m.r.committed_at_us <= s.end_change_us
+                            && m.change
+                                .is_some_and(|(_, a)| a >= s.from_us && a <= s.end_apply_us)
                     })
                 };
                 (
@@ -330,17 +325,19 @@ pub fn exact(m: &Mrow) -> Option<i64> {
 pub fn write(inp: &Input, out: &Path) -> Result<String> {
     let a = analyse(inp);
     let mut csv = String::from(
-        "tool,window,replica,seq,committed_at_us,true_us,measured_us,uncertainty_us,upper_bound,status\n",
+        "tool,window,replica,seq,committed_at_us,primary_change_us,replica_change_us,true_us,measured_us,uncertainty_us,upper_bound,status\n",
     );
     for m in &a.mrows {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{}",
             m.tool.name(),
             m.win.name(),
             m.replica + 1,
             m.r.seq,
             m.r.committed_at_us,
+            m.change.map_or(String::new(), |c| c.0.to_string()),
+            m.change.map_or(String::new(), |c| c.1.to_string()),
             m.truth.map_or(String::new(), |t| t.to_string()),
             m.r.delay_us,
             m.r.uncertainty_us,

@@ -99,7 +99,7 @@ for tool, (label, colour, marker) in STYLE.items():
     rep = [r for r in t if r["series"] == "reported"]
     d.scatter([float(r["t_ms"]) for r in rep], [float(r["lag_ms"]) for r in rep], s=14,
               marker=marker, c=colour, label=label)
-d.set_xlabel("ms from STOP SLAVE SQL_THREAD (each tool's own ~200 ms stall on replica 1)")
+d.set_xlabel("ms from sending STOP SLAVE SQL_THREAD (each tool's own ~200 ms stall on replica 1)")
 d.set_ylabel("lag, ms")
 d.set_title("One stall: true lag and what each tool reported, when")
 d.legend(fontsize=8)

@@ -56,7 +56,7 @@ fn parse_args() -> Result<Args> {
             start: Duration::from_secs(3),
             steady: Duration::from_secs(8),
             stalls_ms: DEFAULT_STALLS_MS.to_vec(),
-            repeats: 1,
+            repeats: 2,
             settle: Duration::from_millis(1000),
             durable_steady: Duration::from_secs(6),
             durable_stalls_ms: vec![50, 500],

@@ -96,7 +96,7 @@ pub fn render(inp: &Input, a: &Analysis) -> (String, String) {
     );
     let _ = writeln!(
         o.md,
-        "| tool | window | records | exact | upper bound (bound held) | not ok | live-lag samples | no truth | abs error p50 | p99 | max | signed median |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| tool | window | records | exact | upper bound (bound held) | not ok | live-lag samples | no truth | abs error p50 | p99 | max | signed median | errors > 1 ms within the record's uncertainty |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for &tool in tools.iter().filter(|t| !t.is_pt()) {
         for win in WINS {
@@ -131,13 +131,19 @@ pub fn render(inp: &Input, a: &Analysis) -> (String, String) {
                 .iter()
                 .filter(|m| m.r.status == MeasureStatus::Ok && m.truth.is_none())
                 .count();
+            let over: Vec<_> = rows
+                .iter()
+                .filter_map(|m| exact(m).map(|e| (e, m.r.uncertainty_us)))
+                .filter(|(e, _)| e.abs() > 1000)
+                .collect();
+            let covered = over.iter().filter(|(e, u)| e.abs() <= *u).count();
             let k = key(tool, win);
             o.errs(&k, &e);
             o.kv(&format!("{k}.upper_bound"), ub.len());
             o.kv(&format!("{k}.not_ok"), not_ok);
             let _ = writeln!(
                 o.md,
-                "| {} | {} | {} | {} | {} ({held}) | {not_ok} | {pending} | {no_truth} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} ({held}) | {not_ok} | {pending} | {no_truth} | {} | {} | {} | {} | {covered} of {} |",
                 tool.name(),
                 win.name(),
                 rows.len() - pending,
@@ -146,14 +152,16 @@ pub fn render(inp: &Input, a: &Analysis) -> (String, String) {
                 ms(e.p50),
                 ms(e.p99),
                 ms(e.max),
-                ms(e.signed_p50)
+                ms(e.signed_p50),
+                over.len()
             );
             table.insert((tool, win), e);
         }
     }
     let _ = writeln!(
         o.md,
-        "\nWindows are by the heartbeat's commit time. \"exact\": ok and not an upper bound; errors are over those. \
+        "\nWindows are by the heartbeat's commit time; \"during stalls\" by when the stalled replica applied it (from \
+         the STOP being sent until it caught up). \"exact\": ok and not an upper bound; errors are over those. \
          \"upper bound\": the first look already saw the heartbeat, so only \"at most this\" is known (held: not below \
          the truth). \"not ok\": timeout, replication stopped, unreachable, skipped. Live-lag samples (status pending) \
          are not measurements.\n"

@@ -101,6 +101,9 @@ pub struct Section {
 
 #[derive(Clone, Copy, Debug)]
 pub struct StallRun {
+    /// When STOP SLAVE SQL_THREAD was sent (the harness stamps the stall after it returns,
+    /// which on a loaded box can be 100+ ms after the SQL thread stopped).
+    pub issued_us: i64,
     pub durable: bool,
     pub replica: usize,
     pub ms: u64,
@@ -343,11 +346,13 @@ impl Ctx<'_> {
         for _ in 0..repeats {
             for replica in 0..self.cluster.replicas.len() {
                 for &ms in lengths {
+                    let issued_us = now_us();
                     let stall = self
                         .cluster
                         .stall(replica, Duration::from_millis(ms))
                         .await?;
                     ph.stalls.push(StallRun {
+                        issued_us,
                         durable,
                         replica,
                         ms,

@@ -166,8 +166,7 @@ pub fn analyse<'a>(inp: &Input<'a>) -> Analysis<'a> {
             .stalls
             .iter()
             .map(|run| {
-                // A heartbeat committed just before the STOP may not have been applied yet.
-                let from_us = run.stall.stopped_at_us - 5_000;
+                let from_us = run.issued_us;
                 let end_apply_us = inp.truth.lag[run.replica]
                     .caught_up_after(run.stall.started_at_us, CAUGHT_UP_US)
                     .map_or(run.stall.started_at_us + settle, |(_, applied)| applied);
@@ -385,8 +384,8 @@ pub fn write(inp: &Input, out: &Path) -> Result<String> {
 }
 
 /// For the plot's time line: one relaxed 200 ms stall (or the nearest length) on replica 1
-/// per tool, the true lag every millisecond from 50 ms before the STOP to 300 ms after the
-/// START, and what the tool reported (millilag at each heartbeat's apply time, pt-heartbeat
+/// per tool, the true lag every millisecond from 50 ms before the STOP was sent to 300 ms after
+/// the START, and what the tool reported (millilag at each heartbeat's apply time, pt-heartbeat
 /// at each line's arrival).
 fn trace(inp: &Input, a: &Analysis) -> String {
     let mut csv = String::from("tool,series,t_ms,lag_ms\n");
@@ -398,7 +397,7 @@ fn trace(inp: &Input, a: &Analysis) -> String {
         else {
             continue;
         };
-        let t0 = s.run.stall.stopped_at_us;
+        let t0 = s.run.issued_us;
         let t1 = s.run.stall.started_at_us + 300_000;
         let times: Vec<i64> = (t0 - 50_000..t1).step_by(1000).collect();
         let lag = &inp.truth.lag[0];

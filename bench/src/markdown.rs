@@ -426,7 +426,7 @@ fn cost(o: &mut Out, inp: &Input, a: &Analysis) {
             }
             let _ = writeln!(
                 o.md,
-                "| {} | {} | {:.1} | {q} | {} | {} | {selfq} | {:.1} ms/s | {:.1} ms/s | {:.0} us | {} |",
+                "| {} | {} | {:.1} | {q} | {} | {} | {selfq} | {:.1} ms/s | {:.1} ms/s | {} | {} |",
                 ph.tool.name(),
                 c.label,
                 hb / c.secs,
@@ -434,7 +434,12 @@ fn cost(o: &mut Out, inp: &Input, a: &Analysis) {
                 pair(|s| s.2),
                 server_cpu * 1e3 / c.secs,
                 c.cpu_s * 1e3 / c.secs,
-                c.cpu_s * 1e6 / n.max(1) as f64,
+                // /proc counts in 10 ms ticks: a monitor reading once a second may not reach one.
+                if c.cpu_s > 0.0 {
+                    format!("{:.0} us", c.cpu_s * 1e6 / n.max(1) as f64)
+                } else {
+                    "under /proc's 10 ms tick".into()
+                },
                 if ph.tool.is_pt() {
                     format!("{:.1} ms/s", c.helper_cpu_s * 1e3 / c.secs)
                 } else {

@@ -13,6 +13,7 @@
 //!
 //! Run with `scripts/bench` (builds release binaries, installs matplotlib if missing).
 
+mod costs;
 mod markdown;
 mod phases;
 mod procs;

@@ -217,6 +217,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         heartbeats,
         next_stale_at: 0,
         next_prune_at: 0,
+        next_store_at: 0,
         liveness,
         health: health.clone(),
         timings: Timings(taps.into_iter().flatten().collect()),

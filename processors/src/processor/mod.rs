@@ -218,6 +218,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         next_stale_at: 0,
         next_prune_at: 0,
         next_store_at: 0,
+        now_us: millilag_core::clock::now_us(),
         liveness,
         health: health.clone(),
         timings: Timings(taps.into_iter().flatten().collect()),

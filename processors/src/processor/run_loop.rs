@@ -77,6 +77,8 @@ pub struct RunLoop<'a> {
     pub next_stale_at: i64,
     pub next_prune_at: i64,
     pub next_store_at: i64,
+    /// The wall clock as of the last tick (at most [`DISPATCH_EVERY`] old).
+    pub now_us: i64,
     /// Whether silence can be told (the broker answers, consumption runs).
     pub liveness: Liveness,
     pub health: millilag_core::http::Health,
@@ -147,8 +149,11 @@ impl RunLoop<'_> {
         self.rebalanced().await;
         let (partition, offset) = (m.partition(), m.offset());
         self.metrics.records.inc();
-        self.liveness.heard(now_us());
-        let (now, published_ms) = (now_us(), m.timestamp().to_millis());
+        // The tick's clock: its checks are seconds wide, and reading the clock per record was
+        // 14% of the processor's CPU at 1,000 replicas (this VM's clock_gettime is slow).
+        let now = self.now_us;
+        self.liveness.heard(now);
+        let published_ms = m.timestamp().to_millis();
         let max_skew_us = self.config.processor.max_clock_skew.as_micros_i64();
         let max_age_us = self.config.processor.max_event_age.as_micros_i64();
         let rejects = &self.metrics.clock_skew_rejects;
@@ -217,6 +222,7 @@ impl RunLoop<'_> {
     async fn on_tick(&mut self) {
         self.rebalanced().await;
         let now = now_us();
+        self.now_us = now;
         // Arrival stamps (no clock read per record) follow the wall clock, live input or not.
         self.windows.set_now(now);
         // Silence means something only while the input is live (see liveness.rs).

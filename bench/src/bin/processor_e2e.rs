@@ -215,6 +215,68 @@ async fn vm_count(vm: &Victoria, window: &str) -> f64 {
         .sum()
 }
 
+/// The processor's config: `prefix`'s replica-delay, windows 1s/10s/1m, VictoriaMetrics.
+fn processor_config(
+    broker: &Broker,
+    vm: &Victoria,
+    partitions: i32,
+    prefix: &str,
+    group: &str,
+    listen: &str,
+) -> String {
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+topic_prefix = "{prefix}"
+partitions = {partitions}
+# Tansu answers slowly while it serves a backlog: with the default 10 s session a member's
+# heartbeats can time out, and each rebalance replays records (counted, the run fails).
+properties = {{ "session.timeout.ms" = "45000" }}
+
+[processor]
+group = "{group}"
+listen = "{listen}"
+windows = ["1s", "10s", "1m"]
+# Default lateness and idle_close (7 s): a shorter idle_close closed windows of partitions
+# Tansu was slow to serve, and their later records counted as late.
+
+[[sink.influxdb]]
+url = "{vm}"
+api = "v1"
+database = "millilag"
+"#,
+        brokers = broker.brokers(),
+        vm = vm.url(),
+    )
+}
+
+/// The processor's CPU while it has nothing to consume (fetching, ticking), in cores: what
+/// a processor waiting on a slow broker spends besides its records.
+async fn idle_cores(a: &Args, broker: &Broker, vm: &Victoria) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = processor_config(broker, vm, a.partitions, "idle.", "idle-processor", &listen);
+    let path = dir.path().join("millilag.toml");
+    std::fs::write(&path, config)?;
+    let mut cmd = Command::new(&a.millilag);
+    cmd.arg("processor").arg("--config").arg(&path);
+    let p = Guard::spawn("idle-processor", cmd, &dir.path().join("processor.log"))?;
+    let want = a.partitions as f64;
+    wait_for(
+        "idle processor assigned",
+        Duration::from_secs(60),
+        || async {
+            let n = metric(&listen, "millilag_processor_assigned_partitions").await?;
+            (n == want).then_some(())
+        },
+    )
+    .await?;
+    let (cpu0, t0) = (cpu_and_rss(p.pid()).0, Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    Ok((cpu_and_rss(p.pid()).0 - cpu0) / t0.elapsed().as_secs_f64())
+}
+
 struct Run {
     records: u64,
     produce_s: f64,
@@ -229,11 +291,18 @@ struct Run {
     done_s: f64,
     rss_peak: f64,
     windows: f64,
+    /// Cores the processor spends idle (see [`idle_cores`]).
+    idle: f64,
 }
 
 impl Run {
     fn per_core(&self) -> f64 {
         self.records as f64 / self.cpu_consume
+    }
+    /// Per core of the CPU beyond what the processor spends idle over the same time.
+    fn per_core_net(&self) -> f64 {
+        let busy = self.cpu_consume - self.startup_cpu - self.idle * self.consume_s;
+        self.records as f64 / busy.max(1e-3)
     }
     fn per_core_total(&self) -> f64 {
         self.records as f64 / self.cpu_total
@@ -244,6 +313,7 @@ async fn run_one(a: &Args) -> Result<Run> {
     let (broker, vm) = tokio::join!(Broker::start(), Victoria::start());
     let (broker, vm) = (broker?, vm?);
     broker.create_topics(&[TOPIC], a.partitions).await?;
+    let idle = idle_cores(a, &broker, &vm).await?;
     let heartbeats = a.seconds * 1_000_000 / INTERVAL_US;
     // Ending on the last whole minute: every window length's last window ends with the data,
     // so they all close `idle_close` after the backlog is consumed. (Windows from there to
@@ -262,32 +332,7 @@ async fn run_one(a: &Args) -> Result<Run> {
     );
     let dir = tempfile::tempdir()?;
     let listen = format!("127.0.0.1:{}", free_port());
-    let config = format!(
-        r#"
-[kafka]
-brokers = "{brokers}"
-topic_prefix = "bench."
-partitions = {partitions}
-# Tansu answers slowly while it serves a backlog: with the default 10 s session a member's
-# heartbeats can time out, and each rebalance replays records (counted, the run fails).
-properties = {{ "session.timeout.ms" = "45000" }}
-
-[processor]
-group = "{GROUP}"
-listen = "{listen}"
-windows = ["1s", "10s", "1m"]
-# Default lateness and idle_close (7 s): a shorter idle_close closed windows of partitions
-# Tansu was slow to serve, and their later records counted as late.
-
-[[sink.influxdb]]
-url = "{vm}"
-api = "v1"
-database = "millilag"
-"#,
-        brokers = broker.brokers(),
-        partitions = a.partitions,
-        vm = vm.url(),
-    );
+    let config = processor_config(&broker, &vm, a.partitions, "bench.", GROUP, &listen);
     let path = dir.path().join("millilag.toml");
     std::fs::write(&path, config)?;
     let tansu0 = cpu_and_rss(broker.pid()).0;
@@ -396,6 +441,7 @@ database = "millilag"
         done_s,
         rss_peak,
         windows,
+        idle,
     })
 }
 
@@ -423,13 +469,13 @@ async fn main() -> Result<()> {
         a.partitions,
         WINDOWS.join("/")
     );
-    println!("| run | records | produce | start -> first record | first -> last record (wall) | records/s (wall) | processor CPU to last record | records/s per core | CPU to all committed | records/s per core, all | Tansu CPU consuming | all committed after | windows closed | peak RSS |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| run | records | produce | start -> first record | first -> last record (wall) | records/s (wall) | processor CPU to last record | records/s per core | idle CPU | records/s per core beyond idle | CPU to all committed | records/s per core, all | Tansu CPU consuming | all committed after | windows closed | peak RSS |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut runs = Vec::new();
     for i in 1..=a.runs {
         let r = run_one(&a).await?;
         println!(
-            "| {i} | {} | {:.1} s | {:.2} s ({:.2} s CPU) | {:.2} s | {:.0}k | {:.2} s | {:.0}k | {:.2} s | {:.0}k | {:.2} s | {:.1} s | {:.0} | {:.0} MiB |",
+            "| {i} | {} | {:.1} s | {:.2} s ({:.2} s CPU) | {:.2} s | {:.0}k | {:.2} s | {:.0}k | {:.1}% of a core | {:.0}k | {:.2} s | {:.0}k | {:.2} s | {:.1} s | {:.0} | {:.0} MiB |",
             r.records,
             r.produce_s,
             r.startup_s,
@@ -438,6 +484,8 @@ async fn main() -> Result<()> {
             r.records as f64 / r.consume_s / 1e3,
             r.cpu_consume,
             r.per_core() / 1e3,
+            r.idle * 100.0,
+            r.per_core_net() / 1e3,
             r.cpu_total,
             r.per_core_total() / 1e3,
             r.tansu_cpu,
@@ -449,7 +497,7 @@ async fn main() -> Result<()> {
     }
     if runs.len() > 1 {
         println!(
-            "| all | {} | {} s | {} s ({} s CPU) | {} s | {}k | {} s | {}k | {} s | {}k | {} s | {} s | {} | {} MiB |",
+            "| all | {} | {} s | {} s ({} s CPU) | {} s | {}k | {} s | {}k | {}% of a core | {}k | {} s | {}k | {} s | {} s | {} | {} MiB |",
             runs[0].records,
             range(&runs, |r| r.produce_s, 1),
             range(&runs, |r| r.startup_s, 2),
@@ -458,6 +506,8 @@ async fn main() -> Result<()> {
             range(&runs, |r| r.records as f64 / r.consume_s / 1e3, 0),
             range(&runs, |r| r.cpu_consume, 2),
             range(&runs, |r| r.per_core() / 1e3, 0),
+            range(&runs, |r| r.idle * 100.0, 1),
+            range(&runs, |r| r.per_core_net() / 1e3, 0),
             range(&runs, |r| r.cpu_total, 2),
             range(&runs, |r| r.per_core_total() / 1e3, 0),
             range(&runs, |r| r.tansu_cpu, 2),

@@ -80,7 +80,7 @@ async fn two_readers_and_two_processors_in_one_group_share_the_partitions_and_mi
         (format!("MILLILAG_{what}__LISTEN"), addr)
     };
     // The readers first: their group has settled by the time the processors' has (Tansu
-    // offers no view of a group's members: DescribeGroups lists none).
+    // showed no members through DescribeGroups, so the processors' metric tells the split).
     let mut readers = Vec::new();
     for i in 1..=2 {
         let (k, v) = listen("READER");

@@ -18,6 +18,7 @@ mod harness;
 mod incidents;
 mod loud;
 mod package;
+mod partitions;
 mod processor;
 mod prometheus;
 mod python;

@@ -218,6 +218,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         heartbeats,
         next_stale_at: 0,
         next_prune_at: 0,
+        next_store_at: 0,
+        now_us: millilag_core::clock::now_us(),
         liveness,
         health: health.clone(),
         timings: Timings(taps.into_iter().flatten().collect()),

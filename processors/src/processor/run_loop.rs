@@ -46,6 +46,9 @@ const STALE_EVERY_US: i64 = 250_000;
 /// restart, so only replicas that are gone are.
 const KEY_RETENTION_US: i64 = 6 * 3_600_000_000;
 const PRUNE_EVERY_US: i64 = 60_000_000;
+/// How often positions are computed and stored: from every open window's hold, thousands at
+/// 1,000 replicas (8% of the processor's CPU at every tick); librdkafka commits once a second.
+const STORE_EVERY_US: i64 = 200_000;
 
 /// The run loop's state.
 pub struct RunLoop<'a> {
@@ -73,6 +76,9 @@ pub struct RunLoop<'a> {
     pub heartbeats: HeartbeatWatch,
     pub next_stale_at: i64,
     pub next_prune_at: i64,
+    pub next_store_at: i64,
+    /// The wall clock as of the last tick (at most [`DISPATCH_EVERY`] old).
+    pub now_us: i64,
     /// Whether silence can be told (the broker answers, consumption runs).
     pub liveness: Liveness,
     pub health: millilag_core::http::Health,
@@ -143,8 +149,11 @@ impl RunLoop<'_> {
         self.rebalanced().await;
         let (partition, offset) = (m.partition(), m.offset());
         self.metrics.records.inc();
-        self.liveness.heard(now_us());
-        let (now, published_ms) = (now_us(), m.timestamp().to_millis());
+        // The tick's clock: its checks are seconds wide, and reading the clock per record was
+        // 14% of the processor's CPU at 1,000 replicas (this VM's clock_gettime is slow).
+        let now = self.now_us;
+        self.liveness.heard(now);
+        let published_ms = m.timestamp().to_millis();
         let max_skew_us = self.config.processor.max_clock_skew.as_micros_i64();
         let max_age_us = self.config.processor.max_event_age.as_micros_i64();
         let rejects = &self.metrics.clock_skew_rejects;
@@ -213,6 +222,7 @@ impl RunLoop<'_> {
     async fn on_tick(&mut self) {
         self.rebalanced().await;
         let now = now_us();
+        self.now_us = now;
         // Arrival stamps (no clock read per record) follow the wall clock, live input or not.
         self.windows.set_now(now);
         // Silence means something only while the input is live (see liveness.rs).
@@ -233,7 +243,10 @@ impl RunLoop<'_> {
         }
         self.timings.flush();
         self.dispatch_closed();
-        self.store_offsets();
+        if now >= self.next_store_at {
+            self.next_store_at = now + STORE_EVERY_US;
+            self.store_offsets();
+        }
         self.check_sinks(now);
         self.backpressure.update(
             self.source,

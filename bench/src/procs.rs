@@ -15,20 +15,7 @@ use std::time::Duration;
 /// Password of every benchmark user (one user per client, so server counters tell them apart).
 pub const PW: &str = "bench-pw";
 
-/// User + system CPU seconds of a process, from /proc/<pid>/stat (0 once it is gone).
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz.max(1.0)
-}
+pub use millilag_harness::process::cpu_seconds;
 
 /// The 1, 5 and 15 minute load averages.
 pub fn loadavg() -> String {

@@ -16,7 +16,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use millilag_core::events::{MeasureMethod, MeasureStatus, Record, ReplicaDelay};
-use millilag_harness::process::Guard;
+use millilag_harness::process::{self, Guard};
 use millilag_harness::victoria::Victoria;
 use millilag_harness::{free_port, wait_for, Broker};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -70,25 +70,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(a)
-}
-
-/// User + system CPU seconds, and resident MiB, of a process.
-fn cpu_and_rss(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    (ticks / hz.max(1.0), rss_kib / 1024.0)
 }
 
 fn record(cluster: usize, replica: usize, seq: i64, base_us: i64) -> ReplicaDelay {
@@ -272,9 +253,9 @@ async fn idle_cores(a: &Args, broker: &Broker, vm: &Victoria) -> Result<f64> {
         },
     )
     .await?;
-    let (cpu0, t0) = (cpu_and_rss(p.pid()).0, Instant::now());
+    let (cpu0, t0) = (process::cpu_seconds(p.pid()), Instant::now());
     tokio::time::sleep(Duration::from_secs(10)).await;
-    Ok((cpu_and_rss(p.pid()).0 - cpu0) / t0.elapsed().as_secs_f64())
+    Ok((process::cpu_seconds(p.pid()) - cpu0) / t0.elapsed().as_secs_f64())
 }
 
 struct Run {
@@ -335,7 +316,7 @@ async fn run_one(a: &Args) -> Result<Run> {
     let config = processor_config(&broker, &vm, a.partitions, "bench.", GROUP, &listen);
     let path = dir.path().join("millilag.toml");
     std::fs::write(&path, config)?;
-    let tansu0 = cpu_and_rss(broker.pid()).0;
+    let tansu0 = process::cpu_seconds(broker.pid());
     let started = Instant::now();
     let mut cmd = Command::new(&a.millilag);
     cmd.arg("processor").arg("--config").arg(&path);
@@ -358,13 +339,13 @@ async fn run_one(a: &Args) -> Result<Run> {
         let n = metric(&listen, "millilag_processor_records_total")
             .await
             .unwrap_or(0.0);
-        let (cpu, rss) = cpu_and_rss(pid);
+        let (cpu, rss) = (process::cpu_seconds(pid), process::rss_mib(pid));
         rss_peak = rss_peak.max(rss);
         if n > 0.0 && first.is_none() {
             first = Some((Instant::now(), cpu));
         }
         if n as u64 >= produced {
-            let tansu = cpu_and_rss(broker.pid()).0 - tansu0;
+            let tansu = process::cpu_seconds(broker.pid()) - tansu0;
             if let Some(mut p) = perf.take() {
                 // SIGINT: perf writes its file and exits.
                 p.signal(libc::SIGINT);
@@ -394,7 +375,7 @@ async fn run_one(a: &Args) -> Result<Run> {
     let (first_at, first_cpu) = first.unwrap_or((started, 0.0));
     let startup_s = first_at.duration_since(started).as_secs_f64();
     let consume_s = done_consuming.duration_since(first_at).as_secs_f64();
-    let (cpu_total, rss) = cpu_and_rss(pid);
+    let (cpu_total, rss) = (process::cpu_seconds(pid), process::rss_mib(pid));
     rss_peak = rss_peak.max(rss);
     let log = std::fs::read_to_string(processor.log_path()).unwrap_or_default();
     let rebalances = log.matches("Partitions revoked.").count();

@@ -17,7 +17,7 @@
 use anyhow::{bail, Context, Result};
 use millilag_core::events::{MeasureStatus, Record, ReplicaDelay};
 use millilag_harness::mariadb::{Cluster, PASSWORD, USER};
-use millilag_harness::process::Guard;
+use millilag_harness::process::{self, Guard};
 use millilag_harness::{free_port, Broker};
 use mysql_async::prelude::*;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -62,25 +62,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(a)
-}
-
-/// User + system CPU seconds and resident MiB of a process.
-fn cpu_and_rss(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    (ticks / hz.max(1.0), rss_kib / 1024.0)
 }
 
 fn spawn(bin: &Path, service: &str, config: &Path, dir: &Path) -> Result<Guard> {
@@ -167,16 +148,16 @@ listen = "{listen}"
     let reader = spawn(&a.millilag, "reader", &path, dir.path())?;
     let pid = reader.pid();
     tokio::time::sleep(a.warmup).await;
-    let (cpu0, _) = cpu_and_rss(pid);
+    let cpu0 = process::cpu_seconds(pid);
     let m0 = ok_sum(&listen).await;
     let seq0 = cluster.heartbeat_seq().await?;
     let started = Instant::now();
     let mut rss_peak: f64 = 0.0;
     while started.elapsed() < a.measure {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        rss_peak = rss_peak.max(cpu_and_rss(pid).1);
+        rss_peak = rss_peak.max(process::rss_mib(pid));
     }
-    let (cpu1, _) = cpu_and_rss(pid);
+    let cpu1 = process::cpu_seconds(pid);
     let m1 = ok_sum(&listen).await;
     let seq1 = cluster.heartbeat_seq().await?;
     let elapsed = started.elapsed().as_secs_f64();

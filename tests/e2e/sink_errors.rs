@@ -49,12 +49,10 @@ fn window_starts(letters: &[DeadLetter]) -> Vec<i64> {
     starts
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn processor_dead_letters_what_influxdb_refuses_and_loses_nothing_in_an_outage() {
-    let (env, influx) = tokio::join!(Env::start(), Influx::start("millilag"));
-    let mut influx = influx.expect("InfluxDB");
-    // Two sinks on the same server: one database exists, the other does not (404).
-    let config = env.config(
+/// 1 s windows, no lateness, and two sinks on the same InfluxDB: `influxdb[0]` writes to a
+/// database that exists, `influxdb[1]` to one that does not (404, refused for good).
+fn accepted_and_refused(env: &Env, influx: &Influx) -> millilag_core::Config {
+    env.config(
         r#"windows = ["1s"]
 allowed_lateness = "0s"
 max_pending_windows = 3"#,
@@ -75,7 +73,14 @@ timeout = "1s"
             url = influx.url()
         ),
         &[],
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processor_dead_letters_what_influxdb_refuses_and_loses_nothing_in_an_outage() {
+    let (env, influx) = tokio::join!(Env::start(), Influx::start("millilag"));
+    let mut influx = influx.expect("InfluxDB");
+    let config = accepted_and_refused(&env, &influx);
     env.create_topics(&config).await;
     let dead = env.consumer(topics::DEAD_LETTER);
     let windows = env.consumer(topics::DELAY_WINDOW);
@@ -202,28 +207,7 @@ timeout = "1s"
 async fn refused_windows_without_a_dead_letter_topic_are_dropped_counted_and_hold_nothing() {
     let (env, influx) = tokio::join!(Env::start(), Influx::start("millilag"));
     let influx = influx.expect("InfluxDB");
-    let mut config = env.config(
-        r#"windows = ["1s"]
-allowed_lateness = "0s"
-max_pending_windows = 3"#,
-        &format!(
-            r#"
-[[sink.influxdb]]
-url = "{url}"
-api = "v1"
-database = "millilag"
-timeout = "1s"
-
-[[sink.influxdb]]
-url = "{url}"
-api = "v1"
-database = "no_such_db"
-timeout = "1s"
-"#,
-            url = influx.url()
-        ),
-        &[],
-    );
+    let mut config = accepted_and_refused(&env, &influx);
     // Every topic but dead-letter, and librdkafka told to wait 3 s, not 30, for a missing
     // topic to appear before it fails a write.
     config.kafka.create_topics = false;

@@ -68,15 +68,7 @@ impl WindowGauges {
 
     /// `w`, a closed window of length `label` (e.g. "1s"), is now its replica's newest.
     pub fn show(&mut self, w: &DelayWindow, label: &str) {
-        let base = |extra: Option<(&'static str, &str)>| -> Labels {
-            let mut l: Labels = vec![
-                ("cluster", w.cluster.clone()),
-                ("replica", w.replica.clone()),
-                ("window", label.to_string()),
-            ];
-            l.extend(extra.map(|(k, v)| (k, v.to_string())));
-            l
-        };
+        let base = |extra| series(&w.cluster, &w.replica, label, extra);
         let stats = [w.min_us, w.p50_us, w.p90_us, w.p99_us, w.max_us];
         for (stat, value) in STATS.iter().zip(stats) {
             let labels = base(Some(("stat", stat)));
@@ -121,15 +113,7 @@ impl WindowGauges {
             return;
         };
         for label in lengths {
-            let base = |extra: Option<(&'static str, &str)>| -> Labels {
-                let mut l: Labels = vec![
-                    ("cluster", cluster.to_string()),
-                    ("replica", replica.to_string()),
-                    ("window", label.clone()),
-                ];
-                l.extend(extra.map(|(k, v)| (k, v.to_string())));
-                l
-            };
+            let base = |extra| series(cluster, replica, &label, extra);
             for stat in STATS {
                 self.delay.remove(&base(Some(("stat", stat))));
             }
@@ -139,6 +123,22 @@ impl WindowGauges {
             self.end.remove(&base(None));
         }
     }
+}
+
+/// The labels of one series: cluster, replica, window length, and the stat or kind if any.
+fn series(
+    cluster: &str,
+    replica: &str,
+    window: &str,
+    extra: Option<(&'static str, &str)>,
+) -> Labels {
+    let mut l: Labels = vec![
+        ("cluster", cluster.to_string()),
+        ("replica", replica.to_string()),
+        ("window", window.to_string()),
+    ];
+    l.extend(extra.map(|(k, v)| (k, v.to_string())));
+    l
 }
 
 #[cfg(test)]

@@ -175,10 +175,18 @@ fn main() -> ExitCode {
     };
     millilag_core::telemetry::init_logging(&config.log);
     millilag_core::http::install_panic_hook();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match run {
+        Service::Reader if config.reader.worker_threads == 1 => {
+            tokio::runtime::Builder::new_current_thread()
+        }
+        Service::Reader => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(config.reader.worker_threads);
+            b
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("starting the runtime: {e}");

@@ -82,7 +82,7 @@ async fn steady_state_one_record_per_replica_per_heartbeat_with_one_query_each()
         // The replica's own count of statements, minus our two SHOW STATUS: one GTID wait per
         // heartbeat (plus at most prearm_depth armed for heartbeats not yet written).
         // Questions counts statements as they arrive: q1's own SHOW STATUS, and the waits armed
-        // ahead (prearm_depth, default 2) for heartbeats after the window.
+        // ahead (prearm_depth, default 1) for heartbeats after the window.
         // A reader descheduled for more than prearm_depth intervals on this shared 2-core box
         // catches up with a read or two (measured 1.01-1.045 under load); two queries per
         // heartbeat, or a read per heartbeat, would be far above.

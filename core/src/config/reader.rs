@@ -49,10 +49,10 @@ pub struct ReaderConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reader_id: Option<String>,
     /// GTID waits kept armed ahead per replica (each holds one replica connection, beside the
-    /// control one), so that visibility is timed before the Kafka event arrives. The default, 2,
-    /// keeps one interval of slack for a busy reader (3 sessions per replica); 1 arms heartbeat
-    /// n + 1 the moment the replica reaches n (2 sessions), and a reader descheduled for longer
-    /// than one interval then reports some heartbeats as upper bounds.
+    /// control one), so that visibility is timed before the Kafka event arrives. The default, 1,
+    /// arms heartbeat n + 1 the moment the replica reaches n (2 sessions per replica); a reader
+    /// descheduled for longer than one interval then reports some heartbeats as upper bounds.
+    /// 2 keeps one more interval of slack for a busy reader, at 3 sessions per replica.
     #[serde(default = "default_prearm_depth")]
     pub prearm_depth: usize,
     /// How often the clock offset to each primary is re-estimated.
@@ -75,6 +75,13 @@ pub struct ReaderConfig {
     /// resumes at a quarter; nothing is lost, the heartbeats wait on Kafka.
     #[serde(default = "default_max_pending_records")]
     pub max_pending_records: usize,
+    /// Threads of the `reader` service's runtime. The default, 1, is a single-threaded
+    /// runtime: every replica's work is short and waits on the network, and one thread spares
+    /// the cross-thread wake-ups (15% less CPU per measurement at 100-200 replicas, measured
+    /// with `reader_scale`). More only if one core cannot keep up. `millilag all` keeps its
+    /// multi-threaded runtime.
+    #[serde(default = "default_worker_threads")]
+    pub worker_threads: usize,
 }
 
 /// Shortest `timeout`.
@@ -105,7 +112,7 @@ fn default_reader_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8462))
 }
 const fn default_prearm_depth() -> usize {
-    2
+    1
 }
 fn default_clock_refresh() -> HumanDuration {
     HumanDuration::from_secs(10)
@@ -125,6 +132,11 @@ const fn default_max_in_flight() -> usize {
 const fn default_max_pending_records() -> usize {
     10_000
 }
+const fn default_worker_threads() -> usize {
+    1
+}
+/// Most `worker_threads`.
+const MAX_WORKER_THREADS: usize = 256;
 
 impl Default for ReaderConfig {
     fn default() -> Self {
@@ -142,6 +154,7 @@ impl Default for ReaderConfig {
             fetch_wait: default_fetch_wait(),
             max_in_flight_per_replica: default_max_in_flight(),
             max_pending_records: default_max_pending_records(),
+            worker_threads: default_worker_threads(),
         }
     }
 }
@@ -173,6 +186,12 @@ impl ReaderConfig {
         }
         if self.max_pending_records == 0 {
             p.push("reader.max_pending_records must be at least 1; e.g. 10000".to_string());
+        }
+        if self.worker_threads == 0 || self.worker_threads > MAX_WORKER_THREADS {
+            p.push(format!(
+                "reader.worker_threads ({}) must be between 1 and {MAX_WORKER_THREADS}; e.g. 1",
+                self.worker_threads
+            ));
         }
         if self.prearm_depth == 0 || self.prearm_depth > MAX_PREARM_DEPTH {
             p.push(format!(

@@ -597,3 +597,13 @@ fn db_timeouts_default_to_seconds() {
         )
     );
 }
+
+#[test]
+fn reader_worker_threads_default_to_one_and_zero_is_refused() {
+    let c = load(EXAMPLE, example_env()).unwrap();
+    assert_eq!(c.reader.worker_threads, 1, "the default");
+    let mut e = example_env();
+    e.push(("MILLILAG_READER__WORKER_THREADS".into(), "0".into()));
+    let e = problems(EXAMPLE, e);
+    assert!(e.contains("reader.worker_threads (0)"), "{e}");
+}

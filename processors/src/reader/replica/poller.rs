@@ -77,11 +77,15 @@ impl Schedule {
             .is_some_and(|t| now - t < WRITER_SILENT_AFTER_US)
     }
 
-    /// Whole intervals between the latest announced commit and `primary_now`.
-    pub fn intervals_since_latest(&self, primary_now: i64) -> i64 {
+    /// Intervals begun between the latest announced commit and `primary_now`, a part counting
+    /// as one: commits sit a variable commit latency after their tick, so when the latest one
+    /// was slow, whole intervals would count one heartbeat too few, and with one wait per
+    /// replica the next heartbeat would go unarmed until it had already replicated.
+    pub fn intervals_begun_since_latest(&self, primary_now: i64) -> i64 {
         match self.latest {
             Some((_, commit)) if self.interval_us > 0 => {
-                (primary_now - commit).max(0) / self.interval_us
+                let elapsed = primary_now.saturating_sub(commit).max(0);
+                elapsed / self.interval_us + i64::from(elapsed % self.interval_us != 0)
             }
             _ => 0,
         }

@@ -168,8 +168,11 @@ impl ReplicaWorker {
     /// Hand `event` to the tracker and carry out what it asks, feeding back every answer.
     async fn feed(&mut self, event: Event<Arc<Ticket>>) {
         let mut events = VecDeque::from([event]);
+        // The primary's offset once per event from outside, not per answer: it takes the
+        // cluster's lock and scans its samples, and is re-sampled only every clock_refresh.
+        // The replica's gains a sample with most answers.
+        self.tracker.set_clock(self.ctx.clock_offset());
         while let Some(event) = events.pop_front() {
-            self.tracker.set_clock(self.ctx.clock_offset());
             self.tracker.set_replica_clock(self.conns.replica_clock());
             self.commands.extend(self.tracker.handle(now_us(), event));
             let commands = std::mem::take(&mut self.commands);

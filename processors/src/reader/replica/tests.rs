@@ -768,3 +768,41 @@ fn a_stale_replica_clock_estimate_is_held_to_the_round_trip() {
         "no later than the answer arrived, not 5 ms late: {r:?}"
     );
 }
+
+#[test]
+fn one_wait_per_replica_arms_the_next_heartbeat_when_the_last_announced_committed_late() {
+    let mut s = settings(ReaderMethod::GtidWait);
+    s.prearm_depth = 1;
+    let mut h = Harness::with(s);
+    h.announce(commit(1) + 5 * MS, 1, true);
+    h.wait_returned(1, commit(1) + 5 * MS, commit(1) + 5 * MS + 150, AT_ONCE);
+    // Heartbeat 2's commit took 1.5 ms longer than usual: the next one comes less than a whole
+    // interval after it.
+    let mut late = (*heartbeat(2, true)).clone();
+    late.committed_at_us += 1_500;
+    let c = h.feed(
+        commit(2) + 5 * MS,
+        Event::Announced {
+            event: Arc::new(late),
+            ticket: 2,
+        },
+    );
+    assert_eq!(armed(&c), vec![2], "its own wait: one wait per replica");
+    let c = h.wait_returned(2, commit(2) + 5 * MS, commit(2) + 5 * MS + 150, AT_ONCE);
+    assert_eq!(armed(&c), vec![3]);
+    // The replica applies 3 on time, 8.8 ms after 2's late commit: 4 is armed at once, before
+    // it is written, so the replica's wake-up times it.
+    let c = h.wait_returned(3, commit(2) + 6 * MS, commit(3) + 300, BLOCKED);
+    assert_eq!(
+        armed(&c),
+        vec![4],
+        "armed within the interval 4 is written in"
+    );
+    let c = h.wait_returned(4, commit(3) + 300, commit(4) + 300, BLOCKED);
+    assert_eq!(armed(&c), vec![5]);
+    for seq in 3..=4 {
+        h.announce(commit(4) + 2 * MS, seq, true);
+        let r = h.record(seq);
+        assert!(!r.upper_bound, "seq {seq} timed by its own wait: {r:?}");
+    }
+}

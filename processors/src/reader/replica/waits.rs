@@ -139,6 +139,11 @@ impl Waits {
         self.reached.get(&key.sequence)?.get(&key.n).copied()
     }
 
+    /// What a wait saw for `key`, forgotten: its heartbeat was reported.
+    pub fn take_reached(&mut self, key: &GtidKey) -> Option<Reached> {
+        self.reached.get_mut(&key.sequence)?.remove(&key.n)
+    }
+
     pub fn position(&self, sequence: &str) -> Option<Position> {
         self.position.get(sequence).copied()
     }
@@ -204,10 +209,10 @@ impl<T> Tracker<T> {
         };
         // Events arrive in batches (a fetch wait apart) and may lag the heartbeats by several
         // intervals; the writer's schedule is drift-free, so the number being written now is
-        // the last announced one plus the intervals elapsed since its commit.
+        // the last announced one plus the intervals begun since its commit.
         let elapsed = self
             .schedule
-            .intervals_since_latest(self.primary_now())
+            .intervals_begun_since_latest(self.primary_now())
             .min(MAX_SCHEDULE_AHEAD) as u64;
         let horizon = front.n.saturating_add(elapsed).saturating_add(depth);
         let mut armed_here = self.waits.armed_in(sequence) as u64;

@@ -176,15 +176,9 @@ fn main() -> ExitCode {
     millilag_core::telemetry::init_logging(&config.log);
     millilag_core::http::install_panic_hook();
     let mut builder = match run {
-        Service::Reader if config.reader.worker_threads == 1 => {
-            tokio::runtime::Builder::new_current_thread()
-        }
-        Service::Reader => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(config.reader.worker_threads);
-            b
-        }
-        _ => tokio::runtime::Builder::new_multi_thread(),
+        Service::Reader => runtime_with(config.reader.worker_threads),
+        Service::Processor => runtime_with(config.processor.worker_threads),
+        Service::Writer | Service::All => tokio::runtime::Builder::new_multi_thread(),
     };
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -201,6 +195,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A service's runtime: `worker_threads = 1` is a single-threaded one (no cross-thread
+/// wake-ups), more a multi-threaded one with that many.
+fn runtime_with(worker_threads: usize) -> tokio::runtime::Builder {
+    if worker_threads == 1 {
+        return tokio::runtime::Builder::new_current_thread();
+    }
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(worker_threads);
+    b
 }
 
 /// `check` (monitor = None) or `monitor`: Nagios exit codes, UNKNOWN (3) when the config does

@@ -4,6 +4,7 @@ use millilag_core::events::ReplicaDelay;
 use millilag_core::shutdown::{shutdown_pair, ShutdownTrigger};
 use millilag_core::Config;
 use millilag_harness::{free_port, Broker, Cluster};
+use mysql_async::prelude::*;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -132,6 +133,18 @@ pub async fn next_record<R: millilag_core::events::Record>(
 /// Create every millilag topic for `config` up front, so observers can subscribe before the
 /// services start (librdkafka only re-reads metadata for missing topics every few minutes).
 #[allow(dead_code)]
+/// Sessions the service user holds on a server.
+pub async fn service_sessions(server: &millilag_harness::mariadb::Server) -> i64 {
+    let mut c = server.admin().await.unwrap();
+    c.query_first(format!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{}'",
+        millilag_harness::mariadb::USER
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 pub async fn create_topics(config: &Config) {
     use millilag_core::kafka::topics::*;
     millilag_core::kafka::ensure_topics(

@@ -1,7 +1,7 @@
 //! The reader against real replication: steady state, accuracy against the replicas' own apply
 //! times under injected stalls (both methods), DB load, failures and poison records.
 
-use crate::common::{create_topics, next_record, Collected, Env, Pipeline};
+use crate::common::{create_topics, next_record, service_sessions, Collected, Env, Pipeline};
 use millilag_core::events::{DeadLetter, MeasureMethod, MeasureStatus, Record, ReplicaDelay};
 use mysql_async::prelude::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -55,6 +55,15 @@ async fn steady_state_one_record_per_replica_per_heartbeat_with_one_query_each()
         )
         .await;
     let q1 = [questions(&env, 0).await, questions(&env, 1).await];
+    // The default, one wait per replica beside the control connection: 2 sessions (the writer
+    // has none on replicas).
+    for (i, addr) in addrs.iter().enumerate() {
+        let held = service_sessions(&env.cluster.replicas[i]).await;
+        assert!(
+            (1..=2).contains(&held),
+            "{addr}: {held} sessions, the reader says 2"
+        );
+    }
     p.stop().await;
 
     for (i, addr) in addrs.iter().enumerate() {

@@ -1,24 +1,12 @@
 //! The reader when its databases misbehave: it never holds more sessions on a replica than it
 //! says, whatever the replica answers, and it never claims a clock it could not sample.
 
-use crate::common::{create_topics, http_get, metric, Collected, Env, Pipeline};
+use crate::common::{create_topics, http_get, metric, service_sessions, Collected, Env, Pipeline};
 use millilag_core::events::MeasureStatus;
 use millilag_core::Config;
 use millilag_harness::free_port;
 use mysql_async::prelude::*;
 use std::time::Duration;
-
-/// Sessions the service user holds on a server.
-async fn sessions(server: &millilag_harness::mariadb::Server) -> i64 {
-    let mut c = server.admin().await.unwrap();
-    c.query_first(format!(
-        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{}'",
-        millilag_harness::mariadb::USER
-    ))
-    .await
-    .unwrap()
-    .unwrap()
-}
 
 /// A replica that refuses every read of the heartbeat table (SELECT revoked there only) is
 /// retried on the one control connection, never on new ones: in poll mode one read per
@@ -79,7 +67,7 @@ async fn a_replica_refusing_reads_gets_no_more_sessions_than_the_reader_says() {
         )
         .await;
         measured_before = step * 100;
-        most = most.max(sessions(refusing).await);
+        most = most.max(service_sessions(refusing).await);
     }
     assert!(
         (1..=SAID).contains(&most),

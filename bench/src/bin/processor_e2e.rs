@@ -41,6 +41,8 @@ struct Args {
     runs: usize,
     /// `perf record` the processor while it consumes, into this file.
     perf: Option<PathBuf>,
+    /// Extra `[processor]` keys.
+    processor: String,
 }
 
 fn parse_args() -> Result<Args> {
@@ -52,6 +54,7 @@ fn parse_args() -> Result<Args> {
         partitions: 10,
         runs: 1,
         perf: None,
+        processor: String::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -66,6 +69,8 @@ fn parse_args() -> Result<Args> {
             "--partitions" => a.partitions = v.parse()?,
             "--runs" => a.runs = v.parse()?,
             "--perf" => a.perf = Some(v.into()),
+            // Extra [processor] keys, e.g. "worker_threads = 2".
+            "--processor" => a.processor = v,
             _ => bail!("unknown flag {k}"),
         }
     }
@@ -198,9 +203,9 @@ async fn vm_count(vm: &Victoria, window: &str) -> f64 {
 
 /// The processor's config: `prefix`'s replica-delay, windows 1s/10s/1m, VictoriaMetrics.
 fn processor_config(
+    a: &Args,
     broker: &Broker,
     vm: &Victoria,
-    partitions: i32,
     prefix: &str,
     group: &str,
     listen: &str,
@@ -221,6 +226,7 @@ listen = "{listen}"
 windows = ["1s", "10s", "1m"]
 # Default lateness and idle_close (7 s): a shorter idle_close closed windows of partitions
 # Tansu was slow to serve, and their later records counted as late.
+{extra}
 
 [[sink.influxdb]]
 url = "{vm}"
@@ -229,6 +235,8 @@ database = "millilag"
 "#,
         brokers = broker.brokers(),
         vm = vm.url(),
+        partitions = a.partitions,
+        extra = a.processor,
     )
 }
 
@@ -237,7 +245,7 @@ database = "millilag"
 async fn idle_cores(a: &Args, broker: &Broker, vm: &Victoria) -> Result<f64> {
     let dir = tempfile::tempdir()?;
     let listen = format!("127.0.0.1:{}", free_port());
-    let config = processor_config(broker, vm, a.partitions, "idle.", "idle-processor", &listen);
+    let config = processor_config(a, broker, vm, "idle.", "idle-processor", &listen);
     let path = dir.path().join("millilag.toml");
     std::fs::write(&path, config)?;
     let mut cmd = Command::new(&a.millilag);
@@ -313,7 +321,7 @@ async fn run_one(a: &Args) -> Result<Run> {
     );
     let dir = tempfile::tempdir()?;
     let listen = format!("127.0.0.1:{}", free_port());
-    let config = processor_config(&broker, &vm, a.partitions, "bench.", GROUP, &listen);
+    let config = processor_config(a, &broker, &vm, "bench.", GROUP, &listen);
     let path = dir.path().join("millilag.toml");
     std::fs::write(&path, config)?;
     let tansu0 = process::cpu_seconds(broker.pid());

@@ -138,6 +138,15 @@ const fn default_worker_threads() -> usize {
 /// Most `worker_threads`.
 const MAX_WORKER_THREADS: usize = 256;
 
+/// `<section>.worker_threads`: a runtime needs one thread, and more than this is a typo.
+pub(super) fn check_worker_threads(section: &str, n: usize, p: &mut Vec<String>) {
+    if n == 0 || n > MAX_WORKER_THREADS {
+        p.push(format!(
+            "{section}.worker_threads ({n}) must be between 1 and {MAX_WORKER_THREADS}; e.g. 1"
+        ));
+    }
+}
+
 impl Default for ReaderConfig {
     fn default() -> Self {
         ReaderConfig {
@@ -187,12 +196,7 @@ impl ReaderConfig {
         if self.max_pending_records == 0 {
             p.push("reader.max_pending_records must be at least 1; e.g. 10000".to_string());
         }
-        if self.worker_threads == 0 || self.worker_threads > MAX_WORKER_THREADS {
-            p.push(format!(
-                "reader.worker_threads ({}) must be between 1 and {MAX_WORKER_THREADS}; e.g. 1",
-                self.worker_threads
-            ));
-        }
+        check_worker_threads("reader", self.worker_threads, p);
         if self.prearm_depth == 0 || self.prearm_depth > MAX_PREARM_DEPTH {
             p.push(format!(
                 "reader.prearm_depth ({}) must be between 1 and {MAX_PREARM_DEPTH}",

@@ -599,11 +599,14 @@ fn db_timeouts_default_to_seconds() {
 }
 
 #[test]
-fn reader_worker_threads_default_to_one_and_zero_is_refused() {
+fn worker_threads_default_to_one_and_zero_is_refused() {
     let c = load(EXAMPLE, example_env()).unwrap();
     assert_eq!(c.reader.worker_threads, 1, "the default");
+    assert_eq!(c.processor.worker_threads, 1, "the default");
     let mut e = example_env();
     e.push(("MILLILAG_READER__WORKER_THREADS".into(), "0".into()));
+    e.push(("MILLILAG_PROCESSOR__WORKER_THREADS".into(), "300".into()));
     let e = problems(EXAMPLE, e);
     assert!(e.contains("reader.worker_threads (0)"), "{e}");
+    assert!(e.contains("processor.worker_threads (300)"), "{e}");
 }

@@ -41,6 +41,9 @@ impl Env {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", broker.brokers())
             .set("linger.ms", "0")
+            // A broker that went away fails the test within this, not after librdkafka's
+            // default 5 minutes (seen once: Tansu gone a second into a test, cause unknown).
+            .set("message.timeout.ms", "30000")
             .create()
             .unwrap();
         Env {

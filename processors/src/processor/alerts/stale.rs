@@ -37,6 +37,16 @@ pub struct StaleRules {
     severity: String,
     /// Open incidents by fingerprint.
     firing: HashMap<String, Alert>,
+    /// Per cluster, the last heartbeat time seen and when heartbeats last came back after a
+    /// pause longer than the heartbeats-stale threshold: readers can measure nothing while no
+    /// heartbeat comes, so their silence counts from then (see [`Self::evaluate`]).
+    heartbeats: HashMap<String, HeartbeatStreak>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HeartbeatStreak {
+    last_us: i64,
+    resumed_at_us: Option<i64>,
 }
 
 impl StaleRules {
@@ -46,6 +56,7 @@ impl StaleRules {
             measurements_after_us: c.measurements_after.as_micros_i64(),
             severity: c.severity.clone(),
             firing: HashMap::new(),
+            heartbeats: HashMap::new(),
         }
     }
 
@@ -107,6 +118,25 @@ impl StaleRules {
         let mut out = Vec::new();
         let last_heartbeat: BTreeMap<&str, i64> =
             clusters.iter().map(|(c, t)| (c.as_str(), *t)).collect();
+        // A pause in heartbeats longer than this (a dead writer) restarts the readers' count.
+        let pause_us = if self.heartbeats_after_us > 0 {
+            self.heartbeats_after_us
+        } else {
+            self.measurements_after_us
+        };
+        for (cluster, last) in &last_heartbeat {
+            let streak = self
+                .heartbeats
+                .entry(cluster.to_string())
+                .or_insert(HeartbeatStreak {
+                    last_us: *last,
+                    resumed_at_us: None,
+                });
+            if last.saturating_sub(streak.last_us) > pause_us {
+                streak.resumed_at_us = Some(*last);
+            }
+            streak.last_us = streak.last_us.max(*last);
+        }
         if cluster_rules && self.heartbeats_after_us > 0 {
             for (cluster, last) in &last_heartbeat {
                 let silent = now - last;
@@ -131,7 +161,16 @@ impl StaleRules {
         }
         if self.measurements_after_us > 0 {
             for r in replicas {
-                let silent = now - r.last_record_us;
+                // Silent since its last record, or since heartbeats came back after a pause
+                // when that is later: when a dead writer's heartbeats resume, the readers'
+                // records for them follow within a Kafka round trip, and their last records
+                // (from before the pause) must not fire the rule in between.
+                let since = self
+                    .heartbeats
+                    .get(r.cluster)
+                    .and_then(|s| s.resumed_at_us)
+                    .map_or(r.last_record_us, |t| t.max(r.last_record_us));
+                let silent = now - since;
                 // A cluster whose heartbeats this processor knows nothing of (not configured,
                 // none seen) cannot tell a dead writer from dead readers: no alert.
                 let heartbeats_fresh = last_heartbeat
@@ -155,7 +194,7 @@ impl StaleRules {
                     r.cluster,
                     r.replica,
                     stale,
-                    r.last_record_us,
+                    since,
                     now,
                     silent,
                     self.measurements_after_us,
@@ -294,22 +333,68 @@ mod tests {
             states(&back),
             vec![(MEASUREMENTS_STALE, "db2:3306", AlertState::Resolved)]
         );
-        // A replica silent for good is taken as gone after 10 minutes.
-        r.evaluate(
-            T0 + 20 * S,
-            &fresh(T0 + 20 * S),
-            true,
-            [seen(T0 + 7 * S)].into_iter(),
+        // A replica silent for good is taken as gone after 10 minutes (heartbeats keep coming,
+        // evaluated every second as the run loop does far more often).
+        let mut transitions = Vec::new();
+        for t in (8 * S..=7 * S + FORGET_AFTER_US).step_by(S as usize) {
+            let out = r.evaluate(T0 + t, &fresh(T0 + t), true, [seen(T0 + 7 * S)].into_iter());
+            transitions.extend(out.iter().map(|a| (a.state, a.at_us - T0)));
+        }
+        assert_eq!(
+            transitions,
+            vec![
+                (AlertState::Firing, 13 * S),
+                (AlertState::Resolved, 7 * S + FORGET_AFTER_US)
+            ]
         );
-        let gone = r.evaluate(
-            T0 + 7 * S + FORGET_AFTER_US,
-            &fresh(T0 + 700 * S),
-            true,
-            [seen(T0 + 7 * S)].into_iter(),
+    }
+
+    #[test]
+    fn readers_are_not_stale_while_a_dead_writers_heartbeats_resume() {
+        let mut r = rules();
+        let hb = |t| vec![("main".to_string(), t)];
+        // Heartbeats and records until T0; the writer is dead for 8 s.
+        assert!(r
+            .evaluate(T0, &hb(T0), false, [seen(T0)].into_iter())
+            .is_empty());
+        assert!(r
+            .evaluate(T0 + 7 * S, &hb(T0), false, [seen(T0)].into_iter())
+            .is_empty());
+        // Its heartbeats are back; the readers' records for them are still on their way.
+        let back = T0 + 8 * S;
+        assert!(
+            r.evaluate(
+                back + 20_000,
+                &hb(back + 10_000),
+                false,
+                [seen(T0)].into_iter()
+            )
+            .is_empty(),
+            "the readers' last records are from before the pause"
+        );
+        assert!(r
+            .evaluate(
+                back + 4 * S,
+                &hb(back + 4 * S),
+                false,
+                [seen(T0)].into_iter()
+            )
+            .is_empty());
+        // No record for 5 s of heartbeats after the writer came back: the readers are down.
+        let fired = r.evaluate(
+            back + 6 * S,
+            &hb(back + 6 * S),
+            false,
+            [seen(T0)].into_iter(),
         );
         assert_eq!(
-            states(&gone),
-            vec![(MEASUREMENTS_STALE, "db2:3306", AlertState::Resolved)]
+            states(&fired),
+            vec![(MEASUREMENTS_STALE, "db2:3306", AlertState::Firing)]
+        );
+        assert_eq!(
+            fired[0].since_us,
+            back + 10_000,
+            "silent since heartbeats resumed"
         );
     }
 

@@ -109,32 +109,7 @@ async fn two_readers_and_two_processors_in_one_group_share_the_partitions_and_mi
     let by_processor = until_split(&processor_listen).await;
     let writer = Pipeline::start(&config, true, false);
 
-    let first = delays
-        .until("every replica measured", Duration::from_secs(60), |rs| {
-            by_replica(rs).len() == replicas.len()
-        })
-        .await;
-    let start: BTreeMap<String, i64> = first
-        .iter()
-        .map(|(_, r)| (r.cluster.clone(), r.seq))
-        .collect();
-    let target: BTreeMap<String, i64> = start.iter().map(|(c, s)| (c.clone(), s + 300)).collect();
-    delays
-        .until(
-            "3 s of heartbeats on every replica",
-            Duration::from_secs(60),
-            |rs| reached(rs, &replicas, &target),
-        )
-        .await;
-    writer.stop().await;
-    let last = last_seqs(&two).await;
-    let rs = delays
-        .until(
-            "every announced heartbeat measured",
-            Duration::from_secs(30),
-            |rs| reached(rs, &replicas, &last),
-        )
-        .await;
+    let (rs, last) = three_seconds_then_all_measured(&two, &delays, &replicas, writer).await;
     for r in readers {
         stop(r);
     }

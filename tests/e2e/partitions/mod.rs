@@ -391,6 +391,43 @@ async fn last_seqs(two: &Two) -> BTreeMap<String, i64> {
     m
 }
 
+/// Three seconds of heartbeats on every replica, then `writer` stops and the reader(s) measure
+/// what it announced. Returns every record so far and each cluster's last seq.
+async fn three_seconds_then_all_measured(
+    two: &Two,
+    delays: &Collected<ReplicaDelay>,
+    replicas: &[(String, String)],
+    writer: crate::common::Pipeline,
+) -> (Vec<(i32, ReplicaDelay)>, BTreeMap<String, i64>) {
+    let first = delays
+        .until("every replica measured", Duration::from_secs(60), |rs| {
+            by_replica(rs).len() == replicas.len()
+        })
+        .await;
+    let start: BTreeMap<String, i64> = first
+        .iter()
+        .map(|(_, r)| (r.cluster.clone(), r.seq))
+        .collect();
+    let target: BTreeMap<String, i64> = start.iter().map(|(c, s)| (c.clone(), s + 300)).collect();
+    delays
+        .until(
+            "3 s of heartbeats on every replica",
+            Duration::from_secs(60),
+            |rs| reached(rs, replicas, &target),
+        )
+        .await;
+    writer.stop().await;
+    let last = last_seqs(two).await;
+    let rs = delays
+        .until(
+            "every announced heartbeat measured",
+            Duration::from_secs(30),
+            |rs| reached(rs, replicas, &last),
+        )
+        .await;
+    (rs, last)
+}
+
 /// Until every replica has an ok record for its cluster's seq `last[cluster]`.
 fn reached(
     rs: &[(i32, ReplicaDelay)],
@@ -417,34 +454,7 @@ async fn two_clusters_on_six_partitions_keep_order_commit_every_partition_and_co
     let reader = Pipeline::start(&config, false, true);
     let writer = Pipeline::start(&config, true, false);
 
-    // Three seconds of heartbeats on every replica, then the writer stops and the reader
-    // measures what it announced.
-    let first = delays
-        .until("every replica measured", Duration::from_secs(60), |rs| {
-            by_replica(rs).len() == replicas.len()
-        })
-        .await;
-    let start: BTreeMap<String, i64> = first
-        .iter()
-        .map(|(_, r)| (r.cluster.clone(), r.seq))
-        .collect();
-    let target: BTreeMap<String, i64> = start.iter().map(|(c, s)| (c.clone(), s + 300)).collect();
-    delays
-        .until(
-            "3 s of heartbeats on every replica",
-            Duration::from_secs(60),
-            |rs| reached(rs, &replicas, &target),
-        )
-        .await;
-    writer.stop().await;
-    let last = last_seqs(&two).await;
-    let rs = delays
-        .until(
-            "every announced heartbeat measured",
-            Duration::from_secs(30),
-            |rs| reached(rs, &replicas, &last),
-        )
-        .await;
+    let (rs, last) = three_seconds_then_all_measured(&two, &delays, &replicas, writer).await;
     reader.stop().await;
 
     let measured = assert_ordered_and_complete(&rs, &replicas, &last);

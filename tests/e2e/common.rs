@@ -105,18 +105,7 @@ group = "{group}"
 
     /// A consumer of `suffix` from the beginning, in a fresh group.
     pub fn consumer(&self, suffix: &str) -> StreamConsumer {
-        let c: StreamConsumer = self
-            .broker
-            .client_config()
-            .set("group.id", unique("observer"))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            // Observers need no low latency; a long fetch wait keeps Tansu's CPU for the services.
-            .set("fetch.wait.max.ms", "50")
-            .create()
-            .unwrap();
-        c.subscribe(&[&self.topic(suffix)]).unwrap();
-        c
+        observer(&self.broker, &self.topic(suffix))
     }
 }
 
@@ -143,6 +132,21 @@ pub async fn service_sessions(server: &millilag_harness::mariadb::Server) -> i64
     .await
     .unwrap()
     .unwrap()
+}
+
+/// A consumer of `topic` from the beginning, in a fresh group, committing nothing.
+pub fn observer(broker: &Broker, topic: &str) -> StreamConsumer {
+    let c: StreamConsumer = broker
+        .client_config()
+        .set("group.id", unique("observer"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // Observers need no low latency; a long fetch wait keeps Tansu's CPU for the services.
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    c
 }
 
 pub async fn create_topics(config: &Config) {

@@ -134,17 +134,7 @@ idle_close = "1500ms"
     }
 
     fn consumer(&self, suffix: &str) -> StreamConsumer {
-        let c: StreamConsumer = self
-            .broker
-            .client_config()
-            .set("group.id", unique("observer"))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "50")
-            .create()
-            .unwrap();
-        c.subscribe(&[&self.topic(suffix)]).unwrap();
-        c
+        crate::common::observer(&self.broker, &self.topic(suffix))
     }
 
     /// Per partition of `suffix`: (end offset, what `group` committed).

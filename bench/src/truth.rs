@@ -13,14 +13,11 @@
 //! commit order, so at that moment it is the oldest one outstanding.
 
 use anyhow::{Context, Result};
+use millilag_harness::mariadb::TRUTH_DB;
 use millilag_harness::{Cluster, Server};
 use mysql_async::prelude::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// The harness's truth database (tests/harness/src/mariadb.rs, private there): the primary runs
-/// with `binlog-ignore-db` for it, so what the primary's triggers write there stays there.
-const TRUTH_DB: &str = "millilag_truth";
 
 /// Triggers on pt-heartbeat's table on the primary and every replica, like the harness's on
 /// millilag's (sql_log_bin = 0 for the DDL; the table lives in the database the primary does

@@ -41,8 +41,9 @@ pub const ADMIN_PASSWORD: &str = "admin-pw";
 pub const X509_USER: &str = "millilag_x509";
 const REPL_USER: &str = "repl";
 const REPL_PASSWORD: &str = "repl-pw";
-/// Where the truth triggers record row-change times (never replicated).
-const TRUTH_DB: &str = "millilag_truth";
+/// Where the truth triggers record row-change times (never replicated: the primary runs with
+/// `binlog-ignore-db` for it).
+pub const TRUTH_DB: &str = "millilag_truth";
 /// Bump when the install options change, so stale templates are not reused.
 const TEMPLATE_VERSION: &str = "v1";
 

@@ -3,8 +3,8 @@
 //! Every transaction in the benchmark changes one heartbeat row: millilag's (`millilag.heartbeat`,
 //! keyed by seq) or pt-heartbeat's (`pt.heartbeat`, keyed by its `ts` text, unique per update).
 //! AFTER triggers on both tables record `SYSDATE(6)` when the row changes on the primary and
-//! when the replica applies the change (the harness's triggers for millilag's table, the ones
-//! here for pt's; see tests/harness/src/mariadb.rs for why none of it replicates). All servers
+//! when the replica applies the change (the harness's triggers, keyed by seq on millilag's table
+//! and by ts on pt's; see tests/harness/src/mariadb.rs for why none of it replicates). All servers
 //! run on this host: one clock.
 //!
 //! True lag of a replica at time t = age of the oldest transaction changed on the primary and
@@ -13,11 +13,10 @@
 //! commit order, so at that moment it is the oldest one outstanding.
 
 use anyhow::{Context, Result};
-use millilag_harness::mariadb::TRUTH_DB;
+use millilag_harness::mariadb::{install_truth_log, TruthKey, TRUTH_DB};
 use millilag_harness::{Cluster, Server};
 use mysql_async::prelude::*;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// Triggers on pt-heartbeat's table on the primary and every replica, like the harness's on
 /// millilag's (sql_log_bin = 0 for the DDL; the table lives in the database the primary does
@@ -31,38 +30,11 @@ pub async fn install_pt_truth(cluster: &Cluster) -> Result<()> {
 }
 
 async fn install(server: &Server, log: &str) -> Result<()> {
-    millilag_harness::wait_for(
-        &format!("pt.heartbeat on {}", server.name),
-        Duration::from_secs(30),
-        || async {
-            let mut c = server.admin().await.ok()?;
-            c.query_first::<i64, _>("SELECT COUNT(*) FROM pt.heartbeat")
-                .await
-                .ok()
-                .flatten()
-                .filter(|n| *n > 0)
-        },
-    )
-    .await?;
-    let trig = |kind: &str| {
-        format!(
-            "CREATE TRIGGER IF NOT EXISTS pt.bench_truth_{k} AFTER {kind} ON pt.heartbeat FOR EACH ROW \
-             REPLACE INTO {TRUTH_DB}.{log} VALUES (NEW.ts, ROUND(UNIX_TIMESTAMP(SYSDATE(6)) * 1000000))",
-            k = kind.to_lowercase()
-        )
+    let ts = TruthKey {
+        column: "ts",
+        sql_type: "VARCHAR(26)",
     };
-    let mut c = server.admin().await?;
-    c.query_drop(format!(
-        "SET SESSION sql_log_bin = 0;
-         CREATE DATABASE IF NOT EXISTS {TRUTH_DB};
-         CREATE TABLE IF NOT EXISTS {TRUTH_DB}.{log} (ts VARCHAR(26) PRIMARY KEY, at_us BIGINT NOT NULL);
-         {}; {};",
-        trig("UPDATE"),
-        trig("INSERT")
-    ))
-    .await
-    .with_context(|| format!("pt truth triggers on {}", server.name))?;
-    Ok(())
+    install_truth_log(server, "pt", "heartbeat", log, ts).await
 }
 
 async fn read_pt(server: &Server, log: &str) -> Result<BTreeMap<String, i64>> {

@@ -7,7 +7,7 @@ use crate::common::{create_topics, http_get, metric, next_record, Env};
 use crate::writer::{leader_gauge, spawn_writer};
 use millilag_core::db::heartbeat_ddl;
 use millilag_core::events::HeartbeatSet;
-use millilag_harness::process::Guard;
+use millilag_harness::process::{cpu_seconds, Guard};
 use millilag_harness::Server;
 use mysql_async::prelude::*;
 use std::time::Duration;
@@ -412,4 +412,55 @@ async fn a_silent_leader_loses_the_lock_to_the_standby() {
     );
     stop(b).await;
     stop(a).await;
+}
+
+/// A broker that stops answering (SIGSTOP: its connections stay open) must not make the writer
+/// burn a core. librdkafka's idempotent producer, once five messages were in flight, polled with
+/// a zero timeout until the broker answered (vendor/README.md): the writer's Kafka thread spun
+/// for as long as the broker hung, on the host it shares with whatever runs there. Waiting, the
+/// writer only writes its heartbeats (a few % of a core); spinning, a thread takes all of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stops_answering_does_not_make_the_writer_spin() {
+    let env = Env::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("millilag.toml");
+    std::fs::write(&cfg, env.config_toml("interval = \"10ms\"", "", "")).unwrap();
+    create_topics(&env.config("", "", "")).await;
+    let observer = env.consumer("heartbeat-set");
+    let (writer, _) = spawn_writer(&cfg, "writer-a", dir.path());
+    next_record::<HeartbeatSet>(&observer, Duration::from_secs(30))
+        .await
+        .expect("writer-a writes");
+
+    env.broker.freeze();
+    let from_seq = env.cluster.heartbeat_seq().await.unwrap();
+    let (cpu0, t0) = (cpu_seconds(writer.pid()), std::time::Instant::now());
+    // Two seconds of heartbeats queued behind requests the broker does not answer.
+    millilag_harness::wait_for(
+        "200 heartbeats while the broker hangs",
+        Duration::from_secs(30),
+        || async {
+            let seq = env.cluster.heartbeat_seq().await.ok()?;
+            (seq >= from_seq + 200).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let cores = (cpu_seconds(writer.pid()) - cpu0) / t0.elapsed().as_secs_f64();
+    env.broker.thaw();
+    eprintln!("writer: {cores:.3} cores while the broker hung");
+    assert!(
+        cores < 0.3,
+        "the writer used {cores:.2} cores while the broker hung (a spinning thread takes ~1)"
+    );
+    // And what was queued is delivered once it answers.
+    loop {
+        let (h, _) = next_record::<HeartbeatSet>(&observer, Duration::from_secs(30))
+            .await
+            .expect("heartbeats delivered after the broker resumes");
+        if h.seq >= from_seq + 200 {
+            break;
+        }
+    }
+    stop(writer).await;
 }

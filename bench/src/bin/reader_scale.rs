@@ -4,12 +4,13 @@
 //! replicas listening on all those addresses, so the reader holds N independent sets of
 //! replica sessions (what it would hold on N servers) while 2 servers do the applying. Release
 //! binaries, one writer and one reader process; after a warm-up, over a measuring interval:
-//! the reader's CPU (user + system, /proc) per ok measurement, its peak RSS, the sessions the
-//! service user holds on each real replica divided by the aliases it stands for, and the
-//! share of heartbeats measured ok. Accuracy: every exact measurement of the interval (read back
-//! from the replica-delay topic afterwards, so the bench does not compete with the reader while
-//! it is measured) against the replicas' trigger truth (row change on the replica - row change on
-//! the primary, one host, one clock; the same truth for every alias of a server).
+//! the reader's CPU (user + system, /proc; the system part shown too) per ok measurement, its
+//! peak RSS, the sessions the service user holds on each real replica divided by the aliases it
+//! stands for, and the share of heartbeats measured ok. Accuracy: every exact measurement of the
+//! interval (read back from the replica-delay topic afterwards, so the bench does not compete
+//! with the reader while it is measured) against the replicas' trigger truth (row change on the
+//! replica - row change on the primary, one host, one clock; the same truth for every alias of a
+//! server).
 //!
 //! `cargo build --release -p millilag -p millilag-bench && target/release/reader_scale
 //! --millilag target/release/millilag --replicas 2,20,100,200`
@@ -73,6 +74,8 @@ fn spawn(bin: &Path, service: &str, config: &Path, dir: &Path) -> Result<Guard> 
 struct Row {
     replicas: usize,
     cpu_us_per_measurement: f64,
+    /// The kernel's part of it (on loopback, also the servers' receive path).
+    system_us_per_measurement: f64,
     cpu_share: f64,
     rss_mib: f64,
     sessions_per_replica: f64,
@@ -148,7 +151,7 @@ listen = "{listen}"
     let reader = spawn(&a.millilag, "reader", &path, dir.path())?;
     let pid = reader.pid();
     tokio::time::sleep(a.warmup).await;
-    let cpu0 = process::cpu_seconds(pid);
+    let (user0, sys0) = process::cpu_user_system(pid);
     let m0 = ok_sum(&listen).await;
     let seq0 = cluster.heartbeat_seq().await?;
     let started = Instant::now();
@@ -157,7 +160,8 @@ listen = "{listen}"
         tokio::time::sleep(Duration::from_millis(500)).await;
         rss_peak = rss_peak.max(process::rss_mib(pid));
     }
-    let cpu1 = process::cpu_seconds(pid);
+    let (user1, sys1) = process::cpu_user_system(pid);
+    let (cpu0, cpu1) = (user0 + sys0, user1 + sys1);
     let m1 = ok_sum(&listen).await;
     let seq1 = cluster.heartbeat_seq().await?;
     let elapsed = started.elapsed().as_secs_f64();
@@ -189,6 +193,7 @@ listen = "{listen}"
     Ok(Row {
         replicas: n,
         cpu_us_per_measurement: (cpu1 - cpu0) * 1e6 / measurements,
+        system_us_per_measurement: (sys1 - sys0) * 1e6 / measurements,
         cpu_share: (cpu1 - cpu0) / elapsed,
         rss_mib: rss_peak,
         sessions_per_replica: sessions as f64 / n as f64,
@@ -288,14 +293,15 @@ async fn ok_sum(listen: &str) -> f64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = parse_args()?;
-    println!("| replicas | reader CPU per measurement | reader CPU | peak RSS | sessions per replica | heartbeats measured ok | abs error vs truth p50 / p99 / max (exact measurements) |");
+    println!("| replicas | reader CPU per measurement (kernel part) | reader CPU | peak RSS | sessions per replica | heartbeats measured ok | abs error vs truth p50 / p99 / max (exact measurements) |");
     println!("|---|---|---|---|---|---|---|");
     for &n in &a.replicas {
         let r = run_one(&a, n).await?;
         println!(
-            "| {} | {:.1} us | {:.0}% of a core | {:.0} MiB | {:.2} | {:.2}% | {} / {} / {} us ({}) |",
+            "| {} | {:.1} us ({:.1}) | {:.0}% of a core | {:.0} MiB | {:.2} | {:.2}% | {} / {} / {} us ({}) |",
             r.replicas,
             r.cpu_us_per_measurement,
+            r.system_us_per_measurement,
             r.cpu_share * 100.0,
             r.rss_mib,
             r.sessions_per_replica,

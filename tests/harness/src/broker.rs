@@ -202,6 +202,16 @@ impl Broker {
         self.guard.kill();
     }
 
+    /// SIGSTOP the broker: its connections stay open and nothing answers, as when its host
+    /// hangs. [`Broker::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.guard.signal(libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.guard.signal(libc::SIGCONT);
+    }
+
     /// Start it again on the same port with the same storage.
     pub async fn restart(&mut self) -> Result<()> {
         self.guard.kill();

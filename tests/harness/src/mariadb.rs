@@ -619,6 +619,34 @@ impl Cluster {
 /// AFTER UPDATE and INSERT triggers on `db.table` of `server` recording (seq, `SYSDATE(6)`) into
 /// `millilag_truth.<log>`, none of it binlogged. Waits until the table exists there.
 async fn install_truth_triggers(server: &Server, db: &str, table: &str, log: &str) -> Result<()> {
+    install_truth_log(server, db, table, log, TruthKey::SEQ).await
+}
+
+/// The column of a heartbeat row that keys its truth log, and the log's type for it.
+#[derive(Clone, Copy)]
+pub struct TruthKey {
+    pub column: &'static str,
+    pub sql_type: &'static str,
+}
+
+impl TruthKey {
+    /// millilag's heartbeat rows.
+    pub const SEQ: TruthKey = TruthKey {
+        column: "seq",
+        sql_type: "BIGINT UNSIGNED",
+    };
+}
+
+/// AFTER UPDATE and INSERT triggers on `db.table` of `server` recording (the row's `key`,
+/// `SYSDATE(6)`) into `millilag_truth.<log>`, none of it binlogged. Waits until the table exists
+/// there. The bench keys pt-heartbeat's rows by their `ts`.
+pub async fn install_truth_log(
+    server: &Server,
+    db: &str,
+    table: &str,
+    log: &str,
+    key: TruthKey,
+) -> Result<()> {
     let t = millilag_core::db::qualified_table(db, table)?;
     wait_for(
         &format!("{t} on {}", server.name),
@@ -636,15 +664,18 @@ async fn install_truth_triggers(server: &Server, db: &str, table: &str, log: &st
     let trig = |kind: &str| {
         format!(
             "CREATE TRIGGER IF NOT EXISTS `{db}`.`millilag_truth_{k}` AFTER {kind} ON {t} FOR EACH ROW \
-             REPLACE INTO {TRUTH_DB}.{log} VALUES (NEW.seq, ROUND(UNIX_TIMESTAMP(SYSDATE(6)) * 1000000))",
-            k = kind.to_lowercase()
+             REPLACE INTO {TRUTH_DB}.{log} VALUES (NEW.{column}, ROUND(UNIX_TIMESTAMP(SYSDATE(6)) * 1000000))",
+            k = kind.to_lowercase(),
+            column = key.column,
         )
     };
     c.query_drop(format!(
         "SET SESSION sql_log_bin = 0;
          CREATE DATABASE IF NOT EXISTS {TRUTH_DB};
-         CREATE TABLE IF NOT EXISTS {TRUTH_DB}.{log} (seq BIGINT UNSIGNED PRIMARY KEY, at_us BIGINT NOT NULL);
+         CREATE TABLE IF NOT EXISTS {TRUTH_DB}.{log} ({} {} PRIMARY KEY, at_us BIGINT NOT NULL);
          {}; {};",
+        key.column,
+        key.sql_type,
         trig("UPDATE"),
         trig("INSERT")
     ))

@@ -95,17 +95,24 @@ impl Drop for Guard {
 /// User + system CPU seconds of process `pid`, from /proc/<pid>/stat (0 once it is gone).
 /// For benchmarks that charge each process its own CPU.
 pub fn cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = cpu_user_system(pid);
+    user + system
+}
+
+/// CPU seconds process `pid` has used so far in user and in kernel mode, from /proc/<pid>/stat
+/// ((0, 0) once it is gone). On loopback the kernel part includes the receiving side's network
+/// stack, which runs in the sender's time.
+pub fn cpu_user_system(pid: u32) -> (f64, f64) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| -> f64 { f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz.max(1.0)
+    let hz = (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
+    (ticks(11) / hz, ticks(12) / hz)
 }
 
 /// Resident memory of process `pid` in MiB, from /proc/<pid>/status (0 once it is gone).

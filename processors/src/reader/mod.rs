@@ -79,7 +79,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     // linger 20 ms: records are batched into fewer produce requests (and wake-ups); windows
     // are seconds long, so 20 ms of latency costs nothing. Against 5 ms it took 17% off the
     // reader's CPU per measurement at 200 replicas (librdkafka's broker thread was a fifth
-    // of it), and off the broker's; 50-100 ms gained nothing more (reader_scale).
+    // of it, most of that the spin since patched: vendor/README.md), and off the broker's;
+    // 50-100 ms gained nothing more (reader_scale, before the patch).
     let producer = kafka::producer(&config.kafka, 20).context("creating the Kafka producer")?;
     let (out, mut publishes_behind) = Output::start(
         producer.clone(),

@@ -576,7 +576,7 @@ impl Cluster {
     /// Record each heartbeat's apply time on `replica` (see the module doc). Waits until the
     /// heartbeat table has replicated there.
     pub async fn install_truth_probe(&self, replica: usize, db: &str, table: &str) -> Result<()> {
-        install_truth_triggers(&self.replicas[replica], db, table, "applied").await
+        install_truth_log(&self.replicas[replica], db, table, "applied", TruthKey::SEQ).await
     }
 
     /// The truth triggers on the primary and every replica (see the module doc).
@@ -591,7 +591,7 @@ impl Cluster {
     /// Record when the primary changes each heartbeat row (see the module doc): the start of
     /// every true delay. Waits until the table exists.
     pub async fn install_primary_truth(&self, db: &str, table: &str) -> Result<()> {
-        install_truth_triggers(&self.primary, db, table, "changed").await
+        install_truth_log(&self.primary, db, table, "changed", TruthKey::SEQ).await
     }
 
     /// seq -> row-change time on the primary (local clock, microseconds).
@@ -614,12 +614,6 @@ impl Cluster {
     pub async fn truth(&self, replica: usize, from_seq: i64) -> Result<BTreeMap<i64, i64>> {
         read_truth(&self.replicas[replica], "applied", from_seq).await
     }
-}
-
-/// AFTER UPDATE and INSERT triggers on `db.table` of `server` recording (seq, `SYSDATE(6)`) into
-/// `millilag_truth.<log>`, none of it binlogged. Waits until the table exists there.
-async fn install_truth_triggers(server: &Server, db: &str, table: &str, log: &str) -> Result<()> {
-    install_truth_log(server, db, table, log, TruthKey::SEQ).await
 }
 
 /// The column of a heartbeat row that keys its truth log, and the log's type for it.

@@ -300,7 +300,7 @@ async fn show_live_lag(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.wait() => return,
         }
-        let Some(text) = get_metrics(reader).await else {
+        let Some(text) = millilag_harness::scrape::metrics(&reader.to_string()).await else {
             continue;
         };
         for line in text.lines() {
@@ -320,24 +320,6 @@ async fn show_live_lag(
             }
         }
     }
-}
-
-/// GET /metrics with a bare HTTP/1.0 request (no HTTP client in the demo).
-async fn get_metrics(addr: std::net::SocketAddr) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.ok()?;
-        buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-    };
-    tokio::time::timeout(Duration::from_secs(1), fetch)
-        .await
-        .ok()
-        .flatten()
 }
 
 /// HH:MM:SS (UTC) of a microsecond Unix time, without a date crate.

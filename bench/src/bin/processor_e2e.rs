@@ -17,6 +17,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use millilag_core::events::{MeasureMethod, MeasureStatus, Record, ReplicaDelay};
 use millilag_harness::process::{self, Guard};
+use millilag_harness::scrape;
 use millilag_harness::victoria::Victoria;
 use millilag_harness::{free_port, wait_for, Broker};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -172,22 +173,7 @@ fn offsets(broker: &Broker, partitions: i32) -> Result<Vec<(i64, Option<i64>)>> 
 /// A metric of the processor's /metrics, e.g. `millilag_processor_records_total`, summed over
 /// its labels.
 async fn metric(listen: &str, name: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(listen).await.ok()?;
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {listen}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.ok()?;
-    let values: Vec<f64> = body
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with([' ', '{']))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
+    scrape::sum(&scrape::metrics(listen).await?, name, &[])
 }
 
 /// Sum of `count` over every point of one window length.

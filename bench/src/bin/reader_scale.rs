@@ -6,11 +6,13 @@
 //! binaries, one writer and one reader process; after a warm-up, over a measuring interval:
 //! the reader's CPU (user + system, /proc; the system part shown too) per ok measurement, its
 //! peak RSS, the sessions the service user holds on each real replica divided by the aliases it
-//! stands for, and the share of heartbeats measured ok. Accuracy: every exact measurement of the
-//! interval (read back from the replica-delay topic afterwards, so the bench does not compete
-//! with the reader while it is measured) against the replicas' trigger truth (row change on the
-//! replica - row change on the primary, one host, one clock; the same truth for every alias of a
-//! server).
+//! stands for. Then the writer stops and the reader is given the time to hand on everything it
+//! owes (the broker may be seconds behind), and the replica-delay topic is read back (so the
+//! bench does not compete with the reader while it is measured): the share of (replica URL,
+//! heartbeat of the interval) pairs with an `ok` record, and with an exact one (not an upper
+//! bound), counted from the records themselves; and every exact measurement against the
+//! replicas' trigger truth (row change on the replica - row change on the primary, one host,
+//! one clock; the same truth for every alias of a server).
 //!
 //! `cargo build --release -p millilag -p millilag-bench && target/release/reader_scale
 //! --millilag target/release/millilag --replicas 2,20,100,200`
@@ -19,11 +21,11 @@ use anyhow::{bail, Context, Result};
 use millilag_core::events::{MeasureStatus, Record, ReplicaDelay};
 use millilag_harness::mariadb::{Cluster, PASSWORD, USER};
 use millilag_harness::process::{self, Guard};
-use millilag_harness::{free_port, Broker};
+use millilag_harness::{free_port, scrape, Broker};
 use mysql_async::prelude::*;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -79,7 +81,9 @@ struct Row {
     cpu_share: f64,
     rss_mib: f64,
     sessions_per_replica: f64,
-    measured: f64,
+    /// The share of (replica URL, heartbeat of the interval) with an ok record; with an exact one.
+    measured_ok: f64,
+    measured_exact: f64,
     /// |measured - true| of exact measurements: p50, p99, max (µs), and how many.
     error_us: (i64, i64, i64, usize),
 }
@@ -152,7 +156,7 @@ listen = "{listen}"
     let pid = reader.pid();
     tokio::time::sleep(a.warmup).await;
     let (user0, sys0) = process::cpu_user_system(pid);
-    let m0 = ok_sum(&listen).await;
+    let m0 = ok_sum(&listen).await?;
     let seq0 = cluster.heartbeat_seq().await?;
     let started = Instant::now();
     let mut rss_peak: f64 = 0.0;
@@ -162,7 +166,7 @@ listen = "{listen}"
     }
     let (user1, sys1) = process::cpu_user_system(pid);
     let (cpu0, cpu1) = (user0 + sys0, user1 + sys1);
-    let m1 = ok_sum(&listen).await;
+    let m1 = ok_sum(&listen).await?;
     let seq1 = cluster.heartbeat_seq().await?;
     let elapsed = started.elapsed().as_secs_f64();
     let mut sessions = 0i64;
@@ -181,15 +185,17 @@ listen = "{listen}"
         .enumerate()
         .map(|(i, r)| (r.port, i))
         .collect();
+    drop(writer);
+    handed_on(&listen).await?;
+    drop(reader);
     let mut truth = Vec::new();
     for i in 0..cluster.replicas.len() {
         truth.push(cluster.true_delays(i, seq0).await?);
     }
-    drop((writer, reader));
     let topic = format!("scale{n}.replica-delay");
-    let error_us = accuracy(&broker, &topic, (seq0, seq1), &ports, &truth).await?;
+    let back = read_back(&broker, &topic, (seq0, seq1), &ports, &truth).await?;
     let measurements = (m1 - m0).max(1.0);
-    let heartbeats = (seq1 - seq0).max(1) as f64;
+    let pairs = ((seq1 - seq0).max(1) as usize * n) as f64;
     Ok(Row {
         replicas: n,
         cpu_us_per_measurement: (cpu1 - cpu0) * 1e6 / measurements,
@@ -197,63 +203,98 @@ listen = "{listen}"
         cpu_share: (cpu1 - cpu0) / elapsed,
         rss_mib: rss_peak,
         sessions_per_replica: sessions as f64 / n as f64,
-        measured: measurements / (heartbeats * n as f64),
-        error_us,
+        measured_ok: back.ok as f64 / pairs,
+        measured_exact: back.exact as f64 / pairs,
+        error_us: back.error_us,
     })
 }
 
-/// |measured - true| of one record, if it is an exact measurement of a heartbeat in `from..to`.
+/// Once the writer has stopped: until the reader has measured every heartbeat it was told of and
+/// Kafka has acknowledged every record (nothing waits to be published, and no measurement was
+/// added between two looks a second apart), at most 2 minutes.
+async fn handed_on(listen: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = None;
+    loop {
+        // Paced looks at another process's counters: there is no event to await.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let body = scrape::metrics(listen)
+            .await
+            .context("the reader's /metrics")?;
+        let queued = scrape::sum(&body, "millilag_reader_publish_queue", &[]).unwrap_or(0.0);
+        let made = scrape::sum(&body, "millilag_reader_measurements_total", &[]);
+        if queued == 0.0 && made.is_some() && made == last {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the reader still had {queued} records to publish after 2 minutes");
+        }
+        last = made;
+    }
+}
+
+/// |measured - true| of one exact measurement, when its server's truth has its heartbeat.
 fn exact_error(
-    payload: &[u8],
-    (from, to): (i64, i64),
+    r: &ReplicaDelay,
     ports: &HashMap<u16, usize>,
     truth: &[BTreeMap<i64, i64>],
 ) -> Option<i64> {
-    let r = ReplicaDelay::decode(payload).ok()?;
-    if r.seq < from || r.seq >= to || r.status != MeasureStatus::Ok || r.upper_bound {
-        return None;
-    }
     let port: u16 = r.replica.rsplit(':').next()?.parse().ok()?;
     let server = *ports.get(&port)?;
     Some((r.delay_us - truth[server].get(&r.seq)?).abs())
 }
 
-/// Abs error of the exact measurements of heartbeats `seqs` (half-open) read back from `topic`:
-/// p50, p99, max and their number.
-async fn accuracy(
+/// What the replica-delay topic holds for the heartbeats `seqs` (half-open).
+struct ReadBack {
+    /// (replica URL, heartbeat) pairs with an ok record, and with an exact one.
+    ok: usize,
+    exact: usize,
+    /// Abs error of the exact measurements against the truth: p50, p99, max and their number.
+    error_us: (i64, i64, i64, usize),
+}
+
+/// Read `topic` back to its end (the services are stopped).
+async fn read_back(
     broker: &Broker,
     topic: &str,
-    (from, to): (i64, i64),
+    seqs: (i64, i64),
     ports: &HashMap<u16, usize>,
     truth: &[BTreeMap<i64, i64>],
-) -> Result<(i64, i64, i64, usize)> {
+) -> Result<ReadBack> {
     let consumer: StreamConsumer = broker
         .client_config()
         .set("group.id", format!("scale-accuracy-{}", std::process::id()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()?;
-    // One partition; the services are stopped: read up to its end as it is now. (A gap of a
-    // few seconds between fetches is normal for a large backlog on a busy broker.)
+    // One partition: read up to its end as it is now. (A gap of a few seconds between fetches
+    // is normal for a large backlog on a busy broker.)
     let (_, end) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(30))?;
-    if end <= 0 {
-        return Ok((0, 0, 0, 0));
-    }
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    assignment.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
-    consumer.assign(&assignment)?;
+    let mut ok = HashSet::new();
+    let mut exact = HashSet::new();
     let mut errors = Vec::new();
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
-            .await
-            .context("reading replica-delay back")??;
-        let last = m.offset() + 1 >= end;
-        errors.extend(
-            m.payload()
-                .and_then(|p| exact_error(p, (from, to), ports, truth)),
-        );
-        if last {
-            break;
+    if end > 0 {
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        assignment.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
+        consumer.assign(&assignment)?;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+                .await
+                .context("reading replica-delay back")??;
+            let last = m.offset() + 1 >= end;
+            let record = m.payload().and_then(|p| ReplicaDelay::decode(p).ok());
+            if let Some(r) = record.filter(|r| r.seq >= seqs.0 && r.seq < seqs.1) {
+                if r.status == MeasureStatus::Ok {
+                    if !r.upper_bound {
+                        errors.extend(exact_error(&r, ports, truth));
+                        exact.insert((r.replica.clone(), r.seq));
+                    }
+                    ok.insert((r.replica, r.seq));
+                }
+            }
+            if last {
+                break;
+            }
         }
     }
     errors.sort_unstable();
@@ -263,49 +304,48 @@ async fn accuracy(
             .copied()
             .unwrap_or(0)
     };
-    Ok((
-        at(0.5),
-        at(0.99),
-        errors.last().copied().unwrap_or(0),
-        errors.len(),
-    ))
+    Ok(ReadBack {
+        ok: ok.len(),
+        exact: exact.len(),
+        error_us: (
+            at(0.5),
+            at(0.99),
+            errors.last().copied().unwrap_or(0),
+            errors.len(),
+        ),
+    })
 }
 
 /// ok measurements so far, all replicas.
-async fn ok_sum(listen: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(listen).await else {
-        return 0.0;
-    };
-    let _ = s
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {listen}\r\n\r\n").as_bytes())
-        .await;
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body).await;
-    body.lines()
-        .filter(|l| {
-            l.starts_with("millilag_reader_measurements_total{") && l.contains("status=\"ok\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+async fn ok_sum(listen: &str) -> Result<f64> {
+    let body = scrape::metrics(listen)
+        .await
+        .context("the reader's /metrics")?;
+    Ok(scrape::sum(
+        &body,
+        "millilag_reader_measurements_total",
+        &["status=\"ok\""],
+    )
+    .unwrap_or(0.0))
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = parse_args()?;
-    println!("| replicas | reader CPU per measurement (kernel part) | reader CPU | peak RSS | sessions per replica | heartbeats measured ok | abs error vs truth p50 / p99 / max (exact measurements) |");
+    println!("| replicas | reader CPU per measurement (kernel part) | reader CPU | peak RSS | sessions per replica | heartbeats measured ok (exact) | abs error vs truth p50 / p99 / max (exact measurements) |");
     println!("|---|---|---|---|---|---|---|");
     for &n in &a.replicas {
         let r = run_one(&a, n).await?;
         println!(
-            "| {} | {:.1} us ({:.1}) | {:.0}% of a core | {:.0} MiB | {:.2} | {:.2}% | {} / {} / {} us ({}) |",
+            "| {} | {:.1} us ({:.1}) | {:.0}% of a core | {:.0} MiB | {:.2} | {:.2}% ({:.2}%) | {} / {} / {} us ({}) |",
             r.replicas,
             r.cpu_us_per_measurement,
             r.system_us_per_measurement,
             r.cpu_share * 100.0,
             r.rss_mib,
             r.sessions_per_replica,
-            r.measured * 100.0,
+            r.measured_ok * 100.0,
+            r.measured_exact * 100.0,
             r.error_us.0,
             r.error_us.1,
             r.error_us.2,

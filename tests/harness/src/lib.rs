@@ -23,6 +23,7 @@ pub mod influx;
 pub mod mariadb;
 pub mod process;
 pub mod prometheus;
+pub mod scrape;
 pub mod statsd;
 pub mod tls;
 pub mod victoria;

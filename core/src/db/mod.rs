@@ -121,23 +121,29 @@ impl Dialect {
         }
     }
 
-    /// Whether `position` (the first column of [`Dialect::gtid_wait_sql`]) already includes
-    /// `gtid`. None when it cannot be told: another server's GTIDs in the domain (a failover),
-    /// or MySQL (its GTID sets are not parsed here).
+    /// Whether `position` (the second column of [`Dialect::gtid_wait_sql`]) already includes
+    /// `gtid`. None when it cannot be told (see [`Dialect::gtid_position`]).
     pub fn gtid_included(&self, position: &str, gtid: &str) -> Option<bool> {
+        let (_, _, n) = parse_mariadb_gtid(gtid)?;
+        Some(self.gtid_position(position, gtid)? >= n)
+    }
+
+    /// The replica's number in `gtid`'s sequence (same domain and server) in `position`: 0 when
+    /// nothing of the domain is applied yet. None when it cannot be told: another server's GTIDs
+    /// in the domain (a failover), or MySQL (its GTID sets are not parsed here).
+    pub fn gtid_position(&self, position: &str, gtid: &str) -> Option<u64> {
         match self {
             Dialect::MariaDb { .. } => {
-                let (domain, server, n) = parse_mariadb_gtid(gtid)?;
+                let (domain, server, _) = parse_mariadb_gtid(gtid)?;
                 for entry in position.split(',') {
                     let Some((d, s, m)) = parse_mariadb_gtid(entry) else {
                         continue;
                     };
                     if d == domain {
-                        return (s == server).then_some(m >= n);
+                        return (s == server).then_some(m);
                     }
                 }
-                // Nothing applied in the domain yet.
-                Some(false)
+                Some(0)
             }
             Dialect::MySql { .. } => None,
         }
@@ -276,6 +282,9 @@ pub struct WaitAnswer {
     /// The replica had it already when the wait began (it did not block), when the server's
     /// position tells ([`Dialect::gtid_included`]).
     pub already: Option<bool>,
+    /// The replica's number in the GTID's sequence when the wait began, when the server's
+    /// position tells ([`Dialect::gtid_position`]).
+    pub position: Option<u64>,
     /// The replica's clock when the wait began and when it woke (microseconds).
     pub began_us: Option<i64>,
     pub woke_us: Option<i64>,
@@ -306,7 +315,12 @@ pub async fn gtid_wait(
     let (began, position, reached, woke) = row.unwrap_or((None, None, None, None));
     Ok(WaitAnswer {
         reached: dialect.gtid_wait_reached(reached),
-        already: position.and_then(|p| dialect.gtid_included(&p, gtid)),
+        already: position
+            .as_deref()
+            .and_then(|p| dialect.gtid_included(p, gtid)),
+        position: position
+            .as_deref()
+            .and_then(|p| dialect.gtid_position(p, gtid)),
         began_us: began.as_deref().and_then(unix_text_to_us),
         woke_us: woke.as_deref().and_then(unix_text_to_us),
     })
@@ -390,8 +404,16 @@ mod tests {
             "another server's"
         );
         assert_eq!(maria.gtid_included("77-1-5", "not a gtid"), None);
+        assert_eq!(
+            maria.gtid_position("0-1-100,77-1-41", "77-1-42"),
+            Some(41),
+            "where the replica is in the sequence, ahead of the wait or behind it"
+        );
+        assert_eq!(maria.gtid_position("0-1-100", "77-1-42"), Some(0));
+        assert_eq!(maria.gtid_position("77-2-5", "77-1-42"), None);
         let mysql = Dialect::from_version("8.4.3");
         assert_eq!(mysql.gtid_included("uuid:1-5", "uuid:3"), None);
+        assert_eq!(mysql.gtid_position("uuid:1-5", "uuid:3"), None);
     }
 
     #[test]

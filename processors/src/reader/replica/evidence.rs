@@ -12,7 +12,13 @@ impl<T> Tracker<T> {
         let p = self.awaited.get(&seq)?;
         if let Some(key) = &p.key {
             if let Some(r) = self.waits.reached(key) {
-                return Some(self.wait_observation(p.event.committed_at_us, r));
+                let own = self.wait_observation(p.event.committed_at_us, r);
+                // A wait that did not block says only "by then"; the looks around the
+                // moment (other waits' starts, reads) may bracket it.
+                if own.not_yet_at_us.is_none() {
+                    return Some(self.sightings.get(&seq).copied().unwrap_or(own));
+                }
+                return Some(own);
             }
         }
         if let Some(obs) = self.sightings.get(&seq) {

@@ -159,11 +159,15 @@ pub enum Event<T> {
     Removed,
 }
 
-/// A wait's times on the replica's own clock (microseconds).
+/// A wait's times on the replica's own clock (microseconds), and where the replica was when
+/// it began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerTimes {
     pub began_us: i64,
     pub woke_us: i64,
+    /// The replica's number in the wait's GTID sequence at `began_us`, when the server's
+    /// position tells (MariaDB).
+    pub position: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -72,6 +72,11 @@ impl Schedule {
         }
     }
 
+    /// The highest seq announced so far.
+    pub fn latest_seq(&self) -> Option<i64> {
+        self.latest.map(|(s, _)| s)
+    }
+
     fn announcing(&self, now: i64) -> bool {
         self.last_event_at
             .is_some_and(|t| now - t < WRITER_SILENT_AFTER_US)
@@ -185,19 +190,9 @@ impl<T> Tracker<T> {
             },
         };
         let prev = self.poll.last_read;
-        // What appeared since the previous read appeared after that read looked (no earlier
-        // than its request arrived) and before this one answered.
-        if let Some(p) = prev {
-            if seen_seq > p.seq && seen_seq.saturating_sub(p.seq) <= MAX_SIGHTING_SPAN {
-                let obs = timing::read_observation(Some(p.earliest_us), read.latest_us);
-                for s in p.seq + 1..=seen_seq {
-                    self.sightings.entry(s).or_insert(obs);
-                }
-            }
-        }
+        self.note_row_look(read);
         let progressed = prev.is_none_or(|p| seen_seq > p.seq);
         tracing::debug!(replica = %self.who.replica, seen_seq, rtt = returned_at - sent_at, ?prev, "Read.");
-        self.poll.last_read = Some(read);
         let catch_up = self.catch_up_progress.is_some();
         let ready: Vec<i64> = self
             .awaited
@@ -229,6 +224,33 @@ impl<T> Tracker<T> {
         if self.poll.next_poll.is_none() {
             self.schedule_overdue_poll(seen_seq);
         }
+    }
+
+    /// The replica was seen showing heartbeat `look.seq` and nothing later (a read of the row,
+    /// or the position a GTID wait began at): what appeared since the previous look appeared
+    /// after that look (no earlier than its request arrived) and before this one answered.
+    /// Kept for heartbeats still awaited or not announced yet; the others are reported. A look
+    /// older than the latest one known (a wait that began before a read answered) adds nothing.
+    pub(super) fn note_row_look(&mut self, look: LastRead) {
+        if let Some(p) = self.poll.last_read {
+            if look.latest_us < p.latest_us {
+                return;
+            }
+            if look.seq > p.seq && look.seq.saturating_sub(p.seq) <= MAX_SIGHTING_SPAN {
+                let obs = timing::read_observation(Some(p.earliest_us), look.latest_us);
+                let appeared = p.seq + 1..=look.seq;
+                let awaited: Vec<i64> = self.awaited.range(appeared).map(|(s, _)| *s).collect();
+                let unannounced = self
+                    .schedule
+                    .latest_seq()
+                    .map_or(p.seq, |s| s.max(p.seq))
+                    .saturating_add(1);
+                for s in awaited.into_iter().chain(unannounced..=look.seq) {
+                    self.sightings.entry(s).or_insert(obs);
+                }
+            }
+        }
+        self.poll.last_read = Some(look);
     }
 
     fn end_catch_up(&mut self) {

@@ -160,7 +160,7 @@ proptest! {
                     key: GtidKey { sequence: "77-1-".into(), n },
                     armed_at,
                     returned_at,
-                    server: server.map(|(began_us, woke_us)| ServerTimes { began_us, woke_us }),
+                    server: server.map(|(began_us, woke_us)| ServerTimes { began_us, woke_us, position: None }),
                     outcome: if reached {
                         WaitOutcome::Reached { already: Some(false) }
                     } else {

@@ -259,7 +259,11 @@ impl ReplicaWorker {
                     let server = a
                         .began_us
                         .zip(a.woke_us)
-                        .map(|(began_us, woke_us)| ServerTimes { began_us, woke_us });
+                        .map(|(began_us, woke_us)| ServerTimes {
+                            began_us,
+                            woke_us,
+                            position: a.position,
+                        });
                     (outcome, Some(conn), server)
                 }
                 Err(e) => {

@@ -702,6 +702,7 @@ fn the_replica_times_its_waits_and_reads_when_its_clock_is_known() {
             server: Some(ServerTimes {
                 began_us: on_replica(commit(2) + 6 * MS),
                 woke_us: on_replica(woke),
+                position: None,
             }),
             outcome: BLOCKED,
         },
@@ -757,6 +758,7 @@ fn a_stale_replica_clock_estimate_is_held_to_the_round_trip() {
             server: Some(ServerTimes {
                 began_us: local(commit(1) - MS) + 100 + STEPPED,
                 woke_us: local(woke) + STEPPED,
+                position: None,
             }),
             outcome: BLOCKED,
         },
@@ -804,5 +806,97 @@ fn one_wait_per_replica_arms_the_next_heartbeat_when_the_last_announced_committe
         h.announce(commit(4) + 2 * MS, seq, true);
         let r = h.record(seq);
         assert!(!r.upper_bound, "seq {seq} timed by its own wait: {r:?}");
+    }
+}
+
+/// A replica that applies every heartbeat 1 ms after its commit, seen through a round trip
+/// longer than the heartbeat interval (6 ms each way), with the events arriving 300 ms after
+/// the commits (a slow broker): the first wait is armed far behind the replica, and each wait
+/// reaches it after the next heartbeat was applied. Every wait's start tells where the replica
+/// is, so the next one is armed there, not one number on: armed one number at a time, the
+/// chain fell further behind with every wait (~2 ms a heartbeat), and every record became an
+/// upper bound hundreds of ms too high. Records stay within a round trip of the truth.
+#[test]
+fn a_wait_chain_behind_the_replica_moves_to_where_the_replica_is() {
+    const HALF_RTT: i64 = 6 * MS;
+    const EVENT_LATE: i64 = 300 * MS;
+    const LAST: i64 = 100;
+    let mut s = settings(ReaderMethod::GtidWait);
+    s.prearm_depth = 1;
+    let mut h = Harness::with(s);
+    // The replica's clock is the reader's.
+    h.t.set_replica_clock(Some(ClockOffset {
+        offset_us: 0,
+        uncertainty_us: 0,
+    }));
+    let applied = |k: i64| commit(k) + MS;
+    let position_at = |t: i64| ((t - T0 - 2 * MS).max(0) / INTERVAL) as u64;
+    let mut next_announce = 1;
+    let end = commit(LAST) + EVENT_LATE + 100 * MS;
+    loop {
+        // The earliest of: the next announcement, a wait's answer, a wake-up the tracker asked.
+        let announce_at = (next_announce <= LAST).then(|| commit(next_announce) + EVENT_LATE);
+        let answer = h
+            .waits
+            .iter()
+            .map(|&(n, armed, _)| {
+                let began = armed + HALF_RTT;
+                let at_start = position_at(began);
+                let woke = if at_start >= n {
+                    began
+                } else {
+                    applied(n as i64).max(began)
+                };
+                (woke + HALF_RTT, n, armed, began, woke, at_start)
+            })
+            .min();
+        let wake = h.wake();
+        let at = [announce_at, answer.map(|a| a.0), wake]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("something to do");
+        if at > end {
+            break;
+        }
+        if Some(at) == announce_at {
+            h.announce(at, next_announce, true);
+            next_announce += 1;
+        } else if let Some((returned, n, armed, began, woke, at_start)) =
+            answer.filter(|a| a.0 == at)
+        {
+            h.waits.retain(|w| w.0 != n);
+            h.feed(
+                returned,
+                Event::WaitReturned {
+                    key: key(n),
+                    armed_at: local(armed),
+                    returned_at: local(returned),
+                    server: Some(ServerTimes {
+                        began_us: local(began),
+                        woke_us: local(woke),
+                        position: Some(at_start),
+                    }),
+                    outcome: WaitOutcome::Reached {
+                        already: Some(at_start >= n),
+                    },
+                },
+            );
+        } else {
+            h.tick(at);
+        }
+    }
+    // The first wait went out when the first event arrived, 300 ms after heartbeat 1: the
+    // ones before it were first seen by it, upper bounds that far off (a reader that starts
+    // late can do no better). Those written since are seen within a round trip.
+    let truth = MS;
+    let first_look = commit(1) + EVENT_LATE + HALF_RTT;
+    for seq in (1..=LAST).filter(|s| commit(*s) > first_look) {
+        let r = h.record(seq);
+        assert_eq!(r.status, MeasureStatus::Ok, "{r:?}");
+        assert!(
+            (r.delay_us - truth).abs() <= 2 * HALF_RTT,
+            "seq {seq} within a round trip of its true delay: {r:?}"
+        );
     }
 }

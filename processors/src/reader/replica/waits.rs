@@ -239,6 +239,29 @@ impl<T> Tracker<T> {
         }
     }
 
+    /// The replica was at number `n` of `sequence` at `at` (primary clock), as a wait's start
+    /// saw it: a look at the row (see `note_row_look`), and its position. A wait armed late
+    /// (the replica was already past it) thereby moves the next one to where the replica really
+    /// is: armed one number at a time, a late chain would stay a round trip behind for good
+    /// whenever a round trip is as long as a heartbeat interval.
+    fn note_position(&mut self, sequence: &str, n: u64, at: i64) {
+        if n == 0 {
+            return;
+        }
+        let key = GtidKey {
+            sequence: sequence.to_string(),
+            n,
+        };
+        if let Some(seq) = self.waits.seq_of(&key) {
+            self.note_row_look(super::poller::LastRead {
+                earliest_us: at,
+                latest_us: at,
+                seq,
+            });
+        }
+        self.waits.advance(sequence, n, at);
+    }
+
     /// How long one wait blocks: two heartbeat intervals, at least `PROBE_MIN` (a wait armed
     /// ahead returns when its heartbeat is applied, so in steady state it never times out),
     /// at most `reader.timeout` and `MAX_WAIT`. A wait that gives up is evidence that the
@@ -272,6 +295,7 @@ impl<T> Tracker<T> {
         // The replica's own times, on the primary's clock, when it gave them and its clock is
         // known; otherwise the reader's stamps (the answer left the replica half a round trip
         // before it arrived).
+        let position = server.and_then(|t| t.position);
         let server = server.and_then(|t| {
             let waited = (t.woke_us - t.began_us).max(0);
             Some((
@@ -279,6 +303,11 @@ impl<T> Tracker<T> {
                 self.replica_to_primary(t.woke_us, armed_at + waited, returned_at)?,
             ))
         });
+        if let (Some(n), Some((began, _))) = (position, server) {
+            if !matches!(outcome, WaitOutcome::Failed(_)) {
+                self.note_position(&key.sequence, n, began);
+            }
+        }
         let woke = server.map_or_else(
             || self.clock.to_primary(returned_at - self.link.one_way_us),
             |(_, w)| w,

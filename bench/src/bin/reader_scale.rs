@@ -1,8 +1,10 @@
 //! One reader for many replicas: CPU per measurement, memory and sessions per replica.
 //!
 //! N replica URLs at 10 ms heartbeats. The URLs are 127.0.0.x aliases of 2 real MariaDB
-//! replicas listening on all those addresses, so the reader holds N independent sets of
-//! replica sessions (what it would hold on N servers) while 2 servers do the applying. Release
+//! replicas (`--servers K`: K) listening on all those addresses, so the reader holds N
+//! independent sets of replica sessions (what it would hold on N servers) while 2 servers do
+//! the applying; each server then has N/2 sessions waiting for the same GTID, which it wakes
+//! one after another (more servers: fewer per server). Release
 //! binaries, one writer and one reader process; after a warm-up, over a measuring interval:
 //! the reader's CPU (user + system, /proc; the system part shown too) per ok measurement, its
 //! peak RSS, the sessions the service user holds on each real replica divided by the aliases it
@@ -10,12 +12,12 @@
 //! owes (the broker may be seconds behind), and the replica-delay topic is read back (so the
 //! bench does not compete with the reader while it is measured): the share of (replica URL,
 //! heartbeat of the interval) pairs with an `ok` record, and with an exact one (not an upper
-//! bound), counted from the records themselves; and every exact measurement against the
-//! replicas' trigger truth (row change on the replica - row change on the primary, one host,
+//! bound), counted from the records themselves; and the exact measurements, and all ok ones,
+//! against the replicas' trigger truth (row change on the replica - row change on the primary, one host,
 //! one clock; the same truth for every alias of a server).
 //!
 //! `cargo build --release -p millilag -p millilag-bench && target/release/reader_scale
-//! --millilag target/release/millilag --replicas 2,20,100,200`
+//! --millilag target/release/millilag --replicas 2,20,100,200 [--servers 2]`
 
 use anyhow::{bail, Context, Result};
 use millilag_core::events::{MeasureStatus, Record, ReplicaDelay};
@@ -36,6 +38,8 @@ struct Args {
     warmup: Duration,
     measure: Duration,
     reader: String,
+    /// Real replicas the URLs are spread over.
+    servers: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -45,6 +49,7 @@ fn parse_args() -> Result<Args> {
         warmup: Duration::from_secs(6),
         measure: Duration::from_secs(15),
         reader: String::new(),
+        servers: 2,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -61,6 +66,8 @@ fn parse_args() -> Result<Args> {
             "--measure-s" => a.measure = Duration::from_secs(v.parse()?),
             // Extra [reader] keys, e.g. "prearm_depth = 1".
             "--reader" => a.reader = v,
+            // More real replicas: fewer alias sessions per server wait for the same GTID.
+            "--servers" => a.servers = v.parse::<usize>().context("--servers: a count")?.max(1),
             _ => bail!("unknown flag {k}"),
         }
     }
@@ -80,6 +87,8 @@ struct Row {
     system_us_per_measurement: f64,
     cpu_share: f64,
     rss_mib: f64,
+    /// A `SELECT 1`'s round trip to a real replica meanwhile (the box's own noise).
+    probe_rtt: Errors,
     sessions_per_replica: f64,
     /// The share of (replica URL, heartbeat of the interval) with an ok record; with an exact one.
     measured_ok: f64,
@@ -91,7 +100,7 @@ struct Row {
 }
 
 async fn run_one(a: &Args, n: usize) -> Result<Row> {
-    let (cluster, broker) = tokio::join!(Cluster::start(2), Broker::start());
+    let (cluster, broker) = tokio::join!(Cluster::start(a.servers), Broker::start());
     let mut cluster = cluster?;
     let broker = broker?;
     // Clients connecting to 127.0.0.x come from 127.0.0.x: the service user must be allowed
@@ -106,17 +115,17 @@ async fn run_one(a: &Args, n: usize) -> Result<Row> {
              GRANT BINLOG REPLAY, SLAVE MONITOR, REPLICATION MASTER ADMIN ON *.* TO '{USER}'@'127.0.0.%';"
         ))
         .await?;
-    let per_server = n.div_ceil(2);
+    let per_server = n.div_ceil(a.servers);
     let aliases: Vec<String> = (1..=per_server).map(|i| format!("127.0.0.{i}")).collect();
     for r in cluster.replicas.iter_mut() {
         r.restart_listening_on(&aliases).await?;
     }
     let urls: Vec<String> = (0..n)
         .map(|i| {
-            let server = &cluster.replicas[i % 2];
+            let server = &cluster.replicas[i % a.servers];
             format!(
                 "\"mysql://{USER}:{PASSWORD}@{}:{}\"",
-                aliases[i / 2],
+                aliases[i / a.servers],
                 server.port
             )
         })
@@ -161,11 +170,16 @@ listen = "{listen}"
     let m0 = ok_sum(&listen).await?;
     let seq0 = cluster.heartbeat_seq().await?;
     let started = Instant::now();
+    let probe = tokio::spawn(round_trips(
+        cluster.replicas[0].admin().await?,
+        started + a.measure,
+    ));
     let mut rss_peak: f64 = 0.0;
     while started.elapsed() < a.measure {
         tokio::time::sleep(Duration::from_millis(500)).await;
         rss_peak = rss_peak.max(process::rss_mib(pid));
     }
+    let probe_rtt = probe.await??;
     let (user1, sys1) = process::cpu_user_system(pid);
     let (cpu0, cpu1) = (user0 + sys0, user1 + sys1);
     let m1 = ok_sum(&listen).await?;
@@ -204,12 +218,26 @@ listen = "{listen}"
         system_us_per_measurement: (sys1 - sys0) * 1e6 / measurements,
         cpu_share: (cpu1 - cpu0) / elapsed,
         rss_mib: rss_peak,
+        probe_rtt,
         sessions_per_replica: sessions as f64 / n as f64,
         measured_ok: back.ok as f64 / pairs,
         measured_exact: back.exact as f64 / pairs,
         exact_error: back.exact_error,
         ok_error: back.ok_error,
     })
+}
+
+/// `SELECT 1` round trips on `conn` every 20 ms until `until`: what any query to the replicas
+/// costs on this box while the reader runs (on a saturated box, milliseconds).
+async fn round_trips(mut conn: mysql_async::Conn, until: Instant) -> Result<Errors> {
+    let mut rtts = Vec::new();
+    while Instant::now() < until {
+        let sent = Instant::now();
+        conn.query_drop("SELECT 1").await?;
+        rtts.push(sent.elapsed().as_micros() as i64);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Errors::of(rtts))
 }
 
 /// Once the writer has stopped: until the reader has measured every heartbeat it was told of and
@@ -247,7 +275,7 @@ fn error_of(
     Some((r.delay_us - truth[server].get(&r.seq)?).abs())
 }
 
-/// Abs errors (µs): p50, p99, max, and how many.
+/// Abs errors or round trips (µs): p50, p99, max, and how many.
 struct Errors {
     p50: i64,
     p99: i64,
@@ -366,12 +394,12 @@ async fn ok_sum(listen: &str) -> Result<f64> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = parse_args()?;
-    println!("| replicas | reader CPU per measurement (kernel part) | reader CPU | peak RSS | sessions per replica | heartbeats measured ok (exact) | abs error vs truth p50 / p99 / max: exact measurements | every ok one |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| replicas | reader CPU per measurement (kernel part) | reader CPU | peak RSS | sessions per replica | heartbeats measured ok (exact) | abs error vs truth p50 / p99 / max: exact measurements | every ok one | a query's round trip to a replica meanwhile |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &n in &a.replicas {
         let r = run_one(&a, n).await?;
         println!(
-            "| {} | {:.1} us ({:.1}) | {:.0}% of a core | {:.0} MiB | {:.2} | {:.2}% ({:.2}%) | {} | {} |",
+            "| {} | {:.1} us ({:.1}) | {:.0}% of a core | {:.0} MiB | {:.2} | {:.2}% ({:.2}%) | {} | {} | {} |",
             r.replicas,
             r.cpu_us_per_measurement,
             r.system_us_per_measurement,
@@ -381,7 +409,8 @@ async fn main() -> Result<()> {
             r.measured_ok * 100.0,
             r.measured_exact * 100.0,
             r.exact_error,
-            r.ok_error
+            r.ok_error,
+            r.probe_rtt
         );
     }
     Ok(())

@@ -66,6 +66,17 @@ pub async fn sample_offset(
 pub struct OffsetEstimator {
     samples: VecDeque<OffsetSample>,
     capacity: usize,
+    /// The sample [`Self::estimate`] answers with while the clock runs forward: kept as samples
+    /// come and go, since asking is far more frequent (every answer a reader handles) than
+    /// scanning them all is cheap.
+    best: Option<OffsetSample>,
+}
+
+/// Orders samples as their bounds in [`OffsetEstimator::estimate`] do at any one later moment:
+/// a bound is half the round trip plus the age over the drift rate, and every sample ages at
+/// the same rate, so the order does not change as time passes.
+fn bound_rank(s: &OffsetSample) -> i128 {
+    i128::from((s.rtt_us + 1) / 2) * i128::from(DRIFT_US_PER_SAMPLE_US) - i128::from(s.taken_at_us)
 }
 
 impl OffsetEstimator {
@@ -73,14 +84,21 @@ impl OffsetEstimator {
         OffsetEstimator {
             samples: VecDeque::with_capacity(capacity),
             capacity: capacity.max(1),
+            best: None,
         }
     }
 
     pub fn add(&mut self, s: OffsetSample) {
+        let mut rescan = false;
         if self.samples.len() == self.capacity {
-            self.samples.pop_front();
+            rescan = self.samples.pop_front() == self.best;
         }
         self.samples.push_back(s);
+        if rescan {
+            self.best = self.samples.iter().min_by_key(|s| bound_rank(s)).copied();
+        } else if self.best.is_none_or(|b| bound_rank(&s) < bound_rank(&b)) {
+            self.best = Some(s);
+        }
     }
 
     pub fn best(&self) -> Option<OffsetSample> {
@@ -94,10 +112,18 @@ impl OffsetEstimator {
         let bound = |s: &OffsetSample| {
             (s.rtt_us + 1) / 2 + (now_us - s.taken_at_us).max(0) / DRIFT_US_PER_SAMPLE_US
         };
-        match self.samples.iter().min_by_key(|s| bound(s)) {
+        // A sample from "the future" (the local clock was stepped back) has no age: the order
+        // kept in `best` does not hold then.
+        let stepped_back = self.samples.back().is_some_and(|s| s.taken_at_us > now_us);
+        let chosen = if stepped_back {
+            self.samples.iter().min_by_key(|s| bound(s)).copied()
+        } else {
+            self.best
+        };
+        match chosen {
             Some(s) => ClockEstimate {
                 offset_us: s.offset_us,
-                uncertainty_us: bound(s).min(UNKNOWN_CLOCK_UNCERTAINTY_US),
+                uncertainty_us: bound(&s).min(UNKNOWN_CLOCK_UNCERTAINTY_US),
                 known: true,
             },
             None => ClockEstimate {
@@ -170,6 +196,36 @@ mod tests {
             old.estimate(3 * 3_600_000_000).uncertainty_us,
             UNKNOWN_CLOCK_UNCERTAINTY_US
         );
+    }
+
+    #[test]
+    fn the_kept_best_sample_is_the_one_a_full_scan_finds() {
+        // Samples of every round trip, one every 10 ms, in a window of 16: at each moment the
+        // estimate must be what scanning the window gives (to the microsecond of rounding).
+        let mut e = OffsetEstimator::new(16);
+        let mut window: VecDeque<OffsetSample> = VecDeque::new();
+        let mut x: u64 = 12_345;
+        for i in 0..2_000i64 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let s = OffsetSample {
+                offset_us: i,
+                rtt_us: ((x >> 33) % 5_000) as i64,
+                taken_at_us: i * 10_000,
+            };
+            e.add(s);
+            if window.len() == 16 {
+                window.pop_front();
+            }
+            window.push_back(s);
+            let now = i * 10_000 + (x % 20_000_000) as i64;
+            let bound = |s: &OffsetSample| (s.rtt_us + 1) / 2 + (now - s.taken_at_us) / 10_000;
+            let want = window.iter().map(bound).min().unwrap();
+            let got = e.estimate(now);
+            assert!(
+                (got.uncertainty_us - want).abs() <= 1,
+                "at {now}: {got:?}, a scan gives {want}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use millilag_core::db::{self, DbTimeouts, Dialect};
 use millilag_core::secret::Sensitive;
 use mysql_async::Conn;
 
-/// A wait's connection: pooled, or to be opened by the wait's task.
+/// A wait's connection: pooled, or to be opened by the wait itself.
 pub(super) enum WaitConn {
     Idle(Conn),
     New(Box<Connector>),
@@ -160,7 +160,7 @@ impl Connections {
     }
 
     /// A connection for one wait: an idle one, or the means to open a new one while under the
-    /// cap (opened by the wait's own task: the replica's loop never waits for a connect).
+    /// cap (opened by the wait itself, beside the replica's loop, which never waits for a connect).
     pub fn take_wait_conn(&mut self) -> Result<WaitConn, String> {
         if let Some(c) = self.idle.pop() {
             return Ok(WaitConn::Idle(c));

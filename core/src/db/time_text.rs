@@ -2,14 +2,21 @@
 //! exactly (no float) to and from Unix microseconds.
 
 /// `UNIX_TIMESTAMP(...)` text ("1763000000.123456") as microseconds, exactly (no float).
+/// Called twice for every GTID wait a reader runs: no allocation.
 pub fn unix_text_to_us(s: &str) -> Option<i64> {
-    let (secs, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
+    let s = s.trim();
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
     let secs: i64 = secs.parse().ok()?;
-    let mut frac6 = frac.chars().take(6).collect::<String>();
-    while frac6.len() < 6 {
-        frac6.push('0');
+    let mut micros: i64 = 0;
+    let mut digits = 0;
+    for c in frac.chars().take(6) {
+        micros = micros * 10 + i64::from(c.to_digit(10)?);
+        digits += 1;
     }
-    Some(secs * 1_000_000 + frac6.parse::<i64>().ok()?)
+    for _ in digits..6 {
+        micros *= 10;
+    }
+    Some(secs * 1_000_000 + micros)
 }
 
 /// pt-heartbeat's `ts` format for a microsecond Unix time: `2026-11-23T01:02:03.456789`, UTC.
@@ -85,6 +92,12 @@ mod tests {
         );
         assert_eq!(unix_text_to_us("1763000000.1"), Some(1_763_000_000_100_000));
         assert_eq!(unix_text_to_us("1763000000"), Some(1_763_000_000_000_000));
+        assert_eq!(
+            unix_text_to_us(" 1763000000.1234567 "),
+            Some(1_763_000_000_123_456),
+            "microseconds: further digits are cut"
+        );
+        assert_eq!(unix_text_to_us("1763000000.12a"), None);
         assert_eq!(unix_text_to_us("x"), None);
     }
 

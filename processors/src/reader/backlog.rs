@@ -39,14 +39,19 @@ impl Backlog {
 
     /// A slot for one more record: waits while `max` are unacknowledged; None on shutdown.
     pub async fn take(self: &Arc<Self>, shutdown: &Shutdown) -> Option<Slot> {
-        let mut stop = shutdown.clone();
-        tokio::select! {
-            biased;
-            permit = self.room.acquire() => {
-                // Given back by hand in Slot::drop, after which the count is read again.
-                permit.ok()?.forget();
+        // Given back by hand in Slot::drop, after which the count is read again. Room is the
+        // rule (every record takes a slot): no shutdown listener unless it has to wait.
+        match self.room.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::Closed) => return None,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let mut stop = shutdown.clone();
+                tokio::select! {
+                    biased;
+                    permit = self.room.acquire() => permit.ok()?.forget(),
+                    _ = stop.wait() => return None,
+                }
             }
-            _ = stop.wait() => return None,
         }
         self.changed();
         Some(Slot(self.clone()))

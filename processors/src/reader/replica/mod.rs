@@ -237,6 +237,8 @@ const MAX_WAIT: Duration = Duration::from_secs(5);
 /// Heartbeats reported at their deadline and still watched, at most, per replica (5 min of
 /// 10 ms heartbeats): beyond it the newest are dropped, the oldest (a stall's peak) kept.
 const MAX_OWED: usize = 30_000;
+/// Commands the tracker keeps room for between events.
+const KEPT_COMMANDS: usize = 64;
 /// Sightings older than this with no announced heartbeat are forgotten.
 const SIGHTING_TTL_US: i64 = 120_000_000;
 /// Sightings are trimmed at most this often (a full pass is O(sightings)).
@@ -343,6 +345,8 @@ impl<T> Tracker<T> {
 
     /// Handle one event at local time `now`; returns what to do.
     pub fn handle(&mut self, now: i64, event: Event<T>) -> std::vec::Drain<'_, Command<T>> {
+        // Drained by the caller; a burst's room is not kept for good.
+        self.out.shrink_to(KEPT_COMMANDS);
         self.now = self.now.max(now);
         match event {
             Event::Announced { event, ticket } => self.on_announced(event, ticket),

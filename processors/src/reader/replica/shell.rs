@@ -83,11 +83,15 @@ pub struct ReplicaWorker {
     metrics: ReplicaMetrics,
     /// At most the tracker's wait slots.
     waits: Vec<WaitInFlight>,
-    /// Commands of the event being handled, reused.
+    /// Commands of the event being handled, and the answers still to hand back, reused.
     commands: Vec<Command<Arc<Ticket>>>,
+    answers: VecDeque<Event<Arc<Ticket>>>,
     /// When the loop last went round (local clock): the reader's watchdog tells a stuck task.
     beat: Arc<AtomicI64>,
 }
+
+/// Commands and answers a replica keeps room for between events.
+const KEPT_ROOM: usize = 64;
 
 /// How often the replica's clock is sampled again (it drifts slowly against ours).
 const REPLICA_CLOCK_EVERY: Duration = Duration::from_secs(10);
@@ -117,14 +121,20 @@ impl ReplicaWorker {
             out,
             waits: Vec::new(),
             commands: Vec::new(),
+            answers: VecDeque::new(),
             beat,
         }
     }
 
-    pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>, mut shutdown: Shutdown) {
+    pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>, shutdown: Shutdown) {
         let first = self.connect().await;
         self.feed(first).await;
         let mut next_clock_sample = Instant::now() + REPLICA_CLOCK_EVERY;
+        // Made once: the loop goes round for every answer and announcement, and a fresh timer
+        // or shutdown listener each time is a registration and a removal each time.
+        let mut stop = std::pin::pin!(shutdown.triggered());
+        let mut wake_at = Instant::now() + BEAT_EVERY;
+        let mut wake = std::pin::pin!(tokio::time::sleep_until(wake_at));
         loop {
             self.beat.store(now_us(), Ordering::Relaxed);
             if Instant::now() >= next_clock_sample {
@@ -132,14 +142,17 @@ impl ReplicaWorker {
                 self.conns.sample_clock().await;
             }
             let idle_beat = Instant::now() + BEAT_EVERY;
-            let wake = Some(
-                self.tracker
-                    .next_wake()
-                    .map_or(idle_beat, |w| local_to_instant(w).min(idle_beat)),
-            );
+            let next = self
+                .tracker
+                .next_wake()
+                .map_or(idle_beat, |w| local_to_instant(w).min(idle_beat));
+            if next != wake_at || wake.is_elapsed() {
+                wake_at = next;
+                wake.as_mut().reset(next);
+            }
             let event = tokio::select! {
                 biased;
-                _ = shutdown.wait() => break,
+                _ = &mut stop => break,
                 done = next_wait(&mut self.waits) => {
                     self.conns.wait_finished(done.generation, done.conn);
                     if let Some(t) = done.server {
@@ -162,7 +175,7 @@ impl ReplicaWorker {
                         break;
                     }
                 },
-                _ = sleep_until_opt(wake) => Event::Tick,
+                _ = &mut wake => Event::Tick,
             };
             self.feed(event).await;
         }
@@ -172,21 +185,28 @@ impl ReplicaWorker {
 
     /// Hand `event` to the tracker and carry out what it asks, feeding back every answer.
     async fn feed(&mut self, event: Event<Arc<Ticket>>) {
-        let mut events = VecDeque::from([event]);
+        let mut events = std::mem::take(&mut self.answers);
+        events.push_back(event);
         // The primary's offset once per event from outside, not per answer: it takes the
         // cluster's lock and scans its samples, and is re-sampled only every clock_refresh.
         // The replica's gains a sample with most answers.
         self.tracker.set_clock(self.ctx.clock_offset());
+        // Both buffers are handed back with their room: this runs for every event.
+        let mut commands = std::mem::take(&mut self.commands);
         while let Some(event) = events.pop_front() {
             self.tracker.set_replica_clock(self.conns.replica_clock());
-            self.commands.extend(self.tracker.handle(now_us(), event));
-            let commands = std::mem::take(&mut self.commands);
-            for c in commands {
+            commands.extend(self.tracker.handle(now_us(), event));
+            for c in commands.drain(..) {
                 if let Some(answer) = self.execute(c).await {
                     events.push_back(answer);
                 }
             }
         }
+        // A burst (a stall's backlog resolved at once) leaves no lasting room behind.
+        commands.shrink_to(KEPT_ROOM);
+        events.shrink_to(KEPT_ROOM);
+        self.commands = commands;
+        self.answers = events;
         self.metrics.set_lag(self.tracker.lag_us());
     }
 
@@ -396,11 +416,4 @@ async fn next_wait(waits: &mut Vec<WaitInFlight>) -> WaitDone {
         Poll::Pending
     })
     .await
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
 }

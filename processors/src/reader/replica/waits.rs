@@ -149,12 +149,14 @@ impl Waits {
     }
 
     fn advance(&mut self, sequence: &str, n: u64, at: i64) {
-        let pos = self
-            .position
-            .entry(sequence.to_string())
-            .or_insert(Position { n: 0, at });
-        if n > pos.n {
-            *pos = Position { n, at };
+        // Looked up before inserting: every wait's answer advances, and a key is a String.
+        match self.position.get_mut(sequence) {
+            Some(pos) if n > pos.n => *pos = Position { n, at },
+            Some(_) => {}
+            None => {
+                self.position
+                    .insert(sequence.to_string(), Position { n, at });
+            }
         }
     }
 

@@ -87,8 +87,10 @@ struct Row {
     system_us_per_measurement: f64,
     cpu_share: f64,
     rss_mib: f64,
-    /// A `SELECT 1`'s round trip to a real replica meanwhile (the box's own noise).
+    /// A plain poller on one real replica meanwhile: its reads' round trips (the box's own
+    /// noise), and how long after the replica applied a heartbeat it first saw it.
     probe_rtt: Errors,
+    probe_seen: Errors,
     sessions_per_replica: f64,
     /// The share of (replica URL, heartbeat of the interval) with an ok record; with an exact one.
     measured_ok: f64,
@@ -170,7 +172,7 @@ listen = "{listen}"
     let m0 = ok_sum(&listen).await?;
     let seq0 = cluster.heartbeat_seq().await?;
     let started = Instant::now();
-    let probe = tokio::spawn(round_trips(
+    let probe = tokio::spawn(probe(
         cluster.replicas[0].admin().await?,
         started + a.measure,
     ));
@@ -179,7 +181,7 @@ listen = "{listen}"
         tokio::time::sleep(Duration::from_millis(500)).await;
         rss_peak = rss_peak.max(process::rss_mib(pid));
     }
-    let probe_rtt = probe.await??;
+    let probe = probe.await??;
     let (user1, sys1) = process::cpu_user_system(pid);
     let (cpu0, cpu1) = (user0 + sys0, user1 + sys1);
     let m1 = ok_sum(&listen).await?;
@@ -208,6 +210,7 @@ listen = "{listen}"
     for i in 0..cluster.replicas.len() {
         truth.push(cluster.true_delays(i, seq0).await?);
     }
+    let applied = cluster.truth(0, seq0).await?;
     let topic = format!("scale{n}.replica-delay");
     let back = read_back(&broker, &topic, (seq0, seq1), &ports, &truth).await?;
     let measurements = (m1 - m0).max(1.0);
@@ -218,7 +221,14 @@ listen = "{listen}"
         system_us_per_measurement: (sys1 - sys0) * 1e6 / measurements,
         cpu_share: (cpu1 - cpu0) / elapsed,
         rss_mib: rss_peak,
-        probe_rtt,
+        probe_rtt: Errors::of(probe.rtt_us),
+        probe_seen: Errors::of(
+            probe
+                .first_seen
+                .iter()
+                .filter_map(|(seq, at)| Some(at - applied.get(seq)?))
+                .collect(),
+        ),
         sessions_per_replica: sessions as f64 / n as f64,
         measured_ok: back.ok as f64 / pairs,
         measured_exact: back.exact as f64 / pairs,
@@ -227,17 +237,40 @@ listen = "{listen}"
     })
 }
 
-/// `SELECT 1` round trips on `conn` every 20 ms until `until`: what any query to the replicas
-/// costs on this box while the reader runs (on a saturated box, milliseconds).
-async fn round_trips(mut conn: mysql_async::Conn, until: Instant) -> Result<Errors> {
-    let mut rtts = Vec::new();
+/// What a plain poller saw on one replica: its reads' round trips, and when each heartbeat
+/// first showed (the replica's clock).
+struct Probe {
+    rtt_us: Vec<i64>,
+    first_seen: BTreeMap<i64, i64>,
+}
+
+/// Read the heartbeat row on `conn` every 2 ms until `until`: what any query to the replicas
+/// costs on this box while the reader runs, and how late the rows become visible after the
+/// replica applied them (a server that stalls shows here, with no millilag in the way).
+async fn probe(mut conn: mysql_async::Conn, until: Instant) -> Result<Probe> {
+    let mut p = Probe {
+        rtt_us: Vec::new(),
+        first_seen: BTreeMap::new(),
+    };
+    let mut last = None;
     while Instant::now() < until {
         let sent = Instant::now();
-        conn.query_drop("SELECT 1").await?;
-        rtts.push(sent.elapsed().as_micros() as i64);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let row: Option<(Option<i64>, Option<String>)> = conn
+            .query_first(
+                "SELECT CAST(MAX(seq) AS SIGNED), UNIX_TIMESTAMP(SYSDATE(6)) FROM millilag.heartbeat",
+            )
+            .await?;
+        p.rtt_us.push(sent.elapsed().as_micros() as i64);
+        if let Some((Some(seq), Some(at))) = row {
+            let at = millilag_core::db::unix_text_to_us(&at).unwrap_or(0);
+            for s in last.map_or(seq, |l: i64| l + 1)..=seq {
+                p.first_seen.insert(s, at);
+            }
+            last = Some(last.map_or(seq, |l: i64| l.max(seq)));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    Ok(Errors::of(rtts))
+    Ok(p)
 }
 
 /// Once the writer has stopped: until the reader has measured every heartbeat it was told of and
@@ -394,12 +427,12 @@ async fn ok_sum(listen: &str) -> Result<f64> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = parse_args()?;
-    println!("| replicas | reader CPU per measurement (kernel part) | reader CPU | peak RSS | sessions per replica | heartbeats measured ok (exact) | abs error vs truth p50 / p99 / max: exact measurements | every ok one | a query's round trip to a replica meanwhile |");
+    println!("| replicas | reader CPU per measurement (kernel part) | reader CPU | peak RSS | sessions per replica | heartbeats measured ok (exact) | abs error vs truth p50 / p99 / max: exact measurements | every ok one | a 2 ms poller on one replica meanwhile: round trip; seen after applied |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for &n in &a.replicas {
         let r = run_one(&a, n).await?;
         println!(
-            "| {} | {:.1} us ({:.1}) | {:.0}% of a core | {:.0} MiB | {:.2} | {:.2}% ({:.2}%) | {} | {} | {} |",
+            "| {} | {:.1} us ({:.1}) | {:.0}% of a core | {:.0} MiB | {:.2} | {:.2}% ({:.2}%) | {} | {} | {}; {} |",
             r.replicas,
             r.cpu_us_per_measurement,
             r.system_us_per_measurement,
@@ -410,7 +443,8 @@ async fn main() -> Result<()> {
             r.measured_exact * 100.0,
             r.exact_error,
             r.ok_error,
-            r.probe_rtt
+            r.probe_rtt,
+            r.probe_seen
         );
     }
     Ok(())

@@ -324,6 +324,7 @@ impl<T> Tracker<T> {
                 self.on_reached(key, armed_at, returned_at, server, woke, already)
             }
             WaitOutcome::TimedOut => {
+                tracing::debug!(replica = %self.who.replica, n = key.n, armed_at, returned_at, ?server, ?position, "Wait gave up.");
                 // Nothing reached yet. Deadlines report the heartbeats; keep watching while the
                 // number is still wanted.
                 self.waits.not_reached.insert(key.clone(), woke);

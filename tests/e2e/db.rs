@@ -3,7 +3,7 @@
 
 use crate::common::init_logging;
 use millilag_core::config::DbUrl;
-use millilag_core::db::{self, DbTimeouts, Dialect};
+use millilag_core::db::{self, DbTimeouts, Dialect, WaitSession};
 use millilag_core::error::RetryHint;
 use std::time::Duration;
 
@@ -21,14 +21,17 @@ async fn every_helper_is_bounded_when_the_server_hangs() {
     let mut conn = db::connect_with(&url, None, &t).await.unwrap();
     let dialect = db::dialect_within(&mut conn, &addr, t.query).await.unwrap();
     assert!(matches!(dialect, Dialect::MariaDb { .. }));
-    // A GTID that never comes: the server's own wait ends it.
-    assert_eq!(
-        db::gtid_wait(&mut conn, &dialect, &addr, "77-1-999999", 0.2, t.query)
+    // A GTID that never comes: the server's own wait ends it, the first time (prepared
+    // then) and with the kept statement.
+    let mut session = WaitSession::new(conn);
+    for _ in 0..2 {
+        let answer = session
+            .gtid_wait(&dialect, &addr, "77-1-999999", 0.2, t.query)
             .await
-            .unwrap()
-            .reached,
-        Some(false)
-    );
+            .unwrap();
+        assert_eq!(answer.reached, Some(false));
+    }
+    let mut conn = session.into_conn();
     assert!(
         db::replica_status_within(&mut conn, &dialect, &addr, t.query)
             .await
@@ -68,9 +71,10 @@ async fn every_helper_is_bounded_when_the_server_hangs() {
     replica.thaw();
 
     let mut conn = db::connect_with(&url, None, &t).await.unwrap();
-    let mut waiting = db::connect_with(&url, None, &t).await.unwrap();
+    let mut waiting = WaitSession::new(db::connect_with(&url, None, &t).await.unwrap());
     replica.freeze();
-    let hung = db::gtid_wait(&mut waiting, &dialect, &addr, "77-1-999999", 0.1, t.query)
+    let hung = waiting
+        .gtid_wait(&dialect, &addr, "77-1-999999", 0.1, t.query)
         .await
         .unwrap_err();
     assert!(db::is_timeout(&hung), "{hung}");

@@ -4,11 +4,15 @@
 //! writer's dedicated domain (MariaDB) or tag (MySQL 8.3+), consecutive heartbeats are
 //! consecutive numbers, which is what lets the reader arm waits for heartbeats not written yet.
 
+use std::sync::Arc;
+
 /// A GTID split into its sequence and number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GtidKey {
     /// Everything before the number: "77-1-" or "uuid:millilag:". Identifies the sequence.
-    pub sequence: String,
+    /// Shared: every wait armed and every answer carries a key, and copying the text each
+    /// time was an allocation per measurement.
+    pub sequence: Arc<str>,
     pub n: u64,
 }
 
@@ -19,16 +23,16 @@ impl GtidKey {
             return None;
         }
         // MariaDB d-s-n: all three numeric.
-        let dash: Vec<&str> = gtid.split('-').collect();
-        if dash.len() == 3
-            && dash
-                .iter()
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Some(GtidKey {
-                sequence: format!("{}-{}-", dash[0], dash[1]),
-                n: dash[2].parse().ok()?,
-            });
+        let numeric = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        let mut dash = gtid.splitn(3, '-');
+        if let (Some(d), Some(s), Some(n)) = (dash.next(), dash.next(), dash.next()) {
+            if numeric(d) && numeric(s) && numeric(n) {
+                return Some(GtidKey {
+                    // The prefix up to and including the second dash.
+                    sequence: gtid[..d.len() + s.len() + 2].into(),
+                    n: n.parse().ok()?,
+                });
+            }
         }
         // MySQL uuid:n or uuid:tag:n (a single transaction, not a range).
         let (prefix, n) = gtid.rsplit_once(':')?;
@@ -36,7 +40,7 @@ impl GtidKey {
             return None;
         }
         Some(GtidKey {
-            sequence: format!("{prefix}:"),
+            sequence: gtid[..prefix.len() + 1].into(),
             n: n.parse().ok()?,
         })
     }
@@ -63,7 +67,7 @@ mod tests {
     #[test]
     fn parses_both_dialects_and_formats_back() {
         let k = GtidKey::parse("77-1-42").unwrap();
-        assert_eq!((k.sequence.as_str(), k.n), ("77-1-", 42));
+        assert_eq!((&*k.sequence, k.n), ("77-1-", 42));
         assert_eq!(k.with_n(43).to_string(), "77-1-43");
         let u = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
         let k = GtidKey::parse(&format!("{u}:millilag:9")).unwrap();

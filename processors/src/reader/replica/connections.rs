@@ -8,13 +8,13 @@
 
 use millilag_core::clock::{sample_offset, OffsetEstimator, OffsetSample};
 use millilag_core::config::DbUrl;
-use millilag_core::db::{self, DbTimeouts, Dialect};
+use millilag_core::db::{self, DbTimeouts, Dialect, WaitSession};
 use millilag_core::secret::Sensitive;
 use mysql_async::Conn;
 
 /// A wait's connection: pooled, or to be opened by the wait itself.
 pub(super) enum WaitConn {
-    Idle(Conn),
+    Idle(WaitSession),
     New(Box<Connector>),
 }
 
@@ -38,10 +38,10 @@ impl Connector {
 }
 
 impl WaitConn {
-    pub async fn open(self) -> Result<Conn, String> {
+    pub async fn open(self) -> Result<WaitSession, String> {
         match self {
-            WaitConn::Idle(c) => Ok(c),
-            WaitConn::New(c) => c.connect().await,
+            WaitConn::Idle(s) => Ok(s),
+            WaitConn::New(c) => c.connect().await.map(WaitSession::new),
         }
     }
 }
@@ -57,7 +57,7 @@ pub(super) struct Connections {
     password: Option<Sensitive>,
     pub dialect: Option<Dialect>,
     pub control: Option<Conn>,
-    idle: Vec<Conn>,
+    idle: Vec<WaitSession>,
     /// Wait connections of this generation: idle or running a wait.
     open_waits: usize,
     max_waits: usize,
@@ -178,12 +178,12 @@ impl Connections {
 
     /// A wait finished: its connection goes back to the pool if it still works and belongs to
     /// this generation.
-    pub fn wait_finished(&mut self, generation: u64, conn: Option<Conn>) {
+    pub fn wait_finished(&mut self, generation: u64, session: Option<WaitSession>) {
         if generation != self.generation {
             return;
         }
-        match conn {
-            Some(c) => self.idle.push(c),
+        match session {
+            Some(s) => self.idle.push(s),
             None => self.open_waits = self.open_waits.saturating_sub(1),
         }
     }
@@ -193,8 +193,8 @@ impl Connections {
         if let Some(c) = self.control.take() {
             tokio::spawn(db::close(c));
         }
-        for c in self.idle.drain(..) {
-            tokio::spawn(db::close(c));
+        for s in self.idle.drain(..) {
+            tokio::spawn(db::close(s.into_conn()));
         }
         self.open_waits = 0;
         self.generation += 1;

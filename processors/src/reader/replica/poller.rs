@@ -263,7 +263,7 @@ impl<T> Tracker<T> {
         // as tightly as they are frequent). Its return starts the next catch-up.
         let mut oldest: BTreeMap<&str, &GtidKey> = BTreeMap::new();
         for k in self.awaited.values().filter_map(|a| a.key.as_ref()) {
-            let e = oldest.entry(k.sequence.as_str()).or_insert(k);
+            let e = oldest.entry(&*k.sequence).or_insert(k);
             if k.n < e.n {
                 *e = k;
             }

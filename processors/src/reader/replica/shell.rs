@@ -8,12 +8,11 @@ use crate::reader::gtid::GtidKey;
 use crate::reader::{Output, QueryKind, ReplicaMetrics, Ticket};
 use millilag_core::clock::{now_us, OffsetEstimator, OffsetSample};
 use millilag_core::config::DbUrl;
-use millilag_core::db::{self, DbTimeouts};
+use millilag_core::db::{self, DbTimeouts, WaitSession};
 use millilag_core::events::HeartbeatSet;
 use millilag_core::secret::Sensitive;
 use millilag_core::shutdown::Shutdown;
 use mysql_async::prelude::*;
-use mysql_async::Conn;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -59,10 +58,10 @@ pub struct Job {
     pub ticket: Arc<Ticket>,
 }
 
-/// A finished GTID wait, with the connection it ran on (None when the query failed).
+/// A finished GTID wait, with the session it ran on (None when the query failed).
 struct WaitDone {
     key: GtidKey,
-    conn: Option<Conn>,
+    session: Option<WaitSession>,
     generation: u64,
     outcome: WaitOutcome,
     /// The replica's clock when it began and woke.
@@ -154,7 +153,7 @@ impl ReplicaWorker {
                 biased;
                 _ = &mut stop => break,
                 done = next_wait(&mut self.waits) => {
-                    self.conns.wait_finished(done.generation, done.conn);
+                    self.conns.wait_finished(done.generation, done.session);
                     if let Some(t) = done.server {
                         self.conns.add_clock_sample(OffsetSample::from_exchange(
                             done.armed_at, t.began_us, t.woke_us, done.returned_at,
@@ -253,13 +252,13 @@ impl ReplicaWorker {
         let generation = self.conns.generation;
         let (addr, slack) = (self.conns.addr.clone(), self.conns.timeouts.query);
         self.waits.push(Box::pin(async move {
-            let mut conn = match conn.open().await {
-                Ok(c) => c,
+            let mut session = match conn.open().await {
+                Ok(s) => s,
                 Err(why) => {
                     let now = now_us();
                     return WaitDone {
                         key,
-                        conn: None,
+                        session: None,
                         generation,
                         outcome: WaitOutcome::Failed(why),
                         server: None,
@@ -270,9 +269,11 @@ impl ReplicaWorker {
             };
             let gtid = key.to_string();
             let armed_at = now_us();
-            let answer = db::gtid_wait(&mut conn, &dialect, &addr, &gtid, wait_s, slack).await;
+            let answer = session
+                .gtid_wait(&dialect, &addr, &gtid, wait_s, slack)
+                .await;
             let returned_at = now_us();
-            let (outcome, conn, server) = match answer {
+            let (outcome, session, server) = match answer {
                 Ok(a) => {
                     let outcome = match a.reached {
                         Some(true) => WaitOutcome::Reached { already: a.already },
@@ -287,17 +288,17 @@ impl ReplicaWorker {
                             woke_us,
                             position: a.position,
                         });
-                    (outcome, Some(conn), server)
+                    (outcome, Some(session), server)
                 }
                 Err(e) => {
                     // Hung or broken: closed in the background, never reused.
-                    tokio::spawn(db::close(conn));
+                    tokio::spawn(db::close(session.into_conn()));
                     (WaitOutcome::Failed(e.to_string()), None, None)
                 }
             };
             WaitDone {
                 key,
-                conn,
+                session,
                 generation,
                 outcome,
                 server,

@@ -11,6 +11,7 @@ use super::{Command, ServerTimes, Tracker, WaitOutcome, MAX_WAIT};
 use crate::reader::gtid::GtidKey;
 use crate::reader::timing::{self, Observation};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
 
@@ -56,12 +57,12 @@ pub(super) struct Position {
 
 #[derive(Debug, Default)]
 pub(super) struct Waits {
-    frontier: HashMap<String, Frontier>,
+    frontier: HashMap<Arc<str>, Frontier>,
     /// Numbers with a wait armed, and when it was asked for (local clock).
     armed: HashMap<GtidKey, i64>,
     /// Numbers seen reached by a wait of their own.
-    reached: HashMap<String, BTreeMap<u64, Reached>>,
-    position: HashMap<String, Position>,
+    reached: HashMap<Arc<str>, BTreeMap<u64, Reached>>,
+    position: HashMap<Arc<str>, Position>,
     /// Numbers a wait gave up on (its timeout passed first), and when (primary clock):
     /// evidence that the replica did not show them yet, kept for their next wait.
     not_reached: HashMap<GtidKey, i64>,
@@ -104,10 +105,13 @@ impl Waits {
     }
 
     fn armed_in(&self, sequence: &str) -> usize {
-        self.armed.keys().filter(|k| k.sequence == sequence).count()
+        self.armed
+            .keys()
+            .filter(|k| &*k.sequence == sequence)
+            .count()
     }
 
-    pub fn sequences(&self) -> Vec<String> {
+    pub fn sequences(&self) -> Vec<Arc<str>> {
         self.frontier.keys().cloned().collect()
     }
 
@@ -136,26 +140,24 @@ impl Waits {
     }
 
     pub fn reached(&self, key: &GtidKey) -> Option<Reached> {
-        self.reached.get(&key.sequence)?.get(&key.n).copied()
+        self.reached.get(&*key.sequence)?.get(&key.n).copied()
     }
 
     /// What a wait saw for `key`, forgotten: its heartbeat was reported.
     pub fn take_reached(&mut self, key: &GtidKey) -> Option<Reached> {
-        self.reached.get_mut(&key.sequence)?.remove(&key.n)
+        self.reached.get_mut(&*key.sequence)?.remove(&key.n)
     }
 
     pub fn position(&self, sequence: &str) -> Option<Position> {
         self.position.get(sequence).copied()
     }
 
-    fn advance(&mut self, sequence: &str, n: u64, at: i64) {
-        // Looked up before inserting: every wait's answer advances, and a key is a String.
-        match self.position.get_mut(sequence) {
+    fn advance(&mut self, sequence: &Arc<str>, n: u64, at: i64) {
+        match self.position.get_mut(&**sequence) {
             Some(pos) if n > pos.n => *pos = Position { n, at },
             Some(_) => {}
             None => {
-                self.position
-                    .insert(sequence.to_string(), Position { n, at });
+                self.position.insert(sequence.clone(), Position { n, at });
             }
         }
     }
@@ -164,7 +166,7 @@ impl Waits {
     /// also the replica's position, so waits armed after a catch-up start from where the
     /// replica really is.
     pub fn note_row_seq(&mut self, seq: i64, at: i64) {
-        let reached: Vec<(String, u64)> = self
+        let reached: Vec<(Arc<str>, u64)> = self
             .frontier
             .iter()
             .filter(|(_, f)| f.consecutive)
@@ -184,7 +186,7 @@ impl Waits {
     /// The heartbeat seq of GTID number `key`, from the announced frontier when numbering is
     /// consecutive.
     pub fn seq_of(&self, key: &GtidKey) -> Option<i64> {
-        let f = self.frontier.get(&key.sequence)?;
+        let f = self.frontier.get(&*key.sequence)?;
         let seq = i128::from(f.seq) - (i128::from(f.n) - i128::from(key.n));
         f.consecutive.then(|| i64::try_from(seq).ok()).flatten()
     }
@@ -193,8 +195,8 @@ impl Waits {
 impl<T> Tracker<T> {
     /// Arm waits for the next numbers the replica has not reached, up to `prearm_depth` ahead
     /// of the announced frontier, when the sequence is known to be consecutive.
-    pub(super) fn top_up(&mut self, sequence: &str) {
-        let Some(front) = self.waits.frontier.get(sequence).copied() else {
+    pub(super) fn top_up(&mut self, sequence: &Arc<str>) {
+        let Some(front) = self.waits.frontier.get(&**sequence).copied() else {
             return;
         };
         if !front.consecutive || !self.link.reachable {
@@ -220,13 +222,13 @@ impl<T> Tracker<T> {
         let mut armed_here = self.waits.armed_in(sequence) as u64;
         while armed_here < depth && n <= horizon {
             let key = GtidKey {
-                sequence: sequence.to_string(),
+                sequence: sequence.clone(),
                 n,
             };
             let seen = self
                 .waits
                 .reached
-                .get(sequence)
+                .get(&**sequence)
                 .is_some_and(|m| m.contains_key(&n));
             if !self.waits.is_armed(&key) && !seen {
                 if !self.arm(key) {
@@ -246,12 +248,12 @@ impl<T> Tracker<T> {
     /// (the replica was already past it) thereby moves the next one to where the replica really
     /// is: armed one number at a time, a late chain would stay a round trip behind for good
     /// whenever a round trip is as long as a heartbeat interval.
-    fn note_position(&mut self, sequence: &str, n: u64, at: i64) {
+    fn note_position(&mut self, sequence: &Arc<str>, n: u64, at: i64) {
         if n == 0 {
             return;
         }
         let key = GtidKey {
-            sequence: sequence.to_string(),
+            sequence: sequence.clone(),
             n,
         };
         if let Some(seq) = self.waits.seq_of(&key) {
@@ -411,7 +413,7 @@ impl<T> Tracker<T> {
             .filter(|(_, p)| {
                 p.key
                     .as_ref()
-                    .is_some_and(|k| k.sequence == sequence && k.n <= pos.n)
+                    .is_some_and(|k| &*k.sequence == sequence && k.n <= pos.n)
             })
             .map(|(s, _)| *s)
             .collect();

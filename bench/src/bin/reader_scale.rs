@@ -8,11 +8,13 @@
 //! binaries, one writer and one reader process; after a warm-up, over a measuring interval:
 //! the reader's CPU (user + system, /proc; the system part shown too) per ok measurement, its
 //! peak RSS, the sessions the service user holds on each real replica divided by the aliases it
-//! stands for. Then the writer stops and the reader is given the time to hand on everything it
-//! owes (the broker may be seconds behind), and the replica-delay topic is read back (so the
+//! stands for. Then the writer stops, the reader is given the time to hand on everything it
+//! owes (until it has committed the end of `heartbeat-set`, which it does only once the records
+//! a heartbeat produced are acknowledged), and the replica-delay topic is read back (so the
 //! bench does not compete with the reader while it is measured): the share of (replica URL,
 //! heartbeat of the interval) pairs with an `ok` record, and with an exact one (not an upper
-//! bound), counted from the records themselves; and the exact measurements, and all ok ones,
+//! bound), counted from the records themselves (the rest by the status of their last record, or
+//! as having none); and the exact measurements, and all ok ones,
 //! against the replicas' trigger truth (row change on the replica - row change on the primary, one host,
 //! one clock; the same truth for every alias of a server).
 //!
@@ -25,7 +27,7 @@ use millilag_harness::mariadb::{Cluster, PASSWORD, USER};
 use millilag_harness::process::{self, Guard};
 use millilag_harness::{free_port, scrape, Broker};
 use mysql_async::prelude::*;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -95,6 +97,8 @@ struct Row {
     /// The share of (replica URL, heartbeat of the interval) with an ok record; with an exact one.
     measured_ok: f64,
     measured_exact: f64,
+    /// The pairs without an ok record: by the status of their last final record, and with none.
+    not_ok: String,
     /// |measured - true| of the exact measurements, and of every ok one (upper bounds too: the
     /// processor's windows take them all).
     exact_error: Errors,
@@ -152,6 +156,7 @@ listen = "127.0.0.1:{wport}"
 
 [reader]
 listen = "{listen}"
+group = "{group}"
 {reader}
 "#,
         brokers = broker.brokers(),
@@ -159,6 +164,7 @@ listen = "{listen}"
         replicas = urls.join(", "),
         wport = free_port(),
         reader = a.reader,
+        group = READER_GROUP,
     );
     let path = dir.path().join("millilag.toml");
     std::fs::write(&path, config)?;
@@ -204,7 +210,7 @@ listen = "{listen}"
         .map(|(i, r)| (r.port, i))
         .collect();
     drop(writer);
-    handed_on(&listen).await?;
+    handed_on(&broker, &format!("scale{n}.heartbeat-set")).await?;
     drop(reader);
     let mut truth = Vec::new();
     for i in 0..cluster.replicas.len() {
@@ -232,6 +238,19 @@ listen = "{listen}"
         sessions_per_replica: sessions as f64 / n as f64,
         measured_ok: back.ok as f64 / pairs,
         measured_exact: back.exact as f64 / pairs,
+        not_ok: {
+            let mut parts: Vec<String> = back
+                .not_ok
+                .iter()
+                .map(|(status, count)| format!("{count} {status}"))
+                .collect();
+            let with_record = back.ok + back.not_ok.values().sum::<usize>();
+            parts.push(format!(
+                "{} none",
+                (pairs as usize).saturating_sub(with_record)
+            ));
+            parts.join(", ")
+        },
         exact_error: back.exact_error,
         ok_error: back.ok_error,
     })
@@ -273,27 +292,38 @@ async fn probe(mut conn: mysql_async::Conn, until: Instant) -> Result<Probe> {
     Ok(p)
 }
 
-/// Once the writer has stopped: until the reader has measured every heartbeat it was told of and
-/// Kafka has acknowledged every record (nothing waits to be published, and no measurement was
-/// added between two looks a second apart), at most 2 minutes.
-async fn handed_on(listen: &str) -> Result<()> {
+/// The reader's consumer group (set in the bench's config).
+const READER_GROUP: &str = "scale-reader";
+
+/// Once the writer has stopped: until the reader has committed the end of `heartbeat-set`,
+/// which it does only once every record a heartbeat produced is acknowledged by Kafka; at most
+/// 2 minutes. (Its counters alone can stand still for a second while its input runs seconds
+/// behind through the broker: the heartbeats still to come were then counted as not measured.)
+async fn handed_on(broker: &Broker, topic: &str) -> Result<()> {
+    let consumer: BaseConsumer = broker
+        .client_config()
+        .set("group.id", READER_GROUP)
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let (_, end) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(30))?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut last = None;
     loop {
-        // Paced looks at another process's counters: there is no event to await.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let body = scrape::metrics(listen)
-            .await
-            .context("the reader's /metrics")?;
-        let queued = scrape::sum(&body, "millilag_reader_publish_queue", &[]).unwrap_or(0.0);
-        let made = scrape::sum(&body, "millilag_reader_measurements_total", &[]);
-        if queued == 0.0 && made.is_some() && made == last {
+        let committed = consumer
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))?
+            .find_partition(topic, 0)
+            .and_then(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+        if committed >= Some(end) {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the reader still had {queued} records to publish after 2 minutes");
+            bail!("after 2 minutes the reader had committed {committed:?} of {topic}'s {end} heartbeats");
         }
-        last = made;
+        // Paced looks at another process's commits: there is no event to await.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -353,6 +383,8 @@ struct ReadBack {
     /// (replica URL, heartbeat) pairs with an ok record, and with an exact one.
     ok: usize,
     exact: usize,
+    /// Pairs with no ok record but a final one (not a live-lag sample), by its status.
+    not_ok: BTreeMap<&'static str, usize>,
     exact_error: Errors,
     ok_error: Errors,
 }
@@ -376,6 +408,7 @@ async fn read_back(
     let (_, end) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(30))?;
     let mut ok = HashSet::new();
     let mut exact = HashSet::new();
+    let mut not_ok = HashMap::new();
     let (mut exact_errors, mut ok_errors) = (Vec::new(), Vec::new());
     if end > 0 {
         let mut assignment = rdkafka::TopicPartitionList::new();
@@ -396,6 +429,8 @@ async fn read_back(
                         exact.insert((r.replica.clone(), r.seq));
                     }
                     ok.insert((r.replica, r.seq));
+                } else if r.status != MeasureStatus::Pending {
+                    not_ok.insert((r.replica, r.seq), r.status.as_str());
                 }
             }
             if last {
@@ -403,9 +438,16 @@ async fn read_back(
             }
         }
     }
+    let mut by_status = BTreeMap::new();
+    for (pair, status) in not_ok {
+        if !ok.contains(&pair) {
+            *by_status.entry(status).or_insert(0) += 1;
+        }
+    }
     Ok(ReadBack {
         ok: ok.len(),
         exact: exact.len(),
+        not_ok: by_status,
         exact_error: Errors::of(exact_errors),
         ok_error: Errors::of(ok_errors),
     })
@@ -427,12 +469,12 @@ async fn ok_sum(listen: &str) -> Result<f64> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = parse_args()?;
-    println!("| replicas | reader CPU per measurement (kernel part) | reader CPU | peak RSS | sessions per replica | heartbeats measured ok (exact) | abs error vs truth p50 / p99 / max: exact measurements | every ok one | a 2 ms poller on one replica meanwhile: round trip; seen after applied |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| replicas | reader CPU per measurement (kernel part) | reader CPU | peak RSS | sessions per replica | heartbeats measured ok (exact) | the rest: last status, or no record | abs error vs truth p50 / p99 / max: exact measurements | every ok one | a 2 ms poller on one replica meanwhile: round trip; seen after applied |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &n in &a.replicas {
         let r = run_one(&a, n).await?;
         println!(
-            "| {} | {:.1} us ({:.1}) | {:.0}% of a core | {:.0} MiB | {:.2} | {:.2}% ({:.2}%) | {} | {} | {}; {} |",
+            "| {} | {:.1} us ({:.1}) | {:.0}% of a core | {:.0} MiB | {:.2} | {:.2}% ({:.2}%) | {} | {} | {} | {}; {} |",
             r.replicas,
             r.cpu_us_per_measurement,
             r.system_us_per_measurement,
@@ -441,6 +483,7 @@ async fn main() -> Result<()> {
             r.sessions_per_replica,
             r.measured_ok * 100.0,
             r.measured_exact * 100.0,
+            r.not_ok,
             r.exact_error,
             r.ok_error,
             r.probe_rtt,

@@ -22,7 +22,7 @@
 //! --millilag target/release/millilag --replicas 2,20,100,200 [--servers 2]`
 
 use anyhow::{bail, Context, Result};
-use millilag_core::events::{MeasureStatus, Record, ReplicaDelay};
+use millilag_core::events::{HeartbeatSet, MeasureStatus, Record, ReplicaDelay};
 use millilag_harness::mariadb::{Cluster, PASSWORD, USER};
 use millilag_harness::process::{self, Guard};
 use millilag_harness::{free_port, scrape, Broker};
@@ -138,6 +138,7 @@ async fn run_one(a: &Args, n: usize) -> Result<Row> {
         .collect();
     let dir = tempfile::tempdir()?;
     let listen = format!("127.0.0.1:{}", free_port());
+    let writer_listen = format!("127.0.0.1:{}", free_port());
     let config = format!(
         r#"
 [kafka]
@@ -152,7 +153,7 @@ replicas = [{replicas}]
 
 [writer]
 interval = "10ms"
-listen = "127.0.0.1:{wport}"
+listen = "{writer_listen}"
 
 [reader]
 listen = "{listen}"
@@ -162,7 +163,7 @@ group = "{group}"
         brokers = broker.brokers(),
         primary = cluster.primary.url(),
         replicas = urls.join(", "),
-        wport = free_port(),
+        writer_listen = writer_listen,
         reader = a.reader,
         group = READER_GROUP,
     );
@@ -209,6 +210,17 @@ group = "{group}"
         .enumerate()
         .map(|(i, r)| (r.port, i))
         .collect();
+    // Why heartbeats went unannounced, in the writer's own words.
+    let writer_said = scrape::metrics(&writer_listen)
+        .await
+        .context("the writer's /metrics")?;
+    let writer_lost: Vec<String> = ["publish_dropped", "publish_failures", "db_errors"]
+        .iter()
+        .map(|what| {
+            let k = scrape::sum(&writer_said, &format!("millilag_writer_{what}_total"), &[]);
+            format!("{} {what}", k.unwrap_or(0.0))
+        })
+        .collect();
     drop(writer);
     handed_on(&broker, &format!("scale{n}.heartbeat-set")).await?;
     drop(reader);
@@ -219,6 +231,7 @@ group = "{group}"
     let applied = cluster.truth(0, seq0).await?;
     let topic = format!("scale{n}.replica-delay");
     let back = read_back(&broker, &topic, (seq0, seq1), &ports, &truth).await?;
+    let announced = announced(&broker, &format!("scale{n}.heartbeat-set"), (seq0, seq1)).await?;
     let measurements = (m1 - m0).max(1.0);
     let pairs = ((seq1 - seq0).max(1) as usize * n) as f64;
     Ok(Row {
@@ -248,6 +261,12 @@ group = "{group}"
             parts.push(format!(
                 "{} none",
                 (pairs as usize).saturating_sub(with_record)
+            ));
+            let heartbeats = (seq1 - seq0).max(0) as usize;
+            parts.push(format!(
+                "{} heartbeats not announced (writer: {})",
+                heartbeats.saturating_sub(announced),
+                writer_lost.join(", ")
             ));
             parts.join(", ")
         },
@@ -389,7 +408,37 @@ struct ReadBack {
     ok_error: Errors,
 }
 
-/// Read `topic` back to its end (the services are stopped).
+/// Every payload of `topic` (one partition) from its beginning to its end as it is now (the
+/// services are stopped).
+async fn read_topic(broker: &Broker, topic: &str, mut each: impl FnMut(&[u8])) -> Result<()> {
+    let consumer: StreamConsumer = broker
+        .client_config()
+        .set("group.id", format!("scale-accuracy-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let (_, end) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(30))?;
+    if end == 0 {
+        return Ok(());
+    }
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    loop {
+        // A gap of a few seconds between fetches is normal for a large backlog on a busy broker.
+        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .with_context(|| format!("reading {topic} back"))??;
+        if let Some(p) = m.payload() {
+            each(p);
+        }
+        if m.offset() + 1 >= end {
+            return Ok(());
+        }
+    }
+}
+
+/// Read the replica-delay `topic` back, for the heartbeats `seqs` (half-open).
 async fn read_back(
     broker: &Broker,
     topic: &str,
@@ -397,47 +446,28 @@ async fn read_back(
     ports: &HashMap<u16, usize>,
     truth: &[BTreeMap<i64, i64>],
 ) -> Result<ReadBack> {
-    let consumer: StreamConsumer = broker
-        .client_config()
-        .set("group.id", format!("scale-accuracy-{}", std::process::id()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    // One partition: read up to its end as it is now. (A gap of a few seconds between fetches
-    // is normal for a large backlog on a busy broker.)
-    let (_, end) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(30))?;
     let mut ok = HashSet::new();
     let mut exact = HashSet::new();
     let mut not_ok = HashMap::new();
     let (mut exact_errors, mut ok_errors) = (Vec::new(), Vec::new());
-    if end > 0 {
-        let mut assignment = rdkafka::TopicPartitionList::new();
-        assignment.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
-        consumer.assign(&assignment)?;
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
-                .await
-                .context("reading replica-delay back")??;
-            let last = m.offset() + 1 >= end;
-            let record = m.payload().and_then(|p| ReplicaDelay::decode(p).ok());
-            if let Some(r) = record.filter(|r| r.seq >= seqs.0 && r.seq < seqs.1) {
-                if r.status == MeasureStatus::Ok {
-                    let error = error_of(&r, ports, truth);
-                    ok_errors.extend(error);
-                    if !r.upper_bound {
-                        exact_errors.extend(error);
-                        exact.insert((r.replica.clone(), r.seq));
-                    }
-                    ok.insert((r.replica, r.seq));
-                } else if r.status != MeasureStatus::Pending {
-                    not_ok.insert((r.replica, r.seq), r.status.as_str());
-                }
+    read_topic(broker, topic, |p| {
+        let record = ReplicaDelay::decode(p).ok();
+        let Some(r) = record.filter(|r| r.seq >= seqs.0 && r.seq < seqs.1) else {
+            return;
+        };
+        if r.status == MeasureStatus::Ok {
+            let error = error_of(&r, ports, truth);
+            ok_errors.extend(error);
+            if !r.upper_bound {
+                exact_errors.extend(error);
+                exact.insert((r.replica.clone(), r.seq));
             }
-            if last {
-                break;
-            }
+            ok.insert((r.replica, r.seq));
+        } else if r.status != MeasureStatus::Pending {
+            not_ok.insert((r.replica, r.seq), r.status.as_str());
         }
-    }
+    })
+    .await?;
     let mut by_status = BTreeMap::new();
     for (pair, status) in not_ok {
         if !ok.contains(&pair) {
@@ -451,6 +481,20 @@ async fn read_back(
         exact_error: Errors::of(exact_errors),
         ok_error: Errors::of(ok_errors),
     })
+}
+
+/// How many of the heartbeats `seqs` (half-open) the writer announced on `topic`.
+async fn announced(broker: &Broker, topic: &str, seqs: (i64, i64)) -> Result<usize> {
+    let mut seen = HashSet::new();
+    read_topic(broker, topic, |p| {
+        if let Ok(h) = HeartbeatSet::decode(p) {
+            if h.seq >= seqs.0 && h.seq < seqs.1 {
+                seen.insert(h.seq);
+            }
+        }
+    })
+    .await?;
+    Ok(seen.len())
 }
 
 /// ok measurements so far, all replicas.

@@ -226,7 +226,8 @@ group = "{group}"
     // of the interval seen unannounced in 2 of 7 runs at 200 URLs, with a slow broker.
     writer.signal(libc::SIGTERM);
     let _ = writer.wait();
-    handed_on(&broker, &format!("scale{n}.heartbeat-set")).await?;
+    let announcements = format!("scale{n}.heartbeat-set");
+    handed_on(&broker, &announcements).await?;
     drop(reader);
     let mut truth = Vec::new();
     for i in 0..cluster.replicas.len() {
@@ -235,7 +236,7 @@ group = "{group}"
     let applied = cluster.truth(0, seq0).await?;
     let topic = format!("scale{n}.replica-delay");
     let back = read_back(&broker, &topic, (seq0, seq1), &ports, &truth).await?;
-    let announced = announced(&broker, &format!("scale{n}.heartbeat-set"), (seq0, seq1)).await?;
+    let announced = announced(&broker, &announcements, (seq0, seq1)).await?;
     let measurements = (m1 - m0).max(1.0);
     let pairs = ((seq1 - seq0).max(1) as usize * n) as f64;
     Ok(Row {

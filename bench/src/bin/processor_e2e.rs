@@ -20,9 +20,7 @@ use millilag_harness::process::{self, Guard};
 use millilag_harness::scrape;
 use millilag_harness::victoria::Victoria;
 use millilag_harness::{free_port, wait_for, Broker};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::Command;
@@ -146,28 +144,6 @@ async fn produce(broker: &Broker, a: &Args, base_us: i64) -> Result<u64> {
         d.await?.map_err(|(e, _)| e)?;
     }
     Ok(n)
-}
-
-/// (low, high) watermark per partition, and what `GROUP` committed.
-fn offsets(broker: &Broker, partitions: i32) -> Result<Vec<(i64, Option<i64>)>> {
-    let c: BaseConsumer = broker.client_config().set("group.id", GROUP).create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(TOPIC, p);
-    }
-    let committed = c.committed_offsets(tpl, Duration::from_secs(5))?;
-    (0..partitions)
-        .map(|p| {
-            let (_, high) = c.fetch_watermarks(TOPIC, p, Duration::from_secs(5))?;
-            let got = committed
-                .find_partition(TOPIC, p)
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                });
-            Ok((high, got))
-        })
-        .collect()
 }
 
 /// A metric of the processor's /metrics, e.g. `millilag_processor_records_total`, summed over
@@ -299,7 +275,7 @@ async fn run_one(a: &Args) -> Result<Run> {
     let t = Instant::now();
     let produced = produce(&broker, a, base_us).await?;
     let produce_s = t.elapsed().as_secs_f64();
-    let ends = offsets(&broker, a.partitions)?;
+    let ends = broker.group_offsets(GROUP, TOPIC, a.partitions)?;
     let total: i64 = ends.iter().map(|(h, _)| h).sum();
     ensure!(
         total as u64 == produced,
@@ -360,7 +336,7 @@ async fn run_one(a: &Args) -> Result<Run> {
         "committed offsets at the end of every partition",
         Duration::from_secs(600),
         || async {
-            let o = offsets(&broker, a.partitions).ok()?;
+            let o = broker.group_offsets(GROUP, TOPIC, a.partitions).ok()?;
             o.iter().all(|(high, c)| *c == Some(*high)).then_some(())
         },
     )

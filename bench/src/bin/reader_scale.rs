@@ -27,7 +27,7 @@ use millilag_harness::mariadb::{Cluster, PASSWORD, USER};
 use millilag_harness::process::{self, Guard};
 use millilag_harness::{free_port, scrape, Broker};
 use mysql_async::prelude::*;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -324,22 +324,9 @@ const READER_GROUP: &str = "scale-reader";
 /// 2 minutes. (Its counters alone can stand still for a second while its input runs seconds
 /// behind through the broker: the heartbeats still to come were then counted as not measured.)
 async fn handed_on(broker: &Broker, topic: &str) -> Result<()> {
-    let consumer: BaseConsumer = broker
-        .client_config()
-        .set("group.id", READER_GROUP)
-        .create()?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
-    let (_, end) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(30))?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let committed = consumer
-            .committed_offsets(tpl.clone(), Duration::from_secs(10))?
-            .find_partition(topic, 0)
-            .and_then(|e| match e.offset() {
-                rdkafka::Offset::Offset(o) => Some(o),
-                _ => None,
-            });
+        let (end, committed) = broker.group_offsets(READER_GROUP, topic, 1)?[0];
         if committed >= Some(end) {
             return Ok(());
         }

@@ -14,9 +14,8 @@ use millilag_core::events::{DelayWindow, MeasureStatus, ReplicaDelay};
 use millilag_core::kafka::topics;
 use millilag_core::Config;
 use millilag_harness::{free_port, wait_for, Broker, Cluster};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -139,30 +138,12 @@ idle_close = "1500ms"
 
     /// Per partition of `suffix`: (end offset, what `group` committed).
     async fn offsets(&self, suffix: &str, group: &str) -> Vec<(i64, Option<i64>)> {
-        let (config, topic) = (self.broker.client_config(), self.topic(suffix));
-        let group = group.to_string();
-        tokio::task::spawn_blocking(move || {
-            let c: BaseConsumer = config.clone().set("group.id", group).create().unwrap();
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..PARTITIONS {
-                tpl.add_partition(&topic, p);
-            }
-            let committed = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
-            (0..PARTITIONS)
-                .map(|p| {
-                    let (_, high) = c
-                        .fetch_watermarks(&topic, p, Duration::from_secs(5))
-                        .unwrap();
-                    let got = match committed.find_partition(&topic, p).unwrap().offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    };
-                    (high, got)
-                })
-                .collect()
+        // librdkafka's calls block: the runtime's other tasks move to its other thread.
+        tokio::task::block_in_place(|| {
+            self.broker
+                .group_offsets(group, &self.topic(suffix), PARTITIONS)
+                .unwrap()
         })
-        .await
-        .unwrap()
     }
 
     /// Until `group` has committed the end of every partition of `suffix` that holds records;

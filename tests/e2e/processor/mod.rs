@@ -14,10 +14,9 @@ use millilag_harness::influx::Influx;
 use millilag_harness::victoria::Victoria;
 use millilag_harness::{free_port, Broker};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -130,27 +129,13 @@ idle_close = "1h"
 
     /// What the processor's group committed on partition 0 (None before the first commit).
     pub(crate) async fn committed(&self) -> Option<i64> {
-        let (brokers, group, topic) = (
-            self.broker.brokers(),
-            self.group.clone(),
-            self.topic(topics::REPLICA_DELAY),
-        );
-        tokio::task::spawn_blocking(move || {
-            let c: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("group.id", group)
-                .create()
-                .ok()?;
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&topic, 0);
-            let got = c.committed_offsets(tpl, Duration::from_secs(5)).ok()?;
-            match got.find_partition(&topic, 0)?.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            }
+        // librdkafka's calls block: the runtime's other tasks move to its other thread.
+        tokio::task::block_in_place(|| {
+            self.broker
+                .group_offsets(&self.group, &self.topic(topics::REPLICA_DELAY), 1)
+                .ok()?[0]
+                .1
         })
-        .await
-        .unwrap()
     }
 
     /// A consumer of `suffix` from the beginning.

@@ -197,6 +197,34 @@ impl Broker {
         c
     }
 
+    /// Per partition `0..partitions` of `topic`: its end offset, and what `group` committed
+    /// there (None before its first commit). Blocking (librdkafka's calls, 5 s each at most).
+    pub fn group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<Vec<(i64, Option<i64>)>> {
+        let c: BaseConsumer = self.client_config().set("group.id", group).create()?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = c.committed_offsets(tpl, Duration::from_secs(5))?;
+        (0..partitions)
+            .map(|p| {
+                let (_, end) = c.fetch_watermarks(topic, p, Duration::from_secs(5))?;
+                let got = committed
+                    .find_partition(topic, p)
+                    .and_then(|e| match e.offset() {
+                        rdkafka::Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+                Ok((end, got))
+            })
+            .collect()
+    }
+
     /// SIGKILL the broker (an outage; its storage stays).
     pub fn kill(&mut self) {
         self.guard.kill();

@@ -88,6 +88,9 @@ struct Row {
     /// The kernel's part of it (on loopback, also the servers' receive path).
     system_us_per_measurement: f64,
     cpu_share: f64,
+    /// Queries the reader sent per ok measurement: GTID waits, and row reads.
+    waits_per_measurement: f64,
+    reads_per_measurement: f64,
     rss_mib: f64,
     /// A plain poller on one real replica meanwhile: its reads' round trips (the box's own
     /// noise), and how long after the replica applied a heartbeat it first saw it.
@@ -176,7 +179,7 @@ group = "{group}"
     let pid = reader.pid();
     tokio::time::sleep(a.warmup).await;
     let (user0, sys0) = process::cpu_user_system(pid);
-    let m0 = ok_sum(&listen).await?;
+    let m0 = Counts::scrape(&listen).await?;
     let seq0 = cluster.heartbeat_seq().await?;
     let started = Instant::now();
     let probe = tokio::spawn(probe(
@@ -191,7 +194,7 @@ group = "{group}"
     let probe = probe.await??;
     let (user1, sys1) = process::cpu_user_system(pid);
     let (cpu0, cpu1) = (user0 + sys0, user1 + sys1);
-    let m1 = ok_sum(&listen).await?;
+    let m1 = Counts::scrape(&listen).await?;
     let seq1 = cluster.heartbeat_seq().await?;
     let elapsed = started.elapsed().as_secs_f64();
     let mut sessions = 0i64;
@@ -237,13 +240,15 @@ group = "{group}"
     let topic = format!("scale{n}.replica-delay");
     let back = read_back(&broker, &topic, (seq0, seq1), &ports, &truth).await?;
     let announced = announced(&broker, &announcements, (seq0, seq1)).await?;
-    let measurements = (m1 - m0).max(1.0);
+    let measurements = (m1.ok - m0.ok).max(1.0);
     let pairs = ((seq1 - seq0).max(1) as usize * n) as f64;
     Ok(Row {
         replicas: n,
         cpu_us_per_measurement: (cpu1 - cpu0) * 1e6 / measurements,
         system_us_per_measurement: (sys1 - sys0) * 1e6 / measurements,
         cpu_share: (cpu1 - cpu0) / elapsed,
+        waits_per_measurement: (m1.waits - m0.waits) / measurements,
+        reads_per_measurement: (m1.reads - m0.reads) / measurements,
         rss_mib: rss_peak,
         probe_rtt: Errors::of(probe.rtt_us),
         probe_seen: Errors::of(
@@ -490,31 +495,42 @@ async fn announced(broker: &Broker, topic: &str, seqs: (i64, i64)) -> Result<usi
 }
 
 /// ok measurements so far, all replicas.
-async fn ok_sum(listen: &str) -> Result<f64> {
-    let body = scrape::metrics(listen)
-        .await
-        .context("the reader's /metrics")?;
-    Ok(scrape::sum(
-        &body,
-        "millilag_reader_measurements_total",
-        &["status=\"ok\""],
-    )
-    .unwrap_or(0.0))
+/// The reader's counters the bench divides by.
+struct Counts {
+    ok: f64,
+    waits: f64,
+    reads: f64,
+}
+
+impl Counts {
+    async fn scrape(listen: &str) -> Result<Counts> {
+        let body = scrape::metrics(listen)
+            .await
+            .context("the reader's /metrics")?;
+        let sum = |family: &str, label: &str| scrape::sum(&body, family, &[label]).unwrap_or(0.0);
+        Ok(Counts {
+            ok: sum("millilag_reader_measurements_total", "status=\"ok\""),
+            waits: sum("millilag_reader_queries_total", "kind=\"gtid_wait\""),
+            reads: sum("millilag_reader_queries_total", "kind=\"poll\""),
+        })
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = parse_args()?;
-    println!("| replicas | reader CPU per measurement (kernel part) | reader CPU | peak RSS | sessions per replica | heartbeats measured ok (exact) | the rest: last status, or no record | abs error vs truth p50 / p99 / max: exact measurements | every ok one | a 2 ms poller on one replica meanwhile: round trip; seen after applied |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| replicas | reader CPU per measurement (kernel part) | reader CPU | queries per measurement: waits + reads | peak RSS | sessions per replica | heartbeats measured ok (exact) | the rest: last status, or no record | abs error vs truth p50 / p99 / max: exact measurements | every ok one | a 2 ms poller on one replica meanwhile: round trip; seen after applied |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &a.replicas {
         let r = run_one(&a, n).await?;
         println!(
-            "| {} | {:.1} us ({:.1}) | {:.0}% of a core | {:.0} MiB | {:.2} | {:.2}% ({:.2}%) | {} | {} | {} | {}; {} |",
+            "| {} | {:.1} us ({:.1}) | {:.0}% of a core | {:.2} + {:.2} | {:.0} MiB | {:.2} | {:.2}% ({:.2}%) | {} | {} | {} | {}; {} |",
             r.replicas,
             r.cpu_us_per_measurement,
             r.system_us_per_measurement,
             r.cpu_share * 100.0,
+            r.waits_per_measurement,
+            r.reads_per_measurement,
             r.rss_mib,
             r.sessions_per_replica,
             r.measured_ok * 100.0,

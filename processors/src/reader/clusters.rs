@@ -2,6 +2,7 @@
 //! task (with a bounded queue of heartbeats) per replica; discovery adds and drops replicas.
 
 use super::discovery::Discovery;
+use super::gtid::GtidKey;
 use super::metrics::ReaderMetrics;
 use super::publisher::{Output, Ticket};
 use super::replica::{ClusterCtx, Job, ReplicaWorker};
@@ -143,9 +144,11 @@ impl Clusters {
         let Some(state) = self.clusters.get(&event.cluster) else {
             return;
         };
+        let key = event.gtid.as_deref().and_then(GtidKey::parse);
         for (addr, t) in &state.replicas {
             let job = Job {
                 event: event.clone(),
+                key: key.clone(),
                 ticket: ticket.clone(),
             };
             if let Err(err) = t.jobs.try_send(job) {

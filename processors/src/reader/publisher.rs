@@ -20,15 +20,17 @@
 
 use super::backlog::{Backlog, Slot};
 use super::metrics::ReaderMetrics;
-use futures::stream::{FuturesOrdered, StreamExt};
 use millilag_core::events::{Record, ReplicaDelay};
 use millilag_core::retry::{Backoff, RetryPolicy};
 use millilag_core::shutdown::Shutdown;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -123,7 +125,7 @@ impl Output {
             producer,
             topic,
             metrics: metrics.clone(),
-            in_flight: FuturesOrdered::new(),
+            in_flight: InFlight::default(),
             failed: VecDeque::new(),
             backoff: RetryPolicy::DELIVERY.backoff(),
         };
@@ -176,14 +178,63 @@ struct Publisher {
     topic: String,
     metrics: ReaderMetrics,
     /// Sent, awaiting the broker's answer, in the order sent.
-    in_flight: FuturesOrdered<Delivery>,
+    in_flight: InFlight,
     /// Failed, in the order they were first sent: sent again before anything newer.
     failed: VecDeque<Outgoing>,
     backoff: Backoff,
 }
 
-type Delivery =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (Result<(), KafkaError>, Outgoing)> + Send>>;
+/// What became of a record handed to the producer.
+enum Delivery {
+    Sent(DeliveryFuture),
+    /// The producer would not take it: a failed delivery, known at once.
+    Refused(KafkaError),
+}
+
+/// Deliveries in the order sent, answered in that order. Only the oldest is polled: the
+/// records of one partition are acknowledged in order anyway, and a boxed future plus a
+/// FuturesOrdered task per record were allocations and wake-ups on every measurement.
+#[derive(Default)]
+struct InFlight(VecDeque<(Delivery, Outgoing)>);
+
+impl InFlight {
+    fn push_back(&mut self, delivery: Delivery, outgoing: Outgoing) {
+        self.0.push_back((delivery, outgoing));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The oldest delivery's answer, once it has one.
+    fn next(&mut self) -> NextAnswer<'_> {
+        NextAnswer(self)
+    }
+}
+
+struct NextAnswer<'a>(&'a mut InFlight);
+
+impl Future for NextAnswer<'_> {
+    type Output = (Result<(), KafkaError>, Outgoing);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some((delivery, _)) = self.0 .0.front_mut() else {
+            return Poll::Pending;
+        };
+        let result = match delivery {
+            Delivery::Refused(e) => Err(e.clone()),
+            Delivery::Sent(f) => match Pin::new(f).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(Ok(_))) => Ok(()),
+                Poll::Ready(Ok(Err((e, _)))) => Err(e),
+                // The producer dropped it (shutting down).
+                Poll::Ready(Err(_)) => Err(KafkaError::Canceled),
+            },
+        };
+        let (_, outgoing) = self.0 .0.pop_front().expect("the front was just polled");
+        Poll::Ready((result, outgoing))
+    }
+}
 
 impl Publisher {
     /// Until every [`Output`] is dropped and everything queued is acknowledged, or
@@ -209,7 +260,7 @@ impl Publisher {
                     drain_until = Some(Instant::now() + SHUTDOWN_DRAIN);
                 }
                 _ = sleep_until_opt(drain_until) => return,
-                Some((result, outgoing)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                (result, outgoing) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     match result {
                         Ok(()) => outgoing.acknowledged(),
                         // Shutting down: left unacknowledged (see above).
@@ -254,13 +305,15 @@ impl Publisher {
                 .key(&outgoing.key)
                 .payload(&outgoing.payload);
             let refused = match self.producer.send_result(record) {
-                Ok(delivery) => return self.in_flight.push_back(acked(delivery, outgoing)),
+                Ok(delivery) => {
+                    return self.in_flight.push_back(Delivery::Sent(delivery), outgoing)
+                }
                 Err((e, _)) => e,
             };
             if refused != KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
                 return self
                     .in_flight
-                    .push_back(Box::pin(async move { (Err(refused), outgoing) }));
+                    .push_back(Delivery::Refused(refused), outgoing);
             }
             self.metrics.publish_retries.inc();
             tokio::select! {
@@ -276,18 +329,6 @@ impl Publisher {
         warn!(error = %e, replica = %outgoing.replica, seq = outgoing.seq, "replica-delay not acknowledged; retrying in order.");
         self.failed.push_back(outgoing);
     }
-}
-
-fn acked(delivery: DeliveryFuture, outgoing: Outgoing) -> Delivery {
-    Box::pin(async move {
-        let result = match delivery.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(e),
-            // The producer dropped it (shutting down).
-            Err(_) => Err(KafkaError::Canceled),
-        };
-        (result, outgoing)
-    })
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -125,7 +125,12 @@ impl ClockOffset {
 #[derive(Debug)]
 pub enum Event<T> {
     /// A heartbeat to time, with the token that completes when its record is acknowledged.
-    Announced { event: Arc<HeartbeatSet>, ticket: T },
+    /// `key`: its GTID parsed, once for every replica of the cluster ([`Event::announced`]).
+    Announced {
+        event: Arc<HeartbeatSet>,
+        key: Option<GtidKey>,
+        ticket: T,
+    },
     /// A GTID wait returned (`armed_at`, `returned_at`: local clock; `server`: the replica's
     /// own clock when it began and woke, when it said).
     WaitReturned {
@@ -157,6 +162,18 @@ pub enum Event<T> {
     Tick,
     /// The replica is no longer in the cluster (discovery dropped it).
     Removed,
+}
+
+impl<T> Event<T> {
+    /// As the reader builds it (the shell gets the key with the job).
+    #[cfg(test)]
+    pub fn announced(event: Arc<HeartbeatSet>, ticket: T) -> Event<T> {
+        Event::Announced {
+            key: event.gtid.as_deref().and_then(GtidKey::parse),
+            event,
+            ticket,
+        }
+    }
 }
 
 /// A wait's times on the replica's own clock (microseconds), and where the replica was when
@@ -349,7 +366,7 @@ impl<T> Tracker<T> {
         self.out.shrink_to(KEPT_COMMANDS);
         self.now = self.now.max(now);
         match event {
-            Event::Announced { event, ticket } => self.on_announced(event, ticket),
+            Event::Announced { event, key, ticket } => self.on_announced(event, key, ticket),
             Event::WaitReturned {
                 key,
                 armed_at,
@@ -412,12 +429,8 @@ impl<T> Tracker<T> {
         self.settings.method == ReaderMethod::Poll || self.gtid_unsupported
     }
 
-    fn on_announced(&mut self, e: Arc<HeartbeatSet>, ticket: T) {
-        let key = e
-            .gtid
-            .as_deref()
-            .and_then(GtidKey::parse)
-            .filter(|_| !self.poll_mode());
+    fn on_announced(&mut self, e: Arc<HeartbeatSet>, key: Option<GtidKey>, ticket: T) {
+        let key = key.filter(|_| !self.poll_mode());
         let seq = e.seq;
         let mut a = Awaited {
             event: e,

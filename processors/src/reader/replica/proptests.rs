@@ -154,7 +154,7 @@ proptest! {
                     if crate::reader::input::heartbeat_problem(&event, now).is_some() {
                         continue;
                     }
-                    Event::Announced { event: Arc::new(event), ticket: i as u32 }
+                    Event::announced(Arc::new(event), i as u32)
                 }
                 Step::WaitReturned { n, armed_at, returned_at, server, reached } => Event::WaitReturned {
                     key: GtidKey { sequence: "77-1-".into(), n },

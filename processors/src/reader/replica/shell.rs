@@ -55,6 +55,8 @@ impl ClusterCtx {
 /// A heartbeat for this replica to time.
 pub struct Job {
     pub event: Arc<HeartbeatSet>,
+    /// The event's GTID, parsed once for the whole cluster.
+    pub key: Option<GtidKey>,
     pub ticket: Arc<Ticket>,
 }
 
@@ -168,7 +170,7 @@ impl ReplicaWorker {
                     }
                 }
                 job = jobs.recv() => match job {
-                    Some(job) => Event::Announced { event: job.event, ticket: job.ticket },
+                    Some(job) => Event::Announced { event: job.event, key: job.key, ticket: job.ticket },
                     None => {
                         self.feed(Event::Removed).await;
                         break;

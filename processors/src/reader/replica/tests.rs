@@ -126,13 +126,7 @@ impl Harness {
     }
 
     fn announce(&mut self, at: i64, seq: i64, gtid: bool) -> Vec<Command<i64>> {
-        self.feed(
-            at,
-            Event::Announced {
-                event: heartbeat(seq, gtid),
-                ticket: seq,
-            },
-        )
+        self.feed(at, Event::announced(heartbeat(seq, gtid), seq))
     }
 
     /// A wait for number `n` armed at `armed` returned at `returned` (primary clock).
@@ -782,13 +776,7 @@ fn one_wait_per_replica_arms_the_next_heartbeat_when_the_last_announced_committe
     // interval after it.
     let mut late = (*heartbeat(2, true)).clone();
     late.committed_at_us += 1_500;
-    let c = h.feed(
-        commit(2) + 5 * MS,
-        Event::Announced {
-            event: Arc::new(late),
-            ticket: 2,
-        },
-    );
+    let c = h.feed(commit(2) + 5 * MS, Event::announced(Arc::new(late), 2));
     assert_eq!(armed(&c), vec![2], "its own wait: one wait per replica");
     let c = h.wait_returned(2, commit(2) + 5 * MS, commit(2) + 5 * MS + 150, AT_ONCE);
     assert_eq!(armed(&c), vec![3]);

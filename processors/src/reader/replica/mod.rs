@@ -254,8 +254,8 @@ const MAX_WAIT: Duration = Duration::from_secs(5);
 /// Heartbeats reported at their deadline and still watched, at most, per replica (5 min of
 /// 10 ms heartbeats): beyond it the newest are dropped, the oldest (a stall's peak) kept.
 const MAX_OWED: usize = 30_000;
-/// Commands the tracker keeps room for between events.
-const KEPT_COMMANDS: usize = 64;
+/// Commands the tracker keeps room for between events (see the shell's `KEPT_ROOM`).
+const KEPT_COMMANDS: usize = 8;
 /// Sightings older than this with no announced heartbeat are forgotten.
 const SIGHTING_TTL_US: i64 = 120_000_000;
 /// Sightings are trimmed at most this often (a full pass is O(sightings)).

@@ -2,7 +2,10 @@
 //! times under injected stalls (both methods), DB load, failures and poison records.
 
 use crate::common::{create_topics, next_record, service_sessions, Collected, Env, Pipeline};
-use millilag_core::events::{DeadLetter, MeasureMethod, MeasureStatus, Record, ReplicaDelay};
+use millilag_core::events::{
+    DeadLetter, HeartbeatSet, MeasureMethod, MeasureStatus, Record, ReplicaDelay,
+};
+use millilag_core::kafka::topics;
 use mysql_async::prelude::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::{BTreeMap, HashMap};
@@ -440,6 +443,88 @@ async fn stopped_replication_is_reported_as_such() {
         timeouts, 0,
         "a stopped replica is reported as stopped, not as slow"
     );
+}
+
+/// A stopping reader commits the heartbeats it measured and had acknowledged, without waiting
+/// for those a stalled replica has not shown yet (it waited until its 5 s drain deadline every
+/// time one was unmeasured: a 5 s gap in the records at each restart, enough for the processor's
+/// measurements-stale rule). Those stay uncommitted, and the next reader measures them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_reader_commits_what_it_measured_and_leaves_a_stalled_replicas_heartbeats_to_the_next(
+) {
+    /// The reader's drain deadline (reader/mod.rs `SHUTDOWN_DRAIN`).
+    const DRAIN: Duration = Duration::from_secs(5);
+    let env = Env::start(2).await;
+    // The default 30 s timeout: the stalled replica's heartbeats stay unreported meanwhile.
+    let config = env.config("interval = \"10ms\"", "", "");
+    create_topics(&config).await;
+    let (got, _bg) = Collected::start(&env);
+    let announced = env.consumer(topics::HEARTBEAT_SET);
+    let writer = Pipeline::start(&config, true, false);
+    let reader = Pipeline::start(&config, false, true);
+    let (stalled, other) = (
+        env.cluster.replica(0).address(),
+        env.cluster.replica(1).address(),
+    );
+    let before = got
+        .until("first measurements", Duration::from_secs(30), |rs| {
+            rs.len() >= 20
+        })
+        .await;
+    let measured_before = before.iter().map(|r| r.seq).max().unwrap();
+    let mut admin = env.cluster.replica(0).admin().await.unwrap();
+    admin.query_drop("STOP SLAVE SQL_THREAD").await.unwrap();
+    let stalled_at = env.cluster.heartbeat_seq().await.unwrap();
+    got.until(
+        "the other replica measured past the stall",
+        Duration::from_secs(30),
+        |rs| for_replica(rs, &other).any(|r| r.seq > stalled_at + 20),
+    )
+    .await;
+    let stopping = std::time::Instant::now();
+    reader.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        took < DRAIN,
+        "the reader waited for heartbeats it was still measuring: {took:?}"
+    );
+
+    // What it committed: at most the first heartbeat the stalled replica has not shown, and
+    // at least what both had measured before the stall.
+    let group = config.reader.group.clone();
+    let topic = env.topic(topics::HEARTBEAT_SET);
+    let committed = tokio::task::block_in_place(|| env.broker.group_offsets(&group, &topic, 1))
+        .unwrap()[0]
+        .1
+        .expect("the reader committed");
+    let mut seq_at = BTreeMap::new();
+    while !seq_at.contains_key(&committed) {
+        let (h, offset) = next_record::<HeartbeatSet>(&announced, Duration::from_secs(30))
+            .await
+            .expect("heartbeat-set up to the committed offset");
+        seq_at.insert(offset, h.seq);
+    }
+    let resumes_at = seq_at[&committed];
+    assert!(
+        resumes_at > measured_before && resumes_at <= stalled_at + 1,
+        "committed up to seq {resumes_at}: measured before the stall {measured_before}, stalled at {stalled_at}"
+    );
+
+    // The next reader measures them once the replica applies again.
+    admin.query_drop("START SLAVE SQL_THREAD").await.unwrap();
+    let reader = Pipeline::start(&config, false, true);
+    got.until(
+        "the stalled replica's heartbeats measured by the next reader",
+        Duration::from_secs(60),
+        |rs| {
+            (resumes_at..=stalled_at + 20).all(|seq| {
+                for_replica(rs, &stalled).any(|r| r.seq == seq && r.status == MeasureStatus::Ok)
+            })
+        },
+    )
+    .await;
+    reader.stop().await;
+    writer.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@
 use millilag_core::shutdown::Shutdown;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
 /// Unacknowledged records, the room left, and whether the input should pause.
 pub(super) struct Backlog {
@@ -19,6 +19,8 @@ pub(super) struct Backlog {
     /// Records taken and not given back (the `publish_queue` metric).
     gauge: Gauge,
     pause: watch::Sender<bool>,
+    /// Told when the last slot comes back.
+    empty: Notify,
 }
 
 /// A record's place in the [`Backlog`], given back when dropped.
@@ -33,6 +35,7 @@ impl Backlog {
             max,
             gauge,
             pause,
+            empty: Notify::new(),
         };
         (Arc::new(backlog), paused)
     }
@@ -62,6 +65,17 @@ impl Backlog {
         self.max - self.room.available_permits()
     }
 
+    /// Once no slot is taken: every record published has been acknowledged or given up.
+    pub async fn drained(&self) {
+        loop {
+            let empty = self.empty.notified();
+            if self.len() == 0 {
+                return;
+            }
+            empty.await;
+        }
+    }
+
     /// Tell the reader to pause or resume if the count crossed a threshold. Decided inside the
     /// watch's lock, so concurrent takes and returns leave it as the last count says.
     fn changed(&self) {
@@ -78,6 +92,9 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.room.add_permits(1);
         self.0.changed();
+        if self.0.len() == 0 {
+            self.0.empty.notify_waiters();
+        }
     }
 }
 

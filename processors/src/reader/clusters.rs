@@ -86,6 +86,17 @@ impl Clusters {
         }
     }
 
+    /// Shutting down: once every replica task has ended, nothing more is published. A task
+    /// ends at its next turn after the shutdown; every database call it may be in is bounded.
+    pub async fn stopped(self) {
+        for state in self.clusters.into_values() {
+            for t in state.replicas.into_values() {
+                drop(t.jobs);
+                let _ = t.task.await;
+            }
+        }
+    }
+
     /// A cluster and a task for each of its configured replicas.
     pub fn add_cluster(&mut self, ctx: Arc<ClusterCtx>, replicas: &[DbUrl]) {
         let name = ctx.name.clone();

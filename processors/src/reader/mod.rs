@@ -28,6 +28,8 @@ pub use metrics::{QueryKind, ReaderMetrics, ReplicaMetrics};
 
 /// How often /readyz learns whether every replica task still makes progress.
 const WATCHDOG_EVERY: Duration = Duration::from_secs(5);
+/// How long a stopping reader waits for its published records to be acknowledged.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 pub use publisher::{Output, Ticket};
 
 use crate::consumer::{Decoded, KafkaConsumer, Source};
@@ -222,14 +224,23 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         }
     }
     info!("Reader stopping: finishing publishes and committing offsets.");
-    drop(clusters);
-    // Let acknowledged work store its offsets for a moment, then commit what is stored.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while source.in_flight() > 0 {
-        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-            Ok(Some((p, o))) => source.finish(p, o),
-            _ => break,
-        }
+    // The replica tasks stop measuring; what they published is awaited until acknowledged,
+    // then the offsets of every finished heartbeat are committed. Heartbeats still being
+    // measured never finish: waiting for them (until this deadline, every time) made each
+    // restart a 5 s gap in the records, enough for the processor's measurements-stale rule.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+    let handed_on = async {
+        clusters.stopped().await;
+        out.drained().await;
+    };
+    if tokio::time::timeout_at(deadline, handed_on).await.is_err() {
+        warn!(
+            waiting = metrics.publish_queue.get(),
+            "replica-delay records not acknowledged before shutdown; their heartbeats are measured again after the restart."
+        );
+    }
+    while let Ok((p, o)) = done_rx.try_recv() {
+        source.finish(p, o);
     }
     source.commit();
     for b in background {

@@ -90,13 +90,14 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    /// Acknowledged: leaves the backlog, then counts for its heartbeat's offset.
+    /// Acknowledged: counts for its heartbeat's offset, then leaves the backlog (so that once
+    /// the backlog is empty, every acknowledged record has counted: see [`Output::drained`]).
     fn acknowledged(self) {
         let Outgoing { ticket, slot, .. } = self;
-        drop(slot);
         if let Some(t) = ticket {
             t.complete_one();
         }
+        drop(slot);
     }
 }
 
@@ -169,6 +170,13 @@ impl Output {
         };
         // Never full (see `start`); fails only once the publisher is gone, at shutdown.
         let _ = self.tx.send(outgoing).await;
+    }
+}
+
+impl Output {
+    /// Once every record published so far is acknowledged, or given up at shutdown.
+    pub(super) async fn drained(&self) {
+        self.backlog.drained().await;
     }
 }
 

@@ -164,6 +164,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     health.set_ready();
     info!(reader_id = %reader_id, group = %rc.group, method = ?rc.method, "Reader started.");
 
+    let mut pause_log = PauseLog::default();
     let mut stop = shutdown.clone();
     let mut watchdog = tokio::time::interval(WATCHDOG_EVERY);
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -180,7 +181,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             Some(d) = disc_rx.recv() => clusters.apply(d),
             Ok(()) = publishes_behind.changed() => {
                 let pause = *publishes_behind.borrow_and_update();
-                pause_input(&source, pause, &metrics);
+                pause_input(&source, pause, &metrics, &mut pause_log);
             }
             msg = source.recv() => {
                 let msg = match msg {
@@ -251,16 +252,51 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often pausing for publishes is logged: at 200 replicas a slow broker makes the reader
+/// pause and resume several times a second, and a warning each time buries the ones that matter.
+/// The gauge `millilag_reader_paused` follows every change.
+const PAUSE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// When pausing was last logged, and how often it paused since.
+#[derive(Default)]
+struct PauseLog {
+    last: Option<tokio::time::Instant>,
+    unlogged: u64,
+    /// A pause was logged: its resume is logged too.
+    resume_owed: bool,
+}
+
+impl PauseLog {
+    /// Whether to log this pause or resume: the pauses not logged before it, if so.
+    fn due(&mut self, pause: bool) -> Option<u64> {
+        if !pause {
+            return std::mem::take(&mut self.resume_owed).then_some(0);
+        }
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|t| now - t < PAUSE_LOG_EVERY) {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        self.resume_owed = true;
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
 /// Pause heartbeat-set while too many records wait for Kafka, resume once they are down.
-fn pause_input(source: &Source, pause: bool, metrics: &ReaderMetrics) {
+fn pause_input(source: &Source, pause: bool, metrics: &ReaderMetrics, log: &mut PauseLog) {
     match source.set_paused(pause) {
         Ok(()) => {
             metrics.paused.set(i64::from(pause));
             let waiting = metrics.publish_queue.get();
+            let Some(unlogged) = log.due(pause) else {
+                return;
+            };
             if pause {
                 warn!(
                     waiting,
-                    "replica-delay publishes are behind: heartbeat-set consumption paused."
+                    pauses_since_last_logged = unlogged,
+                    "replica-delay publishes are behind: heartbeat-set consumption paused (logged at most once a minute)."
                 );
             } else {
                 info!(
@@ -318,5 +354,29 @@ async fn report_lag(
                 .get_or_create(&vec![("partition", p.to_string())])
                 .set(lag);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_are_logged_once_a_minute_with_their_resume_and_a_count_of_the_rest() {
+        let mut log = PauseLog::default();
+        assert_eq!(log.due(true), Some(0), "the first pause");
+        assert_eq!(log.due(false), Some(0), "and its resume");
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert_eq!(log.due(true), None);
+            assert_eq!(log.due(false), None, "an unlogged pause's resume");
+        }
+        tokio::time::advance(PAUSE_LOG_EVERY).await;
+        assert_eq!(
+            log.due(true),
+            Some(5),
+            "a minute on, with the pauses between"
+        );
+        assert_eq!(log.due(false), Some(0));
     }
 }

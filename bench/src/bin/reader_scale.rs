@@ -19,7 +19,11 @@
 //! one clock; the same truth for every alias of a server).
 //!
 //! `cargo build --release -p millilag -p millilag-bench && target/release/reader_scale
-//! --millilag target/release/millilag --replicas 2,20,100,200 [--servers 2]`
+//! --millilag target/release/millilag --replicas 2,20,100,200 [--servers 2] [--softirq]`
+//!
+//! `--softirq` (perf, root): also the NET_RX softirq time that runs in the reader's context, per
+//! measurement; on loopback that is mostly the kernel delivering the reader's own sends to the
+//! servers and waking their threads, which on a network runs on the servers' hosts.
 
 use anyhow::{bail, Context, Result};
 use millilag_core::events::{HeartbeatSet, MeasureStatus, Record, ReplicaDelay};
@@ -42,6 +46,8 @@ struct Args {
     reader: String,
     /// Real replicas the URLs are spread over.
     servers: usize,
+    /// Also time the NET_RX softirqs that run in the reader's context (perf tracepoints).
+    softirq: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -52,9 +58,14 @@ fn parse_args() -> Result<Args> {
         measure: Duration::from_secs(15),
         reader: String::new(),
         servers: 2,
+        softirq: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
+        if k == "--softirq" {
+            a.softirq = true;
+            continue;
+        }
         let v = it.next().with_context(|| format!("{k} needs a value"))?;
         match k.as_str() {
             "--millilag" => a.millilag = v.into(),
@@ -87,6 +98,9 @@ struct Row {
     cpu_us_per_measurement: f64,
     /// The kernel's part of it (on loopback, also the servers' receive path).
     system_us_per_measurement: f64,
+    /// Of the kernel's part, NET_RX softirqs in the reader's context (`--softirq`): on loopback
+    /// mostly the delivery of its own sends to the servers, and their wake-up.
+    net_rx_us_per_measurement: Option<f64>,
     cpu_share: f64,
     /// Queries the reader sent per ok measurement: GTID waits, and row reads.
     waits_per_measurement: f64,
@@ -186,12 +200,20 @@ group = "{group}"
         cluster.replicas[0].admin().await?,
         started + a.measure,
     ));
+    let softirq = match a.softirq {
+        true => Some(Softirq::record(pid, a.measure, dir.path())?),
+        false => None,
+    };
     let mut rss_peak: f64 = 0.0;
     while started.elapsed() < a.measure {
         tokio::time::sleep(Duration::from_millis(500)).await;
         rss_peak = rss_peak.max(process::rss_mib(pid));
     }
     let probe = probe.await??;
+    let net_rx_s = match softirq {
+        Some(s) => Some(s.net_rx_seconds()?),
+        None => None,
+    };
     let (user1, sys1) = process::cpu_user_system(pid);
     let (cpu0, cpu1) = (user0 + sys0, user1 + sys1);
     let m1 = Counts::scrape(&listen).await?;
@@ -246,6 +268,7 @@ group = "{group}"
         replicas: n,
         cpu_us_per_measurement: (cpu1 - cpu0) * 1e6 / measurements,
         system_us_per_measurement: (sys1 - sys0) * 1e6 / measurements,
+        net_rx_us_per_measurement: net_rx_s.map(|s| s * 1e6 / measurements),
         cpu_share: (cpu1 - cpu0) / elapsed,
         waits_per_measurement: (m1.waits - m0.waits) / measurements,
         reads_per_measurement: (m1.reads - m0.reads) / measurements,
@@ -495,6 +518,70 @@ async fn announced(broker: &Broker, topic: &str, seqs: (i64, i64)) -> Result<usi
 }
 
 /// ok measurements so far, all replicas.
+/// `perf record` of the softirq tracepoints in the reader's context over the measuring interval.
+struct Softirq {
+    perf: Guard,
+    data: PathBuf,
+}
+
+impl Softirq {
+    fn record(pid: u32, measure: Duration, dir: &Path) -> Result<Softirq> {
+        let data = dir.join("softirq.data");
+        let mut cmd = Command::new("perf");
+        cmd.args([
+            "record",
+            "-q",
+            "-e",
+            "irq:softirq_entry,irq:softirq_exit",
+            "-o",
+        ])
+        .arg(&data)
+        .args(["-p", &pid.to_string(), "--", "sleep"])
+        .arg(measure.as_secs().to_string());
+        let perf = Guard::spawn("perf", cmd, &dir.join("perf.log"))?;
+        Ok(Softirq { perf, data })
+    }
+
+    /// Seconds spent in NET_RX (vector 3) softirqs, entry to exit on each CPU.
+    fn net_rx_seconds(mut self) -> Result<f64> {
+        let _ = self.perf.wait();
+        let out = Command::new("perf")
+            .args(["script", "-F", "cpu,time,event,trace", "-i"])
+            .arg(&self.data)
+            .output()
+            .context("perf script")?;
+        let mut open: HashMap<String, f64> = HashMap::new();
+        let mut net_rx = 0.0;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "[001] 12345.678901: irq:softirq_entry: vec=3 [action=NET_RX]"
+            let mut f = line.split_whitespace();
+            let (Some(cpu), Some(t), Some(ev), Some(vec)) =
+                (f.next(), f.next(), f.next(), f.next())
+            else {
+                continue;
+            };
+            let Ok(t) = t.trim_end_matches(':').parse::<f64>() else {
+                continue;
+            };
+            if vec != "vec=3" {
+                continue;
+            }
+            match ev {
+                "irq:softirq_entry:" => {
+                    open.insert(cpu.to_string(), t);
+                }
+                "irq:softirq_exit:" => {
+                    if let Some(t0) = open.remove(cpu) {
+                        net_rx += t - t0;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(net_rx)
+    }
+}
+
 /// The reader's counters the bench divides by.
 struct Counts {
     ok: f64,
@@ -524,10 +611,12 @@ async fn main() -> Result<()> {
     for &n in &a.replicas {
         let r = run_one(&a, n).await?;
         println!(
-            "| {} | {:.1} us ({:.1}) | {:.0}% of a core | {:.2} + {:.2} | {:.0} MiB | {:.2} | {:.2}% ({:.2}%) | {} | {} | {} | {}; {} |",
+            "| {} | {:.1} us ({:.1}{}) | {:.0}% of a core | {:.2} + {:.2} | {:.0} MiB | {:.2} | {:.2}% ({:.2}%) | {} | {} | {} | {}; {} |",
             r.replicas,
             r.cpu_us_per_measurement,
             r.system_us_per_measurement,
+            r.net_rx_us_per_measurement
+                .map_or(String::new(), |n| format!("; NET_RX {n:.1}")),
             r.cpu_share * 100.0,
             r.waits_per_measurement,
             r.reads_per_measurement,

@@ -37,6 +37,7 @@ impl Completions {
     }
 
     /// Records still in progress.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.open.values().map(|p| p.len()).sum()
     }

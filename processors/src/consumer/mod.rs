@@ -219,11 +219,6 @@ impl Source {
         self.finish(partition, offset);
     }
 
-    /// Records begun and not finished.
-    pub fn in_flight(&self) -> usize {
-        self.state().completions.in_flight()
-    }
-
     /// Store the positions (next offset to read per partition) that moved forward.
     pub fn store(&self, positions: impl IntoIterator<Item = (i32, i64)>) {
         let moved = self.state().stored.advance(positions);

@@ -28,8 +28,6 @@ pub use metrics::{QueryKind, ReaderMetrics, ReplicaMetrics};
 
 /// How often /readyz learns whether every replica task still makes progress.
 const WATCHDOG_EVERY: Duration = Duration::from_secs(5);
-/// How long a stopping reader waits for its published records to be acknowledged.
-const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 pub use publisher::{Output, Ticket};
 
 use crate::consumer::{Decoded, KafkaConsumer, Source};
@@ -229,7 +227,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     // then the offsets of every finished heartbeat are committed. Heartbeats still being
     // measured never finish: waiting for them (until this deadline, every time) made each
     // restart a 5 s gap in the records, enough for the processor's measurements-stale rule.
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+    let deadline = tokio::time::Instant::now() + publisher::SHUTDOWN_DRAIN;
     let handed_on = async {
         clusters.stopped().await;
         out.drained().await;

@@ -37,8 +37,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// After shutdown, how long acknowledgements of records already sent are still awaited (the
-/// reader waits as long for its heartbeats to finish before the final commit).
-const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+/// reader waits as long for them before its final commit).
+pub(super) const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// One consumed heartbeat: done when every replica's record is acknowledged.
 pub struct Ticket {

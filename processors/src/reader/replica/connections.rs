@@ -11,6 +11,7 @@ use millilag_core::config::DbUrl;
 use millilag_core::db::{self, DbTimeouts, Dialect, WaitSession};
 use millilag_core::secret::Sensitive;
 use mysql_async::Conn;
+use std::sync::Arc;
 
 /// A wait's connection: pooled, or to be opened by the wait itself.
 pub(super) enum WaitConn {
@@ -53,7 +54,8 @@ const CLOCK_SAMPLES: usize = 64;
 
 pub(super) struct Connections {
     url: DbUrl,
-    pub addr: String,
+    /// Shared: every wait carries it (for its errors), and a copy was an allocation each.
+    pub addr: Arc<str>,
     password: Option<Sensitive>,
     pub dialect: Option<Dialect>,
     pub control: Option<Conn>,
@@ -76,7 +78,7 @@ impl Connections {
         timeouts: DbTimeouts,
     ) -> Connections {
         Connections {
-            addr: url.address(),
+            addr: url.address().into(),
             url,
             password,
             dialect: None,

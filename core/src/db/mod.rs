@@ -126,8 +126,7 @@ impl Dialect {
     /// Whether `position` (the second column of [`Dialect::gtid_wait_sql`]) already includes
     /// `gtid`. None when it cannot be told (see [`Dialect::gtid_position`]).
     pub fn gtid_included(&self, position: &str, gtid: &str) -> Option<bool> {
-        let (_, _, n) = parse_mariadb_gtid(gtid)?;
-        Some(self.gtid_position(position, gtid)? >= n)
+        reaches(self.gtid_position(position, gtid), gtid)
     }
 
     /// The replica's number in `gtid`'s sequence (same domain and server) in `position`: 0 when
@@ -292,6 +291,13 @@ pub struct WaitAnswer {
     pub woke_us: Option<i64>,
 }
 
+/// Whether a replica at number `at` of `gtid`'s sequence ([`Dialect::gtid_position`]) has
+/// `gtid`; None when either cannot be told.
+fn reaches(at: Option<u64>, gtid: &str) -> Option<bool> {
+    let (_, _, n) = parse_mariadb_gtid(gtid)?;
+    Some(at? >= n)
+}
+
 /// A connection for GTID waits, with the wait statement prepared on it the first time: a kept
 /// statement is executed as it is, where a query string costs mysql_async a parse, a cache
 /// lookup and a boxed future on every call (~2.5% of the reader's CPU at 200 replicas).
@@ -339,14 +345,13 @@ impl WaitSession {
         self.prepared = Some(stmt);
         let row = row?;
         let (began_us, position, reached, woke_us) = row.unwrap_or((None, None, None, None));
-        let number = parse_mariadb_gtid(gtid).map(|(_, _, n)| n);
+        // Parsed once: `already` is `Dialect::gtid_included` from the same number.
         let position = position
             .as_deref()
             .and_then(|p| dialect.gtid_position(p, gtid));
         Ok(WaitAnswer {
             reached: dialect.gtid_wait_reached(reached),
-            // As `Dialect::gtid_included`, from the one parse of the position.
-            already: position.zip(number).map(|(p, n)| p >= n),
+            already: reaches(position, gtid),
             position,
             began_us,
             woke_us,
